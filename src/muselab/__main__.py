@@ -1,0 +1,3 @@
+from muselab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The Python API: train(), load(), generate(), evaluate(). The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from muselab import __version__
+from muselab.core import rundir as files
+from muselab.core.artifacts import ArtifactWriter, Provenance
+from muselab.core.checkpoint import load_into, load_tensors, weights_fingerprint
+from muselab.core.config import build_config, load_toml, parse_overrides
+from muselab.core.errors import CheckpointError, ConfigError
+from muselab.core.modelcard import write_model_card
+from muselab.core.registry import Generated, Recipe, get_recipe
+from muselab.core.rundir import RunDir
+from muselab.core.runtime import init_distributed, resolve_device, shutdown_distributed
+from muselab.core.trainer import Trainer, TrainResult
+from muselab.text.controls import parse_controls
+
+
+@dataclass
+class Run:
+    """A trained model loaded from its run directory, ready to generate and evaluate."""
+
+    path: Path
+    recipe: Recipe
+    config: BaseModel
+    assets: dict[str, Any]
+    model: torch.nn.Module
+    saved: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return weights_fingerprint(self.model.state_dict())
+
+    def controls(self, **values: Any) -> BaseModel:
+        return parse_controls(self.recipe.controls_class, values)
+
+    def generate(self, on_text: Callable[[str], None] | None = None, **controls: Any) -> Generated:
+        validated = self.controls(**controls)
+        with torch.no_grad():
+            return self.recipe.generate(self.model, self.config, self.assets, validated, on_text=on_text)
+
+    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+        spec = data or self.saved.get("data", {}).get("spec")
+        with torch.no_grad():
+            result = self.recipe.evaluate(self.model, self.config, self.assets, RunDir(self.path), spec)
+        run = RunDir(self.path)
+        run.write_json(files.EVAL, {**result["metrics"], "data": spec})
+        if result.get("samples"):
+            provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
+            writer = ArtifactWriter(provenance, self.path / files.SAMPLES / "eval_samples.jsonl", overwrite=True)
+            writer.write_texts(result["samples"], result.get("controls", {}))
+        state = _read_state(run)
+        write_model_card(run, self.saved, state, result["metrics"])
+        return result["metrics"]
+
+
+def _read_state(run: RunDir) -> dict[str, Any]:
+    try:
+        return run.read_json(files.TRAINER_STATE_JSON)
+    except CheckpointError:
+        return {}
+
+
+def _versions() -> dict[str, str]:
+    return {"muselab": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _config_layers(recipe: Recipe, preset: str, config_file: str | None,
+                   overrides: Sequence[str] | dict[str, Any] | None) -> list[dict[str, Any]]:
+    if preset not in recipe.presets:
+        raise ConfigError(f"unknown preset '{preset}' for {recipe.name}; choose one of: {', '.join(recipe.presets)}")
+    layers = [recipe.presets[preset]]
+    if config_file:
+        loaded = load_toml(config_file) if not str(config_file).endswith(".json") else _run_config(config_file)
+        layers.append(loaded)
+    if overrides:
+        layers.append(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return layers
+
+
+def _run_config(path: str) -> dict[str, Any]:
+    """A run's config.json as a config layer: reproduces that run's settings."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
+    config = data.get("config", data)
+    config.get("model", {}).pop("vocab_size", None)
+    return config
+
+
+def _freeze(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
+    frozen = []
+    for pattern in patterns:
+        hits = [n for n, p in model.named_parameters() if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            names = ", ".join(n for n, _ in list(model.named_parameters())[:8])
+            raise ConfigError(f"--freeze '{pattern}' matches no parameter; names look like: {names}, ...")
+        for name, param in model.named_parameters():
+            if name in hits:
+                param.requires_grad_(False)
+                frozen.append(name)
+    return frozen
+
+
+def train(
+    recipe: str | None,
+    data: str | None,
+    out: str | Path,
+    *,
+    preset: str = "default",
+    config_file: str | None = None,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    seed: int | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    init_from: str | Path | None = None,
+    freeze: Sequence[str] = (),
+    quiet: bool = False,
+) -> TrainResult:
+    """Train a recipe on data into the run directory `out` (or continue it with resume=True)."""
+    run = RunDir(out)
+    flags: dict[str, Any] = {"train": {}}
+    if seed is not None:
+        flags["train"]["seed"] = seed
+    if max_steps is not None:
+        flags["train"]["max_steps"] = max_steps
+    if max_minutes is not None:
+        flags["train"]["max_minutes"] = max_minutes
+
+    if resume:
+        saved = run.read_config()
+        if not run.has_checkpoint():
+            raise CheckpointError(f"'{run}' has no checkpoint to resume; start it again with --overwrite")
+        the_recipe = get_recipe(saved["recipe"])
+        if recipe and recipe != the_recipe.name:
+            raise ConfigError(f"'{run}' is a {the_recipe.name} run, not {recipe}")
+        cfg = build_config(the_recipe.config_class, [saved["config"], flags])
+        data = data or saved["data"]["spec"]
+        assets = the_recipe.load_assets(cfg, run)
+        prepared = the_recipe.prepare_data(cfg, data, assets)
+        if prepared.info["fingerprint"] != saved["data"]["fingerprint"]:
+            raise ConfigError(f"the data at '{data}' changed since '{run}' started; resume with the same data "
+                              "or start a new run")
+        init_from = saved.get("init_from")
+    else:
+        if not recipe:
+            raise ConfigError("name a recipe to train, e.g. `muselab train text-lm` (see `muselab recipes`)")
+        the_recipe = get_recipe(recipe)
+        cfg = build_config(the_recipe.config_class,
+                           [*_config_layers(the_recipe, preset, config_file, overrides), flags])
+        data = data or the_recipe.default_data
+        source = load(init_from) if init_from else None
+        prepared = the_recipe.prepare_data(cfg, data, source.assets if source else None)
+        if source:
+            the_recipe.check_transfer(cfg, source.config, prepared, source.path)
+        assets = prepared.assets
+
+    dist = init_distributed(resolve_device(cfg.train.device).type)
+    try:
+        device = resolve_device(cfg.train.device, dist.local_rank)
+        torch.manual_seed(cfg.train.seed)  # initial weights: same seed, same model, on every rank
+        model = the_recipe.build_model(cfg, assets)
+        if init_from and not resume:
+            load_into(model, load_tensors(Path(init_from) / files.MODEL), Path(init_from), strict=False)
+        frozen = _freeze(model, freeze) if freeze else []
+        if resume and saved.get("freeze"):
+            frozen = _freeze(model, saved["freeze"])
+        if not resume:
+            if dist.is_main:
+                run.claim(overwrite)
+                the_recipe.save_assets(assets, run)
+                run.write_json(files.CONFIG, {
+                    "recipe": the_recipe.name, "preset": preset, "config": json.loads(cfg.model_dump_json()),
+                    "data": prepared.info, "init_from": str(init_from) if init_from else None,
+                    "freeze": list(freeze), "frozen_parameters": len(frozen),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "versions": _versions(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                })
+            dist.barrier()
+        elif dist.is_main:
+            saved["config"] = json.loads(cfg.model_dump_json())
+            run.write_json(files.CONFIG, saved)
+        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, dist=dist, quiet=quiet)
+        result = trainer.fit(resume=resume)
+        if dist.is_main:
+            _finish_run(run, result)
+        return result
+    finally:
+        shutdown_distributed()
+
+
+def _finish_run(run: RunDir, result: TrainResult) -> None:
+    from muselab.report.plots import plot_training_curves
+
+    state = _read_state(run)
+    state.update({"final_val_loss": result.val_loss, "stopped_by": result.stopped_by})
+    run.write_json(files.TRAINER_STATE_JSON, state)
+    records = run.read_metrics()
+    if records:
+        plot_training_curves(records, run / "loss.png", title=run.path.name)
+    write_model_card(run, run.read_config(), state, None)
+
+
+def load(path: str | Path, device: str = "cpu") -> Run:
+    """Load a run directory: safetensors and JSON only, checked before use."""
+    run = RunDir(path)
+    saved = run.read_config()
+    recipe = get_recipe(saved["recipe"])
+    try:
+        cfg = recipe.config_class.model_validate(saved["config"])
+    except ValidationError as err:
+        raise CheckpointError(f"'{run / files.CONFIG}' does not match this muselab version's {recipe.name} "
+                              f"config ({err.errors()[0]['msg']})") from None
+    assets = recipe.load_assets(cfg, run)
+    model = recipe.build_model(cfg, assets)
+    load_into(model, load_tensors(run / files.MODEL), run / files.MODEL)
+    model.to(device).eval()
+    return Run(Path(path), recipe, cfg, assets, model, saved)
+
+
+def generate(path: str | Path, **controls: Any) -> Generated:
+    return load(path).generate(**controls)
+
+
+def evaluate(path: str | Path, data: str | None = None) -> dict[str, Any]:
+    return load(path).evaluate(data)

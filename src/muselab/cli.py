@@ -1,0 +1,233 @@
+"""`muselab ...`: parses, calls the API, prints. User errors end in one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from muselab import __version__
+from muselab.core.errors import MuselabError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and the same exit status as our own errors)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"muselab: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _field_type(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseModel]) -> None:
+    """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md)."""
+    group = parser.add_argument_group("generation controls")
+    for name, field in controls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _field_type(field.annotation)
+        help_text = field.description or ""
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        elif get_origin(kind) is list:
+            group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
+                               help=help_text + " (repeatable)")
+        else:
+            group.add_argument(flag, dest=name, type=kind if kind in (int, float) else str,
+                               default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="muselab", description="Train generative models on your own material and generate "
+                     "new text from them.")
+    parser.add_argument("--version", action="version", version=f"muselab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("recipes", help="list the recipes that can be trained")
+
+    train = sub.add_parser("train", help="train a recipe on data into a run directory")
+    train.add_argument("recipe", nargs="?", help="recipe name (see `muselab recipes`); optional with --resume")
+    train.add_argument("--data", help="a file, a folder, or builtin:NAME (default: the recipe's built-in data)")
+    train.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    train.add_argument("--preset", default="default", help="tiny (tests), default (this CPU), base (GPU)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="set any config field, e.g. --set model.n_layer=6 (repeatable)")
+    train.add_argument("--config", help="a TOML file of config fields, or a run's config.json to reproduce it")
+    train.add_argument("--seed", type=int, help="seed for weights, data order and dropout")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the schedule fits itself to it")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
+    train.add_argument("--init-from", metavar="RUN", help="start from another run's weights (transfer learning)")
+    train.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
+                       help="freeze parameters whose names match this glob, e.g. 'blocks.0.*' (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
+                              "lists its controls)", add_help=False)
+    generate.add_argument("run", nargs="?", help="run directory")
+    generate.add_argument("-h", "--help", action="store_true", help="show the run's controls")
+
+    evaluate = sub.add_parser("evaluate", help="compute metrics for a run and write RUN/eval.json")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
+
+    info = sub.add_parser("info", help="describe a run directory")
+    info.add_argument("run", help="run directory")
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    demo = sub.add_parser("demo", help="train, generate and evaluate on built-in data; write an HTML report")
+    demo.add_argument("--out", default="muselab-demo", help="output folder (default: ./muselab-demo)")
+    demo.add_argument("--preset", default="default", help="tiny runs in seconds; default gives a good result")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    return parser
+
+
+def _cmd_recipes(_: argparse.Namespace) -> int:
+    from muselab.core.registry import iter_recipes
+
+    for recipe in iter_recipes():
+        print(f"{recipe.name:<16} {recipe.summary}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from muselab import api
+
+    result = api.train(args.recipe, args.data, args.out, preset=args.preset, config_file=args.config,
+                       overrides=args.overrides, seed=args.seed, max_steps=args.max_steps,
+                       max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
+                       init_from=args.init_from, freeze=args.freeze, quiet=args.quiet)
+    val = f"; validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    skipped = f"; {result.bad_steps} non-finite steps skipped" if result.bad_steps else ""
+    print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min{val}{skipped}; run: {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    from muselab import api
+    from muselab.core.artifacts import ArtifactWriter, Provenance
+
+    if not args.run:
+        print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; "
+              "`muselab generate RUN --help` lists the controls of that run", file=sys.stderr)
+        return 0 if args.help else EXIT_USER_ERROR
+    run = api.load(args.run)
+    parser = _Parser(prog=f"muselab generate {args.run}",
+                     description=f"Generate from a {run.recipe.name} run.")
+    parser.add_argument("--out", help="write to this file or folder (with a manifest per file) instead of printing")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_control_options(parser, run.recipe.controls_class)
+    if args.help:
+        parser.print_help()
+        return 0
+    options = vars(parser.parse_args(rest))
+    out, overwrite = options.pop("out"), options.pop("overwrite")
+    streaming = out is None and options.get("stream", True) and options.get("num_samples", 1) == 1
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    if streaming:
+        show(options.get("prompt", ""))
+    result = run.generate(on_text=show if streaming else None, **options)
+    if out:
+        writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
+        for path in writer.write_texts(result.items, result.extra["controls"]):
+            print(path)
+    elif streaming:
+        print()
+    else:
+        for index, text in enumerate(result.items):
+            if len(result.items) > 1:
+                print(f"----- sample {index + 1} of {len(result.items)} -----")
+            print(text)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from muselab import api
+
+    metrics = api.evaluate(args.run, args.data)
+    table = Table(title=f"{args.run} (written to {Path(args.run) / 'eval.json'})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from muselab.core import rundir as files
+    from muselab.core.rundir import RunDir
+
+    run = RunDir(args.run)
+    saved = run.read_config()
+    state = run.read_json(files.TRAINER_STATE_JSON) if (run / files.TRAINER_STATE_JSON).is_file() else {}
+    evaluation = run.read_json(files.EVAL) if (run / files.EVAL).is_file() else {}
+    summary = {"run": str(run), "recipe": saved["recipe"], "preset": saved.get("preset"),
+               "parameters": saved.get("parameters"), "data": saved.get("data", {}),
+               "step": state.get("step"), "elapsed_min": round(state.get("elapsed_s", 0) / 60, 2),
+               "final_val_loss": state.get("final_val_loss"), "eval": evaluation,
+               "init_from": saved.get("init_from"), "config": saved["config"]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        if key == "config":
+            for section, fields in value.items():
+                print(f"config.{section}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+        elif isinstance(value, dict):
+            print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in value.items()))
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from muselab.demo import run_demo
+
+    report = run_demo(Path(args.out), preset=args.preset, overwrite=args.overwrite)
+    print(f"demo finished; open the report: {report}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "generate" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
+                "info": _cmd_info, "demo": _cmd_demo}
+    try:
+        if args.command == "generate":
+            return _cmd_generate(args, rest)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USER_ERROR
+        return commands[args.command](args)
+    except MuselabError as err:
+        print(f"muselab: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("muselab: interrupted (a training run keeps its last checkpoint; continue it with --resume)",
+              file=sys.stderr)
+        return 130

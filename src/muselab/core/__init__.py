@@ -1,0 +1,1 @@
+"""Engineering code shared by every recipe: configs, registry, Trainer, checkpoints, run directories."""

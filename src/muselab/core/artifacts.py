@@ -1,0 +1,82 @@
+"""The one writer of generated files: every file gets provenance, next to it and, where the format
+allows, inside it (later media add their embedders here)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from muselab import __version__
+from muselab.core.errors import OutputExistsError
+from muselab.core.io import atomic_write_json, atomic_write_text
+
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+MANIFEST_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    recipe: str
+    run_id: str  # fingerprint of the weights
+    run_dir: str
+
+    def manifest(self, controls: dict[str, Any], index: int, file_name: str) -> dict[str, Any]:
+        return {
+            "ai_generated": True,
+            "digital_source_type": DIGITAL_SOURCE_TYPE,
+            "generator": f"muselab {__version__}",
+            "muselab_version": __version__,
+            "recipe": self.recipe,
+            "run_id": self.run_id,
+            "run_dir": self.run_dir,
+            "seed": controls.get("seed"),
+            "sample_index": index,
+            "controls": controls,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "file": file_name,
+        }
+
+
+def manifest_path(file: Path) -> Path:
+    return file.with_name(file.name + MANIFEST_SUFFIX)
+
+
+class ArtifactWriter:
+    """Writes outputs under `out` (a directory, or a file name) and a manifest beside each one."""
+
+    def __init__(self, provenance: Provenance, out: str | Path, overwrite: bool = False) -> None:
+        self.provenance, self.out, self.overwrite = provenance, Path(out), overwrite
+
+    def _targets(self, count: int, default_stem: str, suffix: str) -> list[Path]:
+        if self.out.is_dir() or not self.out.suffix:
+            return [self.out / f"{default_stem}_{i:03d}{suffix}" for i in range(count)]
+        if count == 1:
+            return [self.out]
+        return [self.out.with_name(f"{self.out.stem}_{i:03d}{self.out.suffix}") for i in range(count)]
+
+    def _check_free(self, paths: Sequence[Path]) -> None:
+        if self.overwrite:
+            return
+        taken = [p for p in paths if p.exists() or manifest_path(p).exists()]
+        if taken:
+            raise OutputExistsError(f"'{taken[0]}' already exists; pass --overwrite or choose another --out")
+
+    def write_texts(self, texts: Sequence[str], controls: dict[str, Any]) -> list[Path]:
+        if self.out.suffix == ".jsonl":
+            # one file, one JSON line per sample, each line carrying its own manifest
+            self._check_free([self.out])
+            lines = [json.dumps({"text": t, "manifest": self.provenance.manifest(controls, i, self.out.name)},
+                                ensure_ascii=False) for i, t in enumerate(texts)]
+            atomic_write_text(self.out, "\n".join(lines) + "\n")
+            atomic_write_json(manifest_path(self.out), self.provenance.manifest(controls, -1, self.out.name))
+            return [self.out]
+        targets = self._targets(len(texts), "sample", ".txt")
+        self._check_free(targets)
+        for index, (text, path) in enumerate(zip(texts, targets, strict=True)):
+            atomic_write_text(path, text)
+            atomic_write_json(manifest_path(path), self.provenance.manifest(controls, index, path.name))
+        return targets

@@ -1,0 +1,331 @@
+"""The one Trainer. Models say how to compute their loss; this knows everything else.
+
+Devices, bf16 autocast, gradient accumulation, clipping, EMA, the warm-up + cosine schedule, validation,
+wall-clock budgets, atomic checkpoints, exact resume, non-finite-loss guards, logging, progress and
+data-parallel training under torchrun.
+
+Exact resume rests on one rule: nothing random depends on history. The batch drawn at step s and the
+dropout masks of step s come from generators seeded by (seed, step, micro-batch, rank), so a run resumed
+from a checkpoint at step s replays steps s+1... exactly as the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from muselab.core import rundir as files
+from muselab.core.checkpoint import load_tensors, read_metadata, save_tensors, weights_fingerprint
+from muselab.core.config import TrainConfig
+from muselab.core.errors import CheckpointError, ConfigError, TrainingDiverged
+from muselab.core.progress import TrainingProgress
+from muselab.core.rundir import RunDir
+from muselab.core.runtime import Distributed, autocast, derive_seed, make_generator
+
+
+class BatchSource(Protocol):
+    """Training data as the Trainer sees it."""
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Any: ...
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> Iterable[Any]: ...
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class _TrainingStep(nn.Module):
+    """Routes DDP's forward to the model's training_step, so gradients are synchronised."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.model.training_step(batch)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio x peak at progress 1."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    val_loss: float | None
+    elapsed_s: float
+    bad_steps: int
+    stopped_by: str  # "max_steps" | "time"
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        run: RunDir,
+        train_data: BatchSource,
+        val_data: BatchSource | None,
+        *,
+        device: torch.device,
+        dist: Distributed | None = None,
+        quiet: bool = False,
+        on_checkpoint: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cfg, self.run, self.device = cfg, run, device
+        self.dist = dist or Distributed()
+        self.model = model.to(device)
+        self.train_data, self.val_data = train_data, val_data
+        self.quiet = quiet or not self.dist.is_main
+        self.on_checkpoint = on_checkpoint
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise ConfigError("no trainable parameters left: --freeze matched every parameter")
+        decay = [p for p in self.params.values() if p.dim() >= 2]
+        no_decay = [p for p in self.params.values() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False,
+        )
+        self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()
+                     if p.dtype.is_floating_point} if cfg.ema_decay > 0 else None)
+        self.step = 0
+        self.elapsed = 0.0
+        self.bad_total = 0
+        self.bad_in_row = 0
+        self.last_checkpoint = 0
+        step_module = _TrainingStep(self.model)
+        if cfg.compile:
+            step_module = torch.compile(step_module)
+        if self.dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            step_module = DistributedDataParallel(step_module, device_ids=ids)
+        self.step_module = step_module
+        self._tb = None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def weights_for_saving(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        if self.ema is not None:
+            state = {**state, **self.ema}
+        return state
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            if self.ema is not None:
+                tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+            opt_state = self.optimizer.state_dict()
+            for index, state in opt_state["state"].items():
+                for key, value in state.items():
+                    tensors[f"opt.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            meta = {"step": self.step, "elapsed_s": self.elapsed, "bad_steps": self.bad_total,
+                    "bad_in_row": self.bad_in_row, "param_groups": opt_state["param_groups"]}
+            # One file holds weights, optimizer and counters, so it is consistent by construction
+            save_tensors(self.run / files.TRAINER_STATE, tensors, metadata={"state": json.dumps(meta)})
+            save_tensors(self.run / files.MODEL, self.weights_for_saving(), metadata={"step": str(self.step)})
+            self.run.write_json(files.TRAINER_STATE_JSON, {k: v for k, v in meta.items() if k != "param_groups"})
+            if self.on_checkpoint:
+                self.on_checkpoint(self.step)
+        self.last_checkpoint = self.step
+        self.dist.barrier()
+
+    def load_checkpoint(self) -> None:
+        path = self.run / files.TRAINER_STATE
+        meta_raw = read_metadata(path).get("state")
+        if meta_raw is None:
+            raise CheckpointError(f"'{path}' has no trainer state; it cannot be resumed")
+        meta = json.loads(meta_raw)
+        tensors = load_tensors(path)
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        if self.ema is not None:
+            self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")} or self.ema
+        opt_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(index), {})[name] = value
+        try:
+            self.optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"optimizer state in '{path}' does not fit this model ({err})") from None
+        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
+        self.bad_total, self.bad_in_row = int(meta["bad_steps"]), int(meta["bad_in_row"])
+        self.last_checkpoint = self.step
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, limit: int) -> float | None:
+        if self.val_data is None:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_data.eval_batches(self.cfg.batch_size, limit):
+            with autocast(self.device, self.cfg.precision):
+                loss_sum, n = self.model.eval_step(to_device(batch, self.device))
+            total += float(loss_sum)
+            count += int(n)
+        self.model.train(was_training)
+        return total / count if count else None
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _progress(self) -> float:
+        by_steps = self.step / self.cfg.max_steps
+        if self.cfg.max_minutes:
+            return max(by_steps, self.elapsed / (60.0 * self.cfg.max_minutes))
+        return by_steps
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.run.append_metrics(record)
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.dist.is_main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'muselab[tensorboard]'") from None
+        self._tb = SummaryWriter(log_dir=str(self.run / "tensorboard"))
+
+    def _train_step(self) -> tuple[float, float, bool]:
+        cfg = self.cfg
+        torch.manual_seed(derive_seed(cfg.seed, "dropout", self.step, self.dist.rank))
+        total_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            gen = make_generator(cfg.seed, "batch", self.step, micro, self.dist.rank)
+            batch = to_device(self.train_data.sample(cfg.batch_size, gen), self.device)
+            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+            context = self.step_module.no_sync() if not sync else nullcontext()
+            with context:
+                with autocast(self.device, cfg.precision):
+                    loss = self.step_module(batch)
+                (loss / cfg.grad_accum).backward()
+            total_loss += float(loss.detach()) / cfg.grad_accum
+        params = list(self.params.values())
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        bad = self.dist.any(not (math.isfinite(total_loss) and math.isfinite(grad_norm)))
+        if not bad:
+            self.optimizer.step()
+            if self.ema is not None:
+                self._update_ema()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, grad_norm, bad
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up of the decay keeps early EMA weights from being dominated by the random init
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        state = self.model.state_dict()
+        for name, avg in self.ema.items():
+            avg.lerp_(state[name].to(avg.dtype), 1.0 - decay)
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        if resume:
+            self.load_checkpoint()
+            if self.dist.is_main:
+                self.run.truncate_metrics(self.step)
+        self._open_tensorboard()
+        self.model.train()
+        start_step, started = self.step, time.monotonic()
+        base_elapsed = self.elapsed
+        stopped_by = "max_steps"
+        val_loss: float | None = None
+        window_start, window_steps = time.monotonic(), 0
+        progress = TrainingProgress(cfg.max_steps, start_step, enabled=not self.quiet)
+        try:
+            with progress:
+                while self.step < cfg.max_steps:
+                    if cfg.max_minutes and self.dist.any(self.elapsed >= 60.0 * cfg.max_minutes):
+                        stopped_by = "time"
+                        break
+                    self.step += 1
+                    lr = lr_at(cfg, self.step, self._progress())
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    loss, grad_norm, bad = self._train_step()
+                    self.elapsed = base_elapsed + time.monotonic() - started
+                    window_steps += 1
+                    if bad:
+                        self.bad_total += 1
+                        self.bad_in_row += 1
+                        self._log({"step": self.step, "skipped": True, "loss": None})
+                        progress.log(f"step {self.step}: non-finite loss or gradient, step skipped")
+                        if self.bad_in_row >= cfg.max_bad_steps:
+                            raise TrainingDiverged(
+                                f"training diverged: {self.bad_in_row} non-finite steps in a row at step "
+                                f"{self.step}; the last good checkpoint (step {self.last_checkpoint}) in "
+                                f"'{self.run}' is intact: lower train.lr or use train.precision=fp32, then --resume")
+                        continue
+                    self.bad_in_row = 0
+                    rate = window_steps / max(1e-9, time.monotonic() - window_start)
+                    progress.update(self.step, f"loss {loss:.4f}", rate)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                   "steps_per_s": rate, "examples_per_s": rate * cfg.batch_size
+                                   * cfg.grad_accum * self.dist.world_size, "elapsed_s": self.elapsed})
+                        window_start, window_steps = time.monotonic(), 0
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                        val_loss = self.validate(cfg.eval_batches)
+                        if val_loss is not None:
+                            self._log({"step": self.step, "val_loss": val_loss})
+                            progress.log(f"step {self.step}: val_loss {val_loss:.4f}")
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.step > self.last_checkpoint and self.bad_in_row == 0:
+                self.save_checkpoint()
+            raise
+        val_loss = self.validate(limit=0)
+        if val_loss is not None:
+            self._log({"step": self.step, "val_loss": val_loss, "final": True})
+        if self.step > self.last_checkpoint or not self.run.has_checkpoint():
+            self.save_checkpoint()
+        if self.dist.enabled:
+            self._record_rank_fingerprints()
+        if self._tb is not None:
+            self._tb.close()
+        return TrainResult(self.step, val_loss, self.elapsed, self.bad_total, stopped_by)
+
+    def _record_rank_fingerprints(self) -> None:
+        """Every rank must end with the same weights; record each rank's fingerprint to prove it."""
+        import torch.distributed as dist
+
+        mine = weights_fingerprint(self.model.state_dict())
+        gathered: list[str | None] = [None] * self.dist.world_size
+        dist.all_gather_object(gathered, mine)
+        if self.dist.is_main:
+            state = self.run.read_json(files.TRAINER_STATE_JSON)
+            state["rank_fingerprints"] = gathered
+            self.run.write_json(files.TRAINER_STATE_JSON, state)
+        if len(set(gathered)) != 1:
+            raise RuntimeError(f"ranks ended with different weights: {gathered}")

@@ -1,0 +1,1 @@
+"""Built-in data sources and loaders for users' files."""

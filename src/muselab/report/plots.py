@@ -1,0 +1,120 @@
+"""Plots for the report: training curves read from a run's ``metrics.jsonl``.
+
+Figures are drawn with matplotlib's object API on an explicit Agg canvas rather than through
+``pyplot``: no global backend switch, no global figure registry to leak into, and safe to call
+from a server thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_training_curves"]
+
+_TRAIN_COLOR = "#1f77b4"
+_VAL_COLOR = "#d62728"
+_LR_COLOR = "#2ca02c"
+
+
+def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) for records that hold a finite ``key``; others are skipped, not plotted as gaps."""
+    steps: list[float] = []
+    values: list[float] = []
+    for record in records:
+        step, value = record.get("step"), record.get(key)
+        if step is None or value is None:
+            continue
+        try:
+            step_f, value_f = float(step), float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(step_f) and math.isfinite(value_f):
+            steps.append(step_f)
+            values.append(value_f)
+    return steps, values
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Centred moving average over ~1/25 of the run, averaging only the points that exist at the ends.
+
+    Centred rather than an exponential average, so the smoothed line does not lag behind the raw
+    loss; the window scales with the run so short runs stay detailed and long ones show the trend.
+    """
+    window = max(1, len(values) // 25) | 1  # odd, so it is centred on each point
+    if window == 1:
+        return list(values)
+    kernel = np.ones(window)
+    sums = np.convolve(np.asarray(values, dtype=float), kernel, mode="same")
+    counts = np.convolve(np.ones(len(values)), kernel, mode="same")
+    return (sums / counts).tolist()
+
+
+def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "Training") -> Path:
+    """Plot train loss (raw and smoothed), validation loss and learning rate against step.
+
+    ``records`` are the parsed lines of a ``metrics.jsonl``: dicts with ``step`` and any of ``loss``,
+    ``val_loss`` and ``lr``; records without a finite value for a key are skipped for that curve.
+    The learning rate gets its own small axes below the losses when present. The PNG is written
+    atomically and its path returned; with no plottable data the figure says so instead of failing.
+    """
+    out_png = Path(out_png)
+    train_steps, train_loss = _series(records, "loss")
+    val_steps, val_loss = _series(records, "val_loss")
+    lr_steps, lr = _series(records, "lr")
+
+    fig = Figure(figsize=(8, 5.5) if lr else (8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    if lr:
+        loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    else:
+        loss_ax, lr_ax = fig.subplots(1, 1), None
+    loss_ax.set_title(title)
+
+    if train_loss:
+        # Raw minibatch loss is noisy: draw it faint and let the smoothed line carry the trend.
+        loss_ax.plot(train_steps, train_loss, color=_TRAIN_COLOR, alpha=0.25, linewidth=0.8)
+        loss_ax.plot(train_steps, _smooth(train_loss), color=_TRAIN_COLOR, linewidth=1.8, label="train loss")
+    if val_loss:
+        loss_ax.plot(
+            val_steps, val_loss, color=_VAL_COLOR, marker="o", markersize=4, linewidth=1.2, label="val loss"
+        )
+    if train_loss or val_loss:
+        loss_ax.set_ylabel("loss")
+        loss_ax.legend(loc="upper right", frameon=False)
+    else:
+        loss_ax.text(
+            0.5, 0.5, "no loss values recorded", ha="center", va="center", transform=loss_ax.transAxes
+        )
+    loss_ax.grid(True, alpha=0.3)
+
+    if lr_ax is not None:
+        lr_ax.plot(lr_steps, lr, color=_LR_COLOR, linewidth=1.2)
+        lr_ax.set_ylabel("lr")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        lr_ax.grid(True, alpha=0.3)
+        lr_ax.set_xlabel("step")
+    else:
+        loss_ax.set_xlabel("step")
+
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    # Save next to the target, then rename: a reader never sees a half-written PNG.
+    # (A unique name opened with "x" rather than mkstemp, so the file gets the umask's usual mode.)
+    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, out_png)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        fig.clear()  # drop artists now; with no pyplot registry the figure is freed once unreferenced
+    return out_png

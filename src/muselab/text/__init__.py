@@ -1,0 +1,1 @@
+"""Text: tokenizers, the Transformer language model, decoding and metrics."""

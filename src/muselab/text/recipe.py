@@ -1,0 +1,228 @@
+"""The `text-lm` recipe: a character or BPE Transformer language model on the user's text."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from muselab.core.config import Section, TrainConfig
+from muselab.core.errors import ConfigError, DataError
+from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.rundir import RunDir
+from muselab.data.text import load_text_corpus, split_train_val
+from muselab.text.controls import TextGenerationControls
+from muselab.text.decoding import StopStrings, generate_tokens
+from muselab.text.lm import GPT, GPTConfig
+from muselab.text.metrics import CopyIndex, text_diversity_report
+from muselab.text.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+
+
+class TextDataConfig(Section):
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the text, from its end, held out")
+
+
+class TokenizerConfig(Section):
+    kind: Literal["char", "bpe"] = Field("char", description="character-level or byte-level BPE")
+    vocab_size: int = Field(2000, ge=257, le=1_000_000, description="BPE vocabulary size")
+
+
+class TextEvalConfig(Section):
+    num_samples: int = Field(20, ge=2, description="samples generated for the diversity metrics")
+    sample_tokens: int = Field(300, ge=1, description="tokens per evaluation sample")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature for evaluation samples")
+    min_copy_chars: int = Field(50, ge=1, description="a verbatim copy this long makes a sample not novel")
+    seed: int = Field(0, description="seed for evaluation samples")
+
+
+class TextLMConfig(Section):
+    data: TextDataConfig = TextDataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: GPTConfig = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.0)
+    train: TrainConfig = TrainConfig(
+        max_steps=2000, batch_size=32, lr=3e-3, warmup_steps=50, min_lr_ratio=0.05, precision="bf16",
+        eval_every=250, eval_batches=20, checkpoint_every=250, weight_decay=0.1, beta2=0.99,
+    )
+    eval: TextEvalConfig = TextEvalConfig()
+
+
+class TokenStream:
+    """A token sequence as the Trainer's batch source: random windows to train, tiled windows to validate."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int) -> None:
+        self.ids = ids
+        self.block = min(block_size, len(ids) - 1)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(0, len(self.ids) - self.block, (batch_size,), generator=generator)
+        offsets = torch.arange(self.block + 1)
+        windows = self.ids[starts[:, None] + offsets[None, :]]
+        return windows[:, :-1], windows[:, 1:]
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n_windows = (len(self.ids) - 1) // self.block
+        starts = torch.arange(n_windows) * self.block
+        if limit and limit * batch_size < n_windows:
+            # spread a limited validation over the whole split instead of its first pages
+            pick = torch.linspace(0, n_windows - 1, limit * batch_size).round().long()
+            starts = starts[pick]
+        offsets = torch.arange(self.block + 1)
+        for chunk in starts.split(batch_size):
+            windows = self.ids[chunk[:, None] + offsets[None, :]]
+            yield windows[:, :-1], windows[:, 1:]
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer.encode(text, strict=False), dtype=torch.long)
+
+
+class TextLMRecipe(Recipe):
+    name = "text-lm"
+    summary = "decoder-only Transformer language model (char or BPE) on a .txt file, folder or JSONL"
+    config_class = TextLMConfig
+    controls_class = TextGenerationControls
+    default_data = "builtin:words"
+    presets = {
+        "tiny": {
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},
+            "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                      "eval_batches": 4, "checkpoint_every": 10, "log_every": 5, "precision": "fp32"},
+            "eval": {"num_samples": 4, "sample_tokens": 40},
+        },
+        "default": {},
+        "base": {
+            "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2},
+            "train": {"max_steps": 5000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 200,
+                      "eval_every": 500, "checkpoint_every": 1000},
+        },
+    }
+
+    # -- data -------------------------------------------------------------------------------------
+    def prepare_data(self, cfg: TextLMConfig, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
+        corpus = load_text_corpus(data)
+        train_text, val_text = split_train_val(corpus.text, cfg.data.val_fraction)
+        tokenizer = assets["tokenizer"] if assets else train_tokenizer(
+            cfg.tokenizer.kind, train_text, cfg.tokenizer.vocab_size)
+        train_ids, val_ids = _encode(tokenizer, train_text), _encode(tokenizer, val_text)
+        if len(train_ids) < 2 or len(val_ids) < 2:
+            raise DataError(f"{corpus.source} is too short to train on ({len(train_ids)} training and "
+                            f"{len(val_ids)} validation tokens); give it more text")
+        info = {
+            "spec": data, "source": corpus.source, "fingerprint": corpus.fingerprint,
+            "documents": corpus.n_documents, "train_chars": len(train_text), "val_chars": len(val_text),
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "unknown_tokens": int((train_ids == 0).sum()) if tokenizer.kind == "char" else 0,
+        }
+        return PreparedData(TokenStream(train_ids, cfg.model.block_size), TokenStream(val_ids, cfg.model.block_size),
+                            info, {"tokenizer": tokenizer, "train_text": train_text, "val_text": val_text})
+
+    def build_model(self, cfg: TextLMConfig, assets: dict[str, Any]) -> GPT:
+        model_cfg = cfg.model.model_copy(update={"vocab_size": assets["tokenizer"].vocab_size})
+        if model_cfg.n_embd % model_cfg.n_head:
+            raise ConfigError(f"model.n_embd ({model_cfg.n_embd}) must be divisible by model.n_head "
+                              f"({model_cfg.n_head})")
+        return GPT(model_cfg)
+
+    def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
+        assets["tokenizer"].save(run.path)
+
+    def load_assets(self, cfg: TextLMConfig, run: RunDir) -> dict[str, Any]:
+        return {"tokenizer": load_tokenizer(run.path)}
+
+    def check_transfer(self, cfg: TextLMConfig, source_cfg: TextLMConfig, prepared: PreparedData,
+                       source: Path) -> None:
+        # --init-from reuses the source's tokenizer, so embeddings keep their meaning
+        if cfg.tokenizer != source_cfg.tokenizer:
+            raise ConfigError(f"tokenizer settings {cfg.tokenizer.model_dump()} differ from those of '{source}' "
+                              f"{source_cfg.tokenizer.model_dump()}; --init-from keeps the source's tokenizer")
+        unknown, total = prepared.info["unknown_tokens"], prepared.info["train_tokens"]
+        if unknown > 0.001 * total:
+            missing = sorted(set(prepared.assets["train_text"]) - set(prepared.assets["tokenizer"].decode(
+                range(prepared.assets["tokenizer"].vocab_size))))[:10]
+            raise ConfigError(f"the tokenizer of '{source}' does not know {unknown} of {total} characters of the "
+                              f"new data (e.g. {', '.join(map(repr, missing))}); fine-tune on text in the same "
+                              "alphabet or train from scratch")
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], controls: TextGenerationControls,
+                 on_text: Callable[[str], None] | None = None) -> Generated:
+        tokenizer: Tokenizer = assets["tokenizer"]
+        if controls.seed is None:
+            controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
+        prompt_ids = tokenizer.encode(controls.prompt, strict=True) if controls.prompt else []
+        # an empty prompt starts the text as if after a blank line
+        start = prompt_ids or tokenizer.encode("\n", strict=False) or [1]
+        device = next(model.parameters()).device
+        batch = torch.tensor([start] * controls.num_samples, dtype=torch.long, device=device)
+        generator = torch.Generator(device=device).manual_seed(controls.seed)
+        stop = StopStrings(controls.stop, tokenizer.decode) if controls.stop else None
+        streamer = (_Streamer(tokenizer, on_text, controls.stop)
+                    if on_text and controls.stream and controls.num_samples == 1 else None)
+        model.eval()
+        rows = generate_tokens(model.cached_step(controls.num_samples), batch, controls, generator=generator,
+                               stop_criteria=stop, on_tokens=streamer)
+        texts = []
+        for row in rows:
+            text = tokenizer.decode(row)
+            texts.append(controls.prompt + (stop.truncate(text) if stop else text))
+        if streamer:
+            streamer.finish(texts[0][len(controls.prompt):])
+        return Generated(texts, "text", {"controls": controls.model_dump()})
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], run: RunDir,
+                 data: str | None) -> dict[str, Any]:
+        from muselab.core.trainer import Trainer  # validation is the Trainer's, one implementation
+
+        prepared = self.prepare_data(cfg, data, assets)
+        device = next(model.parameters()).device
+        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, quiet=True)
+        val_loss = trainer.validate(limit=0)
+        val_text = prepared.assets["val_text"]
+        tokens_per_char = prepared.info["val_tokens"] / max(1, len(val_text))
+        controls = TextGenerationControls(max_new_tokens=cfg.eval.sample_tokens, temperature=cfg.eval.temperature,
+                                          num_samples=cfg.eval.num_samples, seed=cfg.eval.seed, stream=False)
+        samples = self.generate(model, cfg, assets, controls).items
+        diversity = text_diversity_report(samples, CopyIndex(prepared.assets["train_text"]),
+                                          min_copy_chars=cfg.eval.min_copy_chars)
+        metrics = {
+            "val_loss": val_loss,
+            "perplexity": math.exp(val_loss),
+            "bits_per_char": val_loss * tokens_per_char / math.log(2),
+            **diversity,
+        }
+        return {"metrics": metrics, "samples": samples, "controls": controls.model_dump()}
+
+
+class _Streamer:
+    """Prints the text of row 0 as tokens arrive.
+
+    It holds back incomplete UTF-8 sequences, and enough trailing characters that a stop string
+    completing later is never shown before `finish` cuts it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, on_text: Callable[[str], None], stop: list[str]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.holdback = max((len(s) for s in stop), default=0) + (16 if stop else 0)
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def __call__(self, tokens: torch.Tensor) -> None:
+        self.ids.append(int(tokens[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        visible = text[: len(text) - self.holdback] if self.holdback else text
+        if visible.startswith(self.shown) and len(visible) > len(self.shown):
+            self.on_text(visible[len(self.shown):])
+            self.shown = visible
+
+    def finish(self, final: str) -> None:
+        # the final text may be shorter (a stop string cut it); only add what is missing
+        if final.startswith(self.shown) and len(final) > len(self.shown):
+            self.on_text(final[len(self.shown):])
