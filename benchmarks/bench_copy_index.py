@@ -11,14 +11,13 @@ of that length with ``in`` over the whole text. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import random
 import sys
 import time
 from pathlib import Path
 
+from muselab.core.io import atomic_write_json
 from muselab.text.metrics import CopyIndex
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, args.json)
+    atomic_write_json(args.json, record)
     print(f"wrote {args.json}")
     return 0
 

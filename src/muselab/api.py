@@ -19,13 +19,13 @@ from muselab.core import rundir as files
 from muselab.core.artifacts import ArtifactWriter, Provenance
 from muselab.core.checkpoint import load_into, load_tensors, weights_fingerprint
 from muselab.core.config import build_config, load_toml, parse_overrides
+from muselab.core.controls import parse_controls
 from muselab.core.errors import CheckpointError, ConfigError
 from muselab.core.modelcard import write_model_card
 from muselab.core.registry import Generated, Recipe, get_recipe
 from muselab.core.rundir import RunDir
 from muselab.core.runtime import init_distributed, resolve_device, shutdown_distributed
 from muselab.core.trainer import Trainer, TrainResult
-from muselab.text.controls import parse_controls
 
 
 @dataclass

@@ -74,7 +74,7 @@ def test_self_bleu_needs_two_samples() -> None:
 # ---------------------------------------------------------------- CopyIndex
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     train=st.text(alphabet="abc", max_size=60),
     sample=st.text(alphabet="abcd", max_size=25),
@@ -83,7 +83,7 @@ def test_longest_copy_matches_brute_force(train: str, sample: str) -> None:
     assert CopyIndex(train).longest_copy(sample) == brute_force_longest_copy(sample, train)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     train=st.text(alphabet=st.sampled_from("aé\n\U0001f600 "), max_size=40),
     sample=st.text(alphabet=st.sampled_from("aé\n\U0001f600 x"), max_size=15),

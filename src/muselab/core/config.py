@@ -76,7 +76,9 @@ def _allowed_keys(model: type[BaseModel], path: list[str]) -> tuple[str, list[st
 
 def build_config(model: type[BaseModel], layers: Iterable[Mapping[str, Any]]) -> BaseModel:
     """Merge nested dicts in order and validate them into `model`; one-line ConfigError otherwise."""
-    merged: dict[str, Any] = {}
+    # Start from the full defaults: a layer that sets one field of a section keeps the recipe's other
+    # defaults for that section rather than falling back to the section class's own.
+    merged: dict[str, Any] = model().model_dump()
     for layer in layers:
         _deep_merge(merged, layer)
     try:

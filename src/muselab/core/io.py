@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` and then rename the temporary file over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # not mkstemp: its 0600 mode would make reports unreadable to a web server or a colleague
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         write(Path(tmp))
         os.replace(tmp, path)

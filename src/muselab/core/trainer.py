@@ -61,6 +61,22 @@ class _TrainingStep(nn.Module):
         return self.model.training_step(batch)
 
 
+@torch.no_grad()
+def mean_loss(model: nn.Module, data: BatchSource, batch_size: int, device: torch.device, precision: str = "fp32",
+              limit: int = 0) -> float | None:
+    """Loss per predicted item over `limit` batches of `data` (0 = all of it), via the model's eval_step."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in data.eval_batches(batch_size, limit):
+        with autocast(device, precision):
+            loss_sum, n = model.eval_step(to_device(batch, device))
+        total += float(loss_sum)
+        count += int(n)
+    model.train(was_training)
+    return total / count if count else None
+
+
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up to the peak, then cosine decay to min_lr_ratio x peak at progress 1."""
     if step <= cfg.warmup_steps:
@@ -175,20 +191,10 @@ class Trainer:
         self.last_checkpoint = self.step
 
     # -- validation ---------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self, limit: int) -> float | None:
         if self.val_data is None:
             return None
-        was_training = self.model.training
-        self.model.eval()
-        total, count = 0.0, 0
-        for batch in self.val_data.eval_batches(self.cfg.batch_size, limit):
-            with autocast(self.device, self.cfg.precision):
-                loss_sum, n = self.model.eval_step(to_device(batch, self.device))
-            total += float(loss_sum)
-            count += int(n)
-        self.model.train(was_training)
-        return total / count if count else None
+        return mean_loss(self.model, self.val_data, self.cfg.batch_size, self.device, self.cfg.precision, limit)
 
     # -- the loop -------------------------------------------------------------------------------
     def _progress(self) -> float:
@@ -215,12 +221,12 @@ class Trainer:
             raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'muselab[tensorboard]'") from None
         self._tb = SummaryWriter(log_dir=str(self.run / "tensorboard"))
 
-    def _train_step(self) -> tuple[float, float, bool]:
+    def _train_step(self, step: int) -> tuple[float, float, bool]:
         cfg = self.cfg
-        torch.manual_seed(derive_seed(cfg.seed, "dropout", self.step, self.dist.rank))
+        torch.manual_seed(derive_seed(cfg.seed, "dropout", step, self.dist.rank))
         total_loss = 0.0
         for micro in range(cfg.grad_accum):
-            gen = make_generator(cfg.seed, "batch", self.step, micro, self.dist.rank)
+            gen = make_generator(cfg.seed, "batch", step, micro, self.dist.rank)
             batch = to_device(self.train_data.sample(cfg.batch_size, gen), self.device)
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
             context = self.step_module.no_sync() if not sync else nullcontext()
@@ -236,14 +242,14 @@ class Trainer:
         if not bad:
             self.optimizer.step()
             if self.ema is not None:
-                self._update_ema()
+                self._update_ema(step)
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm, bad
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, step: int) -> None:
         # Warm-up of the decay keeps early EMA weights from being dominated by the random init
-        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
         state = self.model.state_dict()
         for name, avg in self.ema.items():
             avg.lerp_(state[name].to(avg.dtype), 1.0 - decay)
@@ -268,11 +274,12 @@ class Trainer:
                     if cfg.max_minutes and self.dist.any(self.elapsed >= 60.0 * cfg.max_minutes):
                         stopped_by = "time"
                         break
-                    self.step += 1
-                    lr = lr_at(cfg, self.step, self._progress())
+                    step = self.step + 1
+                    lr = lr_at(cfg, step, self._progress())
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    loss, grad_norm, bad = self._train_step()
+                    loss, grad_norm, bad = self._train_step(step)
+                    self.step = step  # only a finished step counts: an interrupt mid-step saves the one before
                     self.elapsed = base_elapsed + time.monotonic() - started
                     window_steps += 1
                     if bad:

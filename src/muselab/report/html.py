@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +18,7 @@ import jinja2
 
 from muselab import __version__
 from muselab.core.errors import DataError
+from muselab.core.io import atomic_write_text
 
 __all__ = ["Section", "write_report"]
 
@@ -107,16 +106,5 @@ def write_report(out_dir: Path, title: str, sections: Sequence[Section], footer:
     ]
     html = _template().render(title=title, sections=rendered_sections, footer=footer, version=__version__)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / "report.html"
-    # Write beside the target, then rename: a browser or a mail client never sees half a page.
-    tmp = out_dir / f".report.html.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
-            fh.write(html)
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out_path
+    # Atomic: a browser or a mail client never sees half a page.
+    return atomic_write_text(Path(out_dir) / "report.html", html)

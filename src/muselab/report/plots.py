@@ -8,14 +8,14 @@ from a server thread.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from muselab.core.io import atomic_write
 
 __all__ = ["plot_training_curves"]
 
@@ -104,17 +104,9 @@ def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "T
     else:
         loss_ax.set_xlabel("step")
 
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    # Save next to the target, then rename: a reader never sees a half-written PNG.
-    # (A unique name opened with "x" rather than mkstemp, so the file gets the umask's usual mode.)
-    tmp = out_png.with_name(f".{out_png.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, out_png)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # Atomic: a reader (the report, a browser) never sees a half-written PNG.
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         fig.clear()  # drop artists now; with no pyplot registry the figure is freed once unreferenced
     return out_png

@@ -44,7 +44,7 @@ class LogitsProcessor(ABC):
         """Given ids so far `[B, T]` (prompt included) and scores `[B, V]`, return new scores `[B, V]`."""
 
 
-class LogitsProcessorList(list):
+class LogitsProcessorList(list[LogitsProcessor]):
     """A plain list of processors, applied in order; append to it to add a step."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -349,18 +349,19 @@ class StopStrings:
             if new == 0:
                 continue
             self._checked[row] = len(tokens)
-            self._done[row] = self._tail_has_stop(list(tokens), new)
+            self._done[row] = self._tail_has_stop(tokens, new)
         return list(self._done)
 
-    def _tail_has_stop(self, tokens: list[int], new: int) -> bool:
+    def _tail_has_stop(self, tokens: Sequence[int], new: int) -> bool:
         # A stop string ending in the new text starts at most `longest - 1` characters before it; one more
         # character keeps it clear of the window's first character, which a decoder may render differently
         # (a byte-level token cut mid-character, or a stripped leading space).
-        need = len(self.decode(tokens[-new:])) + self._longest
+        # Only tail slices are copied: copying whole rows every step would be quadratic in their length.
+        need = len(self.decode(list(tokens[-new:]))) + self._longest
         width = new + self._longest
         while True:
             width = min(width, len(tokens))
-            text = self.decode(tokens[-width:])
+            text = self.decode(list(tokens[-width:]))
             if len(text) >= need or width == len(tokens):
                 break
             width *= 2

@@ -15,6 +15,7 @@ from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, DataError
 from muselab.core.registry import Generated, PreparedData, Recipe
 from muselab.core.rundir import RunDir
+from muselab.core.trainer import mean_loss
 from muselab.data.text import load_text_corpus, split_train_val
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import StopStrings, generate_tokens
@@ -45,7 +46,7 @@ class TextLMConfig(Section):
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: GPTConfig = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.0)
     train: TrainConfig = TrainConfig(
-        max_steps=2000, batch_size=32, lr=3e-3, warmup_steps=50, min_lr_ratio=0.05, precision="bf16",
+        max_steps=2000, batch_size=32, lr=3e-3, warmup_steps=50, min_lr_ratio=0.05, precision="fp32",
         eval_every=250, eval_batches=20, checkpoint_every=250, weight_decay=0.1, beta2=0.99,
     )
     eval: TextEvalConfig = TextEvalConfig()
@@ -177,12 +178,9 @@ class TextLMRecipe(Recipe):
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> dict[str, Any]:
-        from muselab.core.trainer import Trainer  # validation is the Trainer's, one implementation
-
         prepared = self.prepare_data(cfg, data, assets)
         device = next(model.parameters()).device
-        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, quiet=True)
-        val_loss = trainer.validate(limit=0)
+        val_loss = mean_loss(model, prepared.val, cfg.train.batch_size, device, cfg.train.precision)
         val_text = prepared.assets["val_text"]
         tokens_per_char = prepared.info["val_tokens"] / max(1, len(val_text))
         controls = TextGenerationControls(max_new_tokens=cfg.eval.sample_tokens, temperature=cfg.eval.temperature,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.io import atomic_write_json
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("char", "bpe")
@@ -49,21 +48,6 @@ def _sha256_json(obj: Any) -> str:
     # Canonical form: sorted keys, no whitespace, real UTF-8, so equal content hashes equally.
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a half-written temporary file next to the user's model.
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _checked_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -116,7 +100,7 @@ class CharTokenizer:
         return "".join(chars[i - 1] for i in _checked_ids(ids, self.vocab_size) if i != 0)
 
     def save(self, directory: Path) -> None:
-        _write_json_atomic(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "chars": list(self.chars)})
+        atomic_write_json(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "chars": list(self.chars)})
 
     def fingerprint(self) -> str:
         return _sha256_json({"kind": self.kind, "chars": list(self.chars)})
@@ -195,7 +179,7 @@ class BPETokenizer:
         return json.loads(self._tok.to_str())
 
     def save(self, directory: Path) -> None:
-        _write_json_atomic(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "tokenizer": self._json()})
+        atomic_write_json(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "tokenizer": self._json()})
 
     def fingerprint(self) -> str:
         obj = self._json()

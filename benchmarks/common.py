@@ -1,0 +1,42 @@
+"""Helpers shared by the benchmarks: a measured matmul peak and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 2.0) -> float:
+    """Best sustained square-matmul rate on this machine now, the denominator of MFU."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    result = {**result, "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                    "threads": torch.get_num_threads(), "cpu": platform.processor()}}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")

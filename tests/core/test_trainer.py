@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from muselab.core import rundir as files
+from muselab.core.checkpoint import load_tensors
+from muselab.core.config import TrainConfig
+from muselab.core.errors import TrainingDiverged
+from muselab.core.rundir import RunDir
+from muselab.core.trainer import Trainer, lr_at
+
+
+class Regression:
+    """y = 3x + 1 with noise: a batch source with a known answer."""
+
+    def sample(self, batch_size, generator):
+        x = torch.randn(batch_size, 1, generator=generator)
+        return x, 3 * x + 1 + 0.01 * torch.randn(batch_size, 1, generator=generator)
+
+    def eval_batches(self, batch_size, limit=0):
+        gen = torch.Generator().manual_seed(123)
+        for _ in range(limit or 4):
+            yield self.sample(batch_size, gen)
+
+
+class Crash(Exception):
+    pass
+
+
+class Line(nn.Module):
+    def __init__(self, poison_steps=(), crash_at=None):
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+        self.drop = nn.Dropout(0.02)
+        self.calls, self.poison_steps, self.crash_at = 0, set(poison_steps), crash_at
+
+    def training_step(self, batch):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise self.crash_at_error
+        x, y = batch
+        loss = ((self.fc(self.drop(x)) - y) ** 2).mean()
+        return loss * float("nan") if self.calls in self.poison_steps else loss
+
+    def eval_step(self, batch):
+        x, y = batch
+        return ((self.fc(x) - y) ** 2).sum(), y.numel()
+
+
+def make(tmp_path, model=None, **overrides):
+    settings = dict(max_steps=60, batch_size=16, lr=0.3, warmup_steps=2, weight_decay=0.0, eval_every=0, checkpoint_every=10,
+                    log_every=5)
+    cfg = TrainConfig(**{**settings, **overrides})
+    run = RunDir(tmp_path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        torch.manual_seed(0)
+        model = Line()
+    return Trainer(model, cfg, run, Regression(), Regression(), device=torch.device("cpu"), quiet=True)
+
+
+def test_learns_and_writes_checkpoint_and_metrics(tmp_path):
+    result = make(tmp_path).fit()
+    assert result.step == 60 and result.val_loss < 0.1
+    weights = load_tensors(tmp_path / files.MODEL)
+    assert abs(float(weights["fc.weight"]) - 3) < 0.3
+    lines = RunDir(tmp_path).read_metrics()
+    assert any("val_loss" in r for r in lines) and lines[0]["step"] == 5
+
+
+@pytest.mark.parametrize("interruption", [Crash, KeyboardInterrupt])
+def test_resume_is_exact(tmp_path, interruption):
+    full = make(tmp_path / "full", max_steps=40)
+    full.fit()
+    torch.manual_seed(0)  # same initial weights as the uninterrupted run
+    model = Line(crash_at=25)
+    model.crash_at_error = interruption
+    with pytest.raises(interruption):
+        make(tmp_path / "part", model=model, max_steps=40).fit()
+    resumed = make(tmp_path / "part", max_steps=40)
+    resumed.fit(resume=True)
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    steps = [r["step"] for r in RunDir(tmp_path / "part").read_metrics() if "loss" in r]
+    assert steps == sorted(set(steps)), "resume must not duplicate log lines"
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path):
+    torch.manual_seed(0)
+    model = Line(poison_steps={3, 4})
+    result = make(tmp_path, model=model).fit()
+    assert result.bad_steps == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert result.val_loss < 0.1
+    skipped = [r["step"] for r in RunDir(tmp_path).read_metrics() if r.get("skipped")]
+    assert skipped == [3, 4]
+
+
+def test_repeated_non_finite_steps_stop_training_with_checkpoint_intact(tmp_path):
+    model = Line(poison_steps=set(range(13, 100)))
+    trainer = make(tmp_path, model=model, max_steps=40, max_bad_steps=3)
+    with pytest.raises(TrainingDiverged, match="step 10"):
+        trainer.fit()
+    weights = load_tensors(tmp_path / files.MODEL)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert RunDir(tmp_path).read_json(files.TRAINER_STATE_JSON)["step"] == 10
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)
+    assert lr_at(cfg, 5, 0.05) == pytest.approx(0.5)
+    assert lr_at(cfg, 10, 0.1) == pytest.approx(1.0)
+    assert lr_at(cfg, 100, 1.0) == pytest.approx(0.1)
+    values = [lr_at(cfg, s, s / 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_time_budget_stops_training(tmp_path):
+    result = make(tmp_path, max_steps=10**6, max_minutes=0.02).fit()
+    assert result.stopped_by == "time" and result.step < 10**6
+
+
+def test_ema_weights_are_saved(tmp_path):
+    trainer = make(tmp_path, ema_decay=0.9)
+    trainer.fit()
+    saved = load_tensors(tmp_path / files.MODEL)
+    raw = trainer.model.state_dict()
+    assert not torch.equal(saved["fc.weight"], raw["fc.weight"])
+    assert math.isclose(float(saved["fc.weight"]), float(raw["fc.weight"]), abs_tol=0.5)
+
+
+def test_gradient_accumulation_runs(tmp_path):
+    result = make(tmp_path, grad_accum=2, batch_size=8).fit()
+    assert result.val_loss < 0.1
+
+
+def test_tensorboard_log(tmp_path):
+    pytest.importorskip("tensorboard")
+    make(tmp_path, max_steps=10, tensorboard=True).fit()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

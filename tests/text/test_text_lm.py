@@ -1,0 +1,118 @@
+"""The text-lm recipe end to end through the Python API."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from muselab import api
+from muselab.core.checkpoint import load_tensors
+from muselab.core.errors import CheckpointError, ConfigError, ControlError
+from muselab.text.controls import TextGenerationControls
+from muselab.text.decoding import generate_tokens
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    return api.load(tiny_run)
+
+
+def test_greedy_is_identical_with_and_without_the_kv_cache(run):
+    model, block = run.model, run.model.cfg.block_size
+    prompt = torch.tensor([run.assets["tokenizer"].encode("The quick brown")] * 2)
+    controls = TextGenerationControls(max_new_tokens=block - prompt.size(1), temperature=0)
+    cached = generate_tokens(model.cached_step(2), prompt, controls)
+    uncached = generate_tokens(model.uncached_step(), prompt, controls)
+    assert cached == uncached and len(cached[0]) == block - prompt.size(1)
+
+
+def test_cache_slides_past_the_context_window(run):
+    block = run.model.cfg.block_size
+    out = run.generate(prompt="The", max_new_tokens=3 * block, temperature=0.8, seed=1, stream=False)
+    assert len(out.items[0]) > block
+
+
+def test_same_seed_same_text_and_other_seeds_differ(run):
+    first = run.generate(prompt="The", max_new_tokens=60, seed=7, stream=False).items
+    again = run.generate(prompt="The", max_new_tokens=60, seed=7, stream=False).items
+    other = run.generate(prompt="The", max_new_tokens=60, seed=8, stream=False).items
+    assert first == again and first != other
+
+
+def test_samples_continue_the_prompt_and_batch(run):
+    out = run.generate(prompt="Old stone", max_new_tokens=20, num_samples=5, seed=0, stream=False)
+    assert len(out.items) == 5 and all(t.startswith("Old stone") for t in out.items)
+
+
+def test_stop_strings_cut_the_text(run):
+    out = run.generate(prompt="The", max_new_tokens=200, stop=["."], num_samples=4, seed=3, stream=False)
+    for text in out.items:
+        assert "." not in text
+
+
+def test_streaming_shows_exactly_the_final_text(run):
+    pieces = []
+    out = run.generate(on_text=pieces.append, prompt="A", max_new_tokens=40, seed=5)
+    assert "A" + "".join(pieces) == out.items[0]
+
+
+def test_unknown_prompt_characters_are_a_control_error(run):
+    with pytest.raises(ControlError, match="never saw"):
+        run.generate(prompt="Zürich", max_new_tokens=5)
+
+
+def test_evaluate_writes_the_metrics(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    metrics = api.evaluate(copy)
+    saved = json.loads((copy / "eval.json").read_text())
+    for key in ("val_loss", "perplexity", "bits_per_char", "distinct_1", "distinct_2", "distinct_3",
+                "self_bleu", "novelty", "longest_copy_chars"):
+        assert key in saved and saved[key] == metrics[key]
+    assert metrics["perplexity"] == pytest.approx(torch.tensor(metrics["val_loss"]).exp().item())
+    assert (copy / "samples" / "eval_samples.jsonl").is_file()
+    assert "Evaluation" in (copy / "MODEL_CARD.md").read_text()
+
+
+def test_run_directory_has_the_documented_files(tiny_run):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.safetensors",
+                 "trainer_state.json", "metrics.jsonl", "MODEL_CARD.md", "loss.png"):
+        assert (tiny_run / name).is_file(), name
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["recipe"] == "text-lm" and len(config["data"]["fingerprint"]) == 64
+
+
+def test_init_from_and_freeze(tiny_run, tmp_path, corpus_file):
+    out = tmp_path / "finetuned"
+    api.train("text-lm", str(corpus_file), out, preset="tiny", init_from=tiny_run, freeze=["blocks.0.*"],
+              max_steps=5, quiet=True)
+    source, tuned = load_tensors(tiny_run / "model.safetensors"), load_tensors(out / "model.safetensors")
+    frozen = [k for k in source if k.startswith("blocks.0.")]
+    assert frozen and all(torch.equal(source[k], tuned[k]) for k in frozen)
+    assert not torch.equal(source["wte.weight"], tuned["wte.weight"])
+    assert (out / "tokenizer.json").read_text() == (tiny_run / "tokenizer.json").read_text()
+
+
+def test_init_from_reports_mismatched_shapes_by_name(tiny_run, tmp_path, corpus_file):
+    with pytest.raises(CheckpointError, match=r"shape mismatch: .*wte.weight"):
+        api.train("text-lm", str(corpus_file), tmp_path / "x", preset="tiny", init_from=tiny_run,
+                  overrides=["model.n_embd=16"], quiet=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_freeze_pattern_that_matches_nothing(tmp_path, corpus_file):
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        api.train("text-lm", str(corpus_file), tmp_path / "x", preset="tiny", freeze=["encoder.*"], quiet=True)
+
+
+def test_bpe_tokenizer_and_jsonl_data(tmp_path, corpus_file):
+    data = tmp_path / "data.jsonl"
+    lines = corpus_file.read_text().splitlines()
+    data.write_text("\n".join(json.dumps({"text": line}) for line in lines) + "\n")
+    out = tmp_path / "bpe"
+    api.train("text-lm", str(data), out, preset="tiny", overrides=["tokenizer.kind=bpe",
+              "tokenizer.vocab_size=300"], max_steps=5, quiet=True)
+    run = api.load(out)
+    assert run.assets["tokenizer"].kind == "bpe"
+    assert run.generate(prompt="The", max_new_tokens=10, seed=0, stream=False).items[0].startswith("The")
