@@ -1,4 +1,8 @@
+import json
+
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from muselab.core.config import build_config, load_toml, parse_overrides
 from muselab.core.errors import ConfigError
@@ -73,3 +77,12 @@ def test_broken_toml_is_a_config_error(tmp_path):
     path.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(path)
+
+
+@given(value=st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                       st.text(alphabet=st.characters(categories=["L"]), min_size=1)))
+def test_override_values_round_trip(value):
+    # bare words that are JSON literals (true, null, NaN...) are read as JSON, by design
+    assume(not isinstance(value, str) or value not in {"true", "false", "null", "NaN", "Infinity"})
+    parsed = parse_overrides([f"section.key={json.dumps(value) if not isinstance(value, str) else value}"])
+    assert parsed == {"section": {"key": value}}

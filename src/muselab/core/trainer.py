@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,14 +106,12 @@ class Trainer:
         device: torch.device,
         dist: Distributed | None = None,
         quiet: bool = False,
-        on_checkpoint: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg, self.run, self.device = cfg, run, device
         self.dist = dist or Distributed()
         self.model = model.to(device)
         self.train_data, self.val_data = train_data, val_data
         self.quiet = quiet or not self.dist.is_main
-        self.on_checkpoint = on_checkpoint
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ConfigError("no trainable parameters left: --freeze matched every parameter")
@@ -121,7 +119,7 @@ class Trainer:
         no_decay = [p for p in self.params.values() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False,
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
         )
         self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()
                      if p.dtype.is_floating_point} if cfg.ema_decay > 0 else None)
@@ -161,8 +159,6 @@ class Trainer:
             save_tensors(self.run / files.TRAINER_STATE, tensors, metadata={"state": json.dumps(meta)})
             save_tensors(self.run / files.MODEL, self.weights_for_saving(), metadata={"step": str(self.step)})
             self.run.write_json(files.TRAINER_STATE_JSON, {k: v for k, v in meta.items() if k != "param_groups"})
-            if self.on_checkpoint:
-                self.on_checkpoint(self.step)
         self.last_checkpoint = self.step
         self.dist.barrier()
 
