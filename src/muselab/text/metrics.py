@@ -3,6 +3,8 @@
 - ``distinct_n``: share of word n-grams that are unique across a set of samples (higher = more varied).
 - ``self_bleu``: how much each sample resembles the others (lower = more varied).
 - ``CopyIndex`` / ``novelty``: how much of each sample was copied verbatim from the training text.
+- ``edit_distance``, ``phoneme_error_rate``, ``word_error_rate``, ``corpus_bleu_chrf``: accuracy of
+  sequence-to-sequence outputs against references (grapheme-to-phoneme, translation, rewriting).
 
 ``CopyIndex`` is a suffix array over the training text, built with vectorised prefix doubling in numpy.
 It answers "longest span of this sample found verbatim in the training text" exactly, in a few
@@ -16,14 +18,18 @@ from bisect import bisect_left
 from collections.abc import Sequence
 
 import numpy as np
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 __all__ = [
     "CopyIndex",
+    "corpus_bleu_chrf",
     "distinct_n",
+    "edit_distance",
     "novelty",
+    "phoneme_error_rate",
     "self_bleu",
     "text_diversity_report",
+    "word_error_rate",
 ]
 
 
@@ -226,3 +232,85 @@ def text_diversity_report(
     report["self_bleu"] = self_bleu(samples)
     report.update(novelty(samples, index, min_copy_chars))
     return report
+
+
+# ---------------------------------------------------------------- sequence-to-sequence accuracy
+
+
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two symbol sequences: fewest insertions, deletions and substitutions."""
+    # Shared ends cost nothing; trimming them makes the usual near-miss (one wrong phoneme) cheap.
+    start = 0
+    end_a, end_b = len(a), len(b)
+    while start < end_a and start < end_b and a[start] == b[start]:
+        start += 1
+    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
+        end_a -= 1
+        end_b -= 1
+    a, b = a[start:end_a], b[start:end_b]
+    if len(a) < len(b):
+        a, b = b, a  # the row runs over the shorter sequence
+    if not b:
+        return len(a)
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        diag, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            # row[j] still holds the previous row's value (deletion); row[j - 1] is this row's (insertion).
+            best = diag if x == y else diag + 1
+            up = row[j] + 1
+            left = row[j - 1] + 1
+            if up < best:
+                best = up
+            if left < best:
+                best = left
+            diag, row[j] = row[j], best
+    return row[-1]
+
+
+def _symbol_pairs(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], name: str) -> None:
+    if len(hyps) != len(refs):
+        raise ValueError(f"{name} needs one hypothesis per reference, got {len(hyps)} and {len(refs)}")
+    if not refs:
+        raise ValueError(f"{name} needs at least 1 pair, got 0")
+    for item in (*hyps, *refs):
+        if isinstance(item, str):
+            # A string would be scored per character; symbol lists must be explicit.
+            raise TypeError(f"{name} takes lists of symbols, got the string {item!r}; pass text.split()")
+
+
+def phoneme_error_rate(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> float:
+    """Total edit distance over total reference length (can exceed 1 when hypotheses are too long)."""
+    _symbol_pairs(hyps, refs, "phoneme_error_rate")
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("phoneme_error_rate is undefined when every reference is empty")
+    return sum(edit_distance(h, r) for h, r in zip(hyps, refs, strict=True)) / total
+
+
+def word_error_rate(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> float:
+    """Share of items whose hypothesis differs from its reference at all (the G2P word error rate).
+
+    Not the speech-recognition WER: in grapheme-to-phoneme each item is one word, and a word is wrong
+    when any of its symbols is.
+    """
+    _symbol_pairs(hyps, refs, "word_error_rate")
+    wrong = sum(1 for h, r in zip(hyps, refs, strict=True) if list(h) != list(r))
+    return wrong / len(refs)
+
+
+def corpus_bleu_chrf(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF of ``hyps`` against one reference each, on sacrebleu's 0-100 scale.
+
+    sacrebleu's defaults (BLEU with its 13a tokenizer, chrF with character 6-grams), so the numbers
+    compare with published ones.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"corpus_bleu_chrf needs one hypothesis per reference, got {len(hyps)} and {len(refs)}")
+    if not refs:
+        raise ValueError("corpus_bleu_chrf needs at least 1 pair, got 0")
+    hyps, refs = list(hyps), list(refs)
+    bleu = BLEU().corpus_score(hyps, [refs]).score
+    chrf = CHRF().corpus_score(hyps, [refs]).score
+    # Floating point can land a hair past 100 for a perfect match; keep the documented range.
+    return {"bleu": min(100.0, max(0.0, bleu)), "chrf": min(100.0, max(0.0, chrf))}

@@ -7,7 +7,6 @@ tokenizers map text to the same ids, so a checkpoint can tell whether a tokenize
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
-from muselab.core.io import atomic_write_json
+from muselab.core.io import atomic_write_json, sha256_json
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("char", "bpe")
@@ -42,12 +41,6 @@ class Tokenizer(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def fingerprint(self) -> str: ...
-
-
-def _sha256_json(obj: Any) -> str:
-    # Canonical form: sorted keys, no whitespace, real UTF-8, so equal content hashes equally.
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _checked_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
@@ -103,7 +96,7 @@ class CharTokenizer:
         atomic_write_json(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "chars": list(self.chars)})
 
     def fingerprint(self) -> str:
-        return _sha256_json({"kind": self.kind, "chars": list(self.chars)})
+        return sha256_json({"kind": self.kind, "chars": list(self.chars)})
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -185,7 +178,7 @@ class BPETokenizer:
         obj = self._json()
         # The library version does not change how text maps to ids.
         obj.pop("version", None)
-        return _sha256_json({"kind": self.kind, "tokenizer": obj})
+        return sha256_json({"kind": self.kind, "tokenizer": obj})
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
