@@ -20,7 +20,7 @@ from muselab.core.config import build_config
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import generate_tokens
 from muselab.text.lm import GPT
-from muselab.text.recipe import TextLMConfig, TextLMRecipe
+from muselab.text.lm_recipe import TextLMConfig, TextLMRecipe
 
 
 def preset_model(preset: str, vocab: int = 65) -> GPT:

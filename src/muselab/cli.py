@@ -44,6 +44,8 @@ def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseMode
         elif get_origin(kind) is list:
             group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                help=help_text + " (repeatable)")
+            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
+                               help=f"read {flag} values from a UTF-8 file, one per line")
         else:
             group.add_argument(flag, dest=name, type=kind if kind in (int, float) else str,
                                default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
@@ -134,7 +136,7 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     if args.help:
         parser.print_help()
         return 0
-    options = vars(parser.parse_args(rest))
+    options = _read_list_files(vars(parser.parse_args(rest)))
     out, overwrite = options.pop("out"), options.pop("overwrite")
     streaming = out is None and options.get("stream", True) and options.get("num_samples", 1) == 1
 
@@ -147,8 +149,14 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     result = run.generate(on_text=show if streaming else None, **options)
     if out:
         writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
-        for path in writer.write_texts(result.items, result.extra["controls"]):
+        if result.kind == "pairs":
+            paths = writer.write_lines(result.extra["lines"], result.extra["controls"])
+        else:
+            paths = writer.write_texts(result.items, result.extra["controls"])
+        for path in paths:
             print(path)
+    elif result.kind == "pairs":
+        print("\n".join(result.extra["lines"]))
     elif streaming:
         print()
     else:
@@ -157,6 +165,20 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
                 print(f"----- sample {index + 1} of {len(result.items)} -----")
             print(text)
     return 0
+
+
+def _read_list_files(options: dict[str, Any]) -> dict[str, Any]:
+    """`--input-file F` adds F's non-empty lines to `--input`."""
+    from muselab.core.errors import DataError
+    from muselab.data.text import read_text_file
+
+    for key in [k for k in options if k.endswith("__file")]:
+        path = Path(options.pop(key))
+        if not path.is_file():
+            raise DataError(f"--{key[:-6].replace('_', '-')}-file '{path}' does not exist")
+        lines = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
+        options[key[:-6]] = [*options.get(key[:-6], []), *lines]
+    return options
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from muselab.core.config import build_config, load_toml, parse_overrides
 from muselab.core.errors import ConfigError
-from muselab.text.recipe import TextLMConfig, TextLMRecipe
+from muselab.text.lm_recipe import TextLMConfig, TextLMRecipe
 
 
 def test_overrides_parse_numbers_bools_and_strings():

@@ -65,6 +65,14 @@ class ArtifactWriter:
         if taken:
             raise OutputExistsError(f"'{taken[0]}' already exists; pass --overwrite or choose another --out")
 
+    def write_lines(self, lines: Sequence[str], controls: dict[str, Any]) -> list[Path]:
+        """One text file of result lines (e.g. input<TAB>output), with its manifest."""
+        target = self.out / "outputs.tsv" if self.out.is_dir() else self.out
+        self._check_free([target])
+        atomic_write_text(target, "".join(line + "\n" for line in lines))
+        atomic_write_json(manifest_path(target), self.provenance.manifest(controls, -1, target.name))
+        return [target]
+
     def write_texts(self, texts: Sequence[str], controls: dict[str, Any]) -> list[Path]:
         if self.out.suffix == ".jsonl":
             # one file, one JSON line per sample, each line carrying its own manifest

@@ -22,7 +22,8 @@ from muselab.core.trainer import BatchSource
 
 # name -> "module:Class"; one line per recipe
 _RECIPES: dict[str, str] = {
-    "text-lm": "muselab.text.recipe:TextLMRecipe",
+    "text-lm": "muselab.text.lm_recipe:TextLMRecipe",
+    "text-seq2seq": "muselab.text.seq2seq_recipe:TextSeq2SeqRecipe",
 }
 
 
@@ -41,7 +42,7 @@ class Generated:
     """Outputs of one generate call, ready for the artifact writer."""
 
     items: list[Any]
-    kind: str  # "text", "image", "audio"
+    kind: str  # "text" (samples), "pairs" (one output line per input), "image", "audio"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from muselab.core.io import atomic_write
 
-__all__ = ["plot_training_curves"]
+__all__ = ["plot_training_curves", "plot_attention"]
 
 _TRAIN_COLOR = "#1f77b4"
 _VAL_COLOR = "#d62728"
@@ -110,3 +110,26 @@ def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "T
     finally:
         fig.clear()  # drop artists now; with no pyplot registry the figure is freed once unreferenced
     return out_png
+
+
+def plot_attention(weights: np.ndarray, source: Sequence[str], target: Sequence[str], out_png: Path,
+                   title: str = "Attention") -> Path:
+    """The attention matrix: one row per output symbol, one column per input symbol, symbols on the axes."""
+    weights = np.asarray(weights, dtype=float)
+    rows, cols = weights.shape
+    fig = Figure(figsize=(max(3.0, 0.45 * cols + 1.5), max(2.5, 0.4 * rows + 1.2)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(cols), labels=list(source)[:cols])
+    ax.set_yticks(range(rows), labels=list(target)[:rows])
+    ax.set_xlabel("input")
+    ax.set_ylabel("output")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    try:
+        atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        fig.clear()
+    return Path(out_png)
