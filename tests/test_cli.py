@@ -61,4 +61,5 @@ def test_demo_writes_a_report(tmp_path):
     assert result.returncode == 0, result.stderr
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "val_loss" in html and "new_word_share" in html
+    assert "grapheme-to-phoneme" in html and "wer" in html and html.count("data:image/png;base64,") >= 2
     assert run_cli("demo", "--preset", "tiny", "--out", str(out)).returncode == 2

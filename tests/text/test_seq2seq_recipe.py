@@ -106,3 +106,22 @@ def test_malformed_pairs_file_is_one_line_with_line_number(tmp_path):
     result = run_cli("train", "text-seq2seq", "--data", str(bad), "--out", str(tmp_path / "run"), "--preset", "tiny")
     assert result.returncode == 2 and "line 2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_bpe_sides_round_trip_and_train(tmp_path):
+    from muselab.text.vocab import BPEVocab, build_vocab, load_vocabs, save_vocabs
+
+    sentences = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn"] * 20
+    vocab = build_vocab(sentences, "bpe", bpe_size=300)
+    assert isinstance(vocab, BPEVocab) and vocab.decode(vocab.encode("the cat ran", add_eos=True)) == "the cat ran"
+    save_vocabs(tmp_path, vocab, vocab)
+    source, _ = load_vocabs(tmp_path)
+    assert source == vocab and source.encode("park") == vocab.encode("park")
+
+    data = tmp_path / "style.jsonl"
+    varied = [f"{s} {n}" for s in sentences[:3] for n in range(100)]
+    data.write_text("\n".join(json.dumps({"source": s, "target": s.upper()}) for s in varied) + "\n")
+    out = tmp_path / "run"
+    api.train("text-seq2seq", str(data), out, preset="tiny", max_steps=5, quiet=True,
+              overrides=["data.source_kind=bpe", "data.target_kind=bpe", "data.bpe_size=300"])
+    assert isinstance(api.load(out).generate(input=["the cat"]).items[0], str)

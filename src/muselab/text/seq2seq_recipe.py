@@ -20,13 +20,15 @@ from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import Hypothesis, beam_search, build_processors, generate_tokens
 from muselab.text.metrics import corpus_bleu_chrf, phoneme_error_rate, word_error_rate
 from muselab.text.seq2seq import Seq2Seq, Seq2SeqConfig
-from muselab.text.vocab import BOS, EOS, PAD, UNK, SymbolVocab, build_vocab, load_vocabs, save_vocabs
+from muselab.text.vocab import BOS, EOS, PAD, UNK, Vocab, build_vocab, load_vocabs, save_vocabs
 
 
 class PairDataConfig(Section):
-    source_kind: Literal["char", "symbols"] = Field("char", description="split sources into characters or on spaces")
-    target_kind: Literal["auto", "char", "symbols"] = Field(
+    source_kind: Literal["char", "symbols", "bpe"] = Field(
+        "char", description="sources as characters, space-separated symbols, or byte-level BPE")
+    target_kind: Literal["auto", "char", "symbols", "bpe"] = Field(
         "auto", description="auto: symbols when targets look like phonemes, else characters")
+    bpe_size: int = Field(4000, ge=260, description="vocabulary size of a BPE side")
     keep_stress: bool = Field(False, description="builtin:cmudict: keep the stress digits on vowels")
     max_length: int = Field(64, ge=4, description="longest source or target in symbols; longer pairs are dropped")
 
@@ -130,8 +132,8 @@ class TextSeq2SeqRecipe(Recipe):
         if assets:
             source_vocab, target_vocab = assets["source_vocab"], assets["target_vocab"]
         else:
-            source_vocab = build_vocab((s for s, _ in corpus.train), cfg.data.source_kind)
-            target_vocab = build_vocab((t for _, t in corpus.train), target_kind)
+            source_vocab = build_vocab((s for s, _ in corpus.train), cfg.data.source_kind, bpe_size=cfg.data.bpe_size)
+            target_vocab = build_vocab((t for _, t in corpus.train), target_kind, bpe_size=cfg.data.bpe_size)
 
         def encode(pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]], int]:
             sources, targets, dropped = [], [], 0
@@ -175,7 +177,7 @@ class TextSeq2SeqRecipe(Recipe):
     def transduce(self, model: Seq2Seq, assets: dict[str, Any], inputs: Sequence[str], controls: Seq2SeqControls,
                   batch_size: int = 256) -> list[list[Hypothesis]]:
         """Outputs for many inputs, decoded `batch_size` at a time."""
-        source_vocab: SymbolVocab = assets["source_vocab"]
+        source_vocab: Vocab = assets["source_vocab"]
         results: list[list[Hypothesis]] = []
         device = next(model.parameters()).device
         model.eval()
@@ -224,7 +226,7 @@ class TextSeq2SeqRecipe(Recipe):
             raise ControlError(f"--n-best {controls.n_best} needs --beam of at least {controls.n_best}")
         if controls.temperature > 0 and controls.seed is None:
             controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
-        target_vocab: SymbolVocab = assets["target_vocab"]
+        target_vocab: Vocab = assets["target_vocab"]
         hypotheses = self.transduce(model, assets, controls.input, controls, cfg.eval.batch_size)
         lines, outputs = [], []
         for text, hyps in zip(controls.input, hypotheses, strict=True):
@@ -257,7 +259,7 @@ class TextSeq2SeqRecipe(Recipe):
             raise DataError("the data has no test split to evaluate on")
         sources, references = [s for s, _ in test], [t for _, t in test]
         metrics: dict[str, Any] = {"val_loss": val_loss, "test_pairs": len(test)}
-        target_vocab: SymbolVocab = assets["target_vocab"]
+        target_vocab: Vocab = assets["target_vocab"]
         symbols = prepared.info["target_kind"] == "symbols"
         samples = []
         for label, beam in (("greedy", 1), (f"beam{cfg.eval.beam}", cfg.eval.beam)):

@@ -1,4 +1,4 @@
-"""Per-side vocabularies for sequence-to-sequence models: characters or whitespace-separated symbols.
+"""Per-side vocabularies for sequence-to-sequence models: characters, whitespace-separated symbols or BPE.
 
 Source and target each get their own vocabulary (letters in, phonemes out), with the same four
 special ids first on both sides, so the model can rely on PAD, BOS, EOS and UNK being fixed numbers.
@@ -15,12 +15,13 @@ from typing import Any
 
 from muselab.core.errors import CheckpointError, ConfigError, DataError
 from muselab.core.io import atomic_write_json, sha256_json
+from muselab.text.tokenizers import BPETokenizer
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 VOCAB_FILE = "vocab.json"
-# "bpe" (a BPETokenizer per side) is planned; kind is stored so older files keep loading then.
 VOCAB_KINDS = ("char", "symbols")
+ALL_KINDS = (*VOCAB_KINDS, "bpe")
 
 _SKIPPED = frozenset((PAD, BOS))
 
@@ -122,14 +123,83 @@ class SymbolVocab:
         return f"SymbolVocab(kind={self.kind!r}, size={len(self.symbols)})"
 
 
-def build_vocab(texts: Iterable[str], kind: str, min_count: int = 1) -> SymbolVocab:
+class BPEVocab:
+    """A byte-level BPE side (for words and sentences), with the same interface and special ids.
+
+    The BPE's own ids are shifted past the four specials, so PAD, BOS, EOS and UNK keep their numbers.
+    Byte-level BPE has no unknown text: every string encodes.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: BPETokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @property
+    def size(self) -> int:
+        return len(SPECIALS) + self.tokenizer.vocab_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def symbols(self) -> list[str]:
+        return SPECIALS + [self.tokenizer.decode([i]) for i in range(self.tokenizer.vocab_size)]
+
+    def encode(self, text: str, add_eos: bool = False) -> list[int]:
+        ids = [i + len(SPECIALS) for i in self.tokenizer.encode(text, strict=False)]
+        return ids + [EOS] if add_eos else ids
+
+    def _regular(self, ids: Sequence[int]) -> list[int]:
+        out = []
+        for i in (int(i) for i in ids):
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                out.append(i - len(SPECIALS))
+        return out
+
+    def decode_symbols(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in self._regular(ids)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(self._regular(ids))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "bpe", "tokenizer": self.tokenizer._json()}
+
+    def fingerprint(self) -> str:
+        return self.tokenizer.fingerprint()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BPEVocab) and self.fingerprint() == other.fingerprint()
+
+
+Vocab = SymbolVocab | BPEVocab
+
+
+def vocab_from_json(data: Any) -> Vocab:
+    """Either kind of vocabulary from its JSON; ValueError when malformed."""
+    if isinstance(data, dict) and data.get("kind") == "bpe":
+        if not isinstance(data.get("tokenizer"), dict):
+            raise ValueError("'tokenizer' is not a JSON object")
+        return BPEVocab(BPETokenizer.from_json(data["tokenizer"]))
+    return SymbolVocab._from_json(data)
+
+
+def build_vocab(texts: Iterable[str], kind: str, min_count: int = 1, bpe_size: int = 4000) -> Vocab:
     """A vocabulary of every symbol seen at least ``min_count`` times in ``texts``.
 
     Ordered by count (most frequent first), ties by symbol, so the same texts give the same ids in
     any order. Symbols spelled like a special (``<s>`` in symbol text) are left out: they encode to UNK.
     """
+    if kind == "bpe":
+        text = "\n".join(texts)
+        if not text.strip():
+            raise DataError("cannot build a vocabulary from empty text; load data that has some text")
+        return BPEVocab(BPETokenizer.train(text, bpe_size))
     if kind not in VOCAB_KINDS:
-        allowed = ", ".join(repr(k) for k in VOCAB_KINDS)
+        allowed = ", ".join(repr(k) for k in ALL_KINDS)
         raise ConfigError(f"unknown vocabulary kind {kind!r}; use one of: {allowed}")
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ConfigError(f"min_count must be an integer of at least 1, got {min_count!r}")
@@ -149,12 +219,12 @@ def build_vocab(texts: Iterable[str], kind: str, min_count: int = 1) -> SymbolVo
     return SymbolVocab(kind, SPECIALS + kept)
 
 
-def save_vocabs(directory: Path, source: SymbolVocab, target: SymbolVocab) -> None:
+def save_vocabs(directory: Path, source: Vocab, target: Vocab) -> None:
     """Write both vocabularies to ``directory/vocab.json`` atomically."""
     atomic_write_json(Path(directory) / VOCAB_FILE, {"source": source.to_json(), "target": target.to_json()})
 
 
-def load_vocabs(directory: Path) -> tuple[SymbolVocab, SymbolVocab]:
+def load_vocabs(directory: Path) -> tuple[Vocab, Vocab]:
     """(source, target) vocabularies from ``directory/vocab.json``."""
     path = Path(directory) / VOCAB_FILE
     fix = "re-save the model or retrain it"
@@ -183,7 +253,7 @@ def load_vocabs(directory: Path) -> tuple[SymbolVocab, SymbolVocab]:
         if side not in data:
             raise CheckpointError(f"vocabulary file '{path}' is malformed: no '{side}' entry; {fix}")
         try:
-            vocabs.append(SymbolVocab._from_json(data[side]))
+            vocabs.append(vocab_from_json(data[side]))
         except ValueError as e:
             raise CheckpointError(f"vocabulary file '{path}' is malformed: in '{side}', {e}; {fix}") from e
     return vocabs[0], vocabs[1]
