@@ -46,7 +46,11 @@ class Run:
     def controls(self, **values: Any) -> BaseModel:
         return parse_controls(self.recipe.controls_class, values)
 
-    def generate(self, on_text: Callable[[str], None] | None = None, **controls: Any) -> Generated:
+    def generate(self, main: Any = None, /, *, on_text: Callable[[str], None] | None = None,
+                 **controls: Any) -> Generated:
+        """Generate with validated controls; `main` is the recipe's main control (a prompt, a list of inputs)."""
+        if main is not None:
+            controls[self.recipe.main_control] = main
         validated = self.controls(**controls)
         with torch.no_grad():
             return self.recipe.generate(self.model, self.config, self.assets, validated, on_text=on_text)

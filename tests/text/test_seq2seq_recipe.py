@@ -36,10 +36,11 @@ def test_cmudict_run_records_its_data(g2p_run):
 
 
 def test_python_api_returns_phoneme_lists(g2p_run):
-    run = api.load(g2p_run)
-    out = run.generate(input=["hello", "world"], beam=2)
-    assert len(out.items) == 2 and all(isinstance(o, str) for o in out.items)
-    assert all(set(o.split()) <= set(run.assets["target_vocab"].symbols) for o in out.items)
+    g2p = api.load(g2p_run)
+    out = g2p.generate(["hello", "world"])
+    assert len(out.items) == 2 and all(isinstance(o, list) for o in out.items)
+    assert all(set(o) <= set(g2p.assets["target_vocab"].symbols) for o in out.items)
+    assert g2p.generate(["hello", "world"], beam=3).extra["lines"][0].startswith("hello\t")
 
 
 def test_beam_one_equals_greedy(g2p_run):
@@ -97,7 +98,7 @@ def test_user_pairs_train_and_learn(pairs_file, tmp_path, attention):
     seen = dict(load_pairs(str(pairs_file)).train)
     words = sorted(seen)[:: max(1, len(seen) // 6)]
     outputs = run.generate(input=words).items
-    assert outputs == [seen[w] for w in words]
+    assert [" ".join(o) for o in outputs] == [seen[w] for w in words]
 
 
 def test_malformed_pairs_file_is_one_line_with_line_number(tmp_path):

@@ -34,7 +34,7 @@ def test_cache_slides_past_the_context_window(run):
 
 
 def test_same_seed_same_text_and_other_seeds_differ(run):
-    first = run.generate(prompt="The", max_new_tokens=60, seed=7, stream=False).items
+    first = run.generate("The", max_new_tokens=60, seed=7, stream=False).items
     again = run.generate(prompt="The", max_new_tokens=60, seed=7, stream=False).items
     other = run.generate(prompt="The", max_new_tokens=60, seed=8, stream=False).items
     assert first == again and first != other

@@ -176,7 +176,8 @@ def test_save_and_load(tmp_path: Path) -> None:
         (b'{"source": {"kind": "char", "symbols": ["a", "<s>", "</s>", "<unk>"]}, "target": {}}', "specials"),
         (b'{"source": {"kind": "char", "symbols": ["<pad>", "<s>", "</s>", "<unk>"]}, '
          b'"target": {"kind": "symbols", "symbols": ["<pad>", "<s>", "</s>", "<unk>", "A", "A"]}}', "duplicate"),
-        (b'{"source": {"kind": "bpe", "symbols": []}, "target": {}}', "kind"),
+        (b'{"source": {"kind": "wordpiece", "symbols": []}, "target": {}}', "kind"),
+        (b'{"source": {"kind": "bpe", "symbols": []}, "target": {}}', "tokenizer"),
     ],
 )
 def test_corrupt_vocab_file(tmp_path: Path, content: bytes, expected: str) -> None:

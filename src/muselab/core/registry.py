@@ -52,6 +52,7 @@ class Recipe(ABC):
     config_class: ClassVar[type[BaseModel]]
     controls_class: ClassVar[type[BaseModel]]
     default_data: ClassVar[str]
+    main_control: ClassVar[str]  # the control `Run.generate(x)` sets from its positional argument
     # Presets are overrides on top of the config defaults, which are the CPU "default" preset
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 

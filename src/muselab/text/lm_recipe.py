@@ -90,6 +90,7 @@ class TextLMRecipe(Recipe):
     config_class = TextLMConfig
     controls_class = TextGenerationControls
     default_data = "builtin:words"
+    main_control = "prompt"
     presets = {
         "tiny": {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},

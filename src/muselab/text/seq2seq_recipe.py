@@ -109,6 +109,7 @@ class TextSeq2SeqRecipe(Recipe):
     config_class = Seq2SeqRecipeConfig
     controls_class = Seq2SeqControls
     default_data = "builtin:cmudict"
+    main_control = "input"
     presets = {
         "tiny": {
             "model": {"emb_dim": 16, "hidden": 32, "enc_layers": 1, "dec_layers": 1, "dropout": 0.0},
@@ -232,7 +233,8 @@ class TextSeq2SeqRecipe(Recipe):
         for text, hyps in zip(controls.input, hypotheses, strict=True):
             for hyp in hyps:
                 output = target_vocab.decode(hyp.tokens)
-                outputs.append(output)
+                # symbol targets (phonemes) come back as lists, ready for a speech front end
+                outputs.append(target_vocab.decode_symbols(hyp.tokens) if target_vocab.kind == "symbols" else output)
                 lines.append(f"{text}\t{output}" + (f"\t{hyp.score:.4f}" if controls.n_best > 1 else ""))
         if controls.attention_plot:
             self._plot_attention(assets, controls.input[0], hypotheses[0][0], Path(controls.attention_plot))
