@@ -10,23 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import error_message, write
 from muselab.core.errors import ConfigError, DataError
 from muselab.data.pairs import PairCorpus, cmudict_split_of, load_pairs
-
-
-def error_message(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg  # the CLI prints it as one line
-    return msg
-
-
-def write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
-    return path
 
 
 def all_pairs(corpus: PairCorpus) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import error_message, write
 from muselab.core.errors import ConfigError, DataError
 from muselab.data.text import (
     BUILTIN_TEXT_SOURCES,
@@ -18,22 +19,6 @@ from muselab.data.text import (
     load_text_corpus,
     split_train_val,
 )
-
-
-def error_message(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg  # the CLI prints it as one line
-    return msg
-
-
-def write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
-    return path
-
 
 # ---------------------------------------------------------------- single files
 

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import error_message
 from muselab.core.errors import CheckpointError, ConfigError, DataError
 from muselab.text.vocab import (
     BOS,
@@ -22,12 +23,6 @@ from muselab.text.vocab import (
     load_vocabs,
     save_vocabs,
 )
-
-
-def error_message(err: pytest.ExceptionInfo) -> str:
-    msg = str(err.value)
-    assert msg and "\n" not in msg  # the CLI prints it as one line
-    return msg
 
 
 def test_special_ids_are_fixed() -> None:

@@ -38,3 +38,22 @@ def sha256_json(obj: Any) -> str:
     """Hash of a JSON value in canonical form (sorted keys, no spaces, real UTF-8): equal content, equal hash."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """JSON from a file of a run directory; one-line CheckpointError naming `what` when it is unusable."""
+    from muselab.core.errors import CheckpointError
+
+    fix = "re-save the model or retrain it"
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} '{path}' is missing; pass a model directory saved by muselab") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} '{path}': {e.strerror}; check its permissions") from e
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{what} '{path}' is not UTF-8 JSON (bad byte at offset {e.start}); {fix}") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{what} '{path}' is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from e

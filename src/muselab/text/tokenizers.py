@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
-from muselab.core.io import atomic_write_json, sha256_json
+from muselab.core.io import atomic_write_json, read_json_file, sha256_json
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_KINDS = ("char", "bpe")
@@ -213,26 +213,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     """Load the tokenizer saved in ``directory/tokenizer.json``."""
     path = Path(directory) / TOKENIZER_FILE
     fix = "re-save the model or retrain it"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"tokenizer file '{path}' is missing; pass a model directory saved by muselab"
-        ) from None
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot read tokenizer file '{path}': {e.strerror}; check its permissions"
-        ) from e
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CheckpointError(
-            f"tokenizer file '{path}' is not UTF-8 JSON (bad byte at offset {e.start}); {fix}"
-        ) from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(
-            f"tokenizer file '{path}' is not valid JSON ({e.msg} at line {e.lineno}); {fix}"
-        ) from e
+    data = read_json_file(path, "tokenizer file")
 
     def malformed(reason: str) -> CheckpointError:
         return CheckpointError(f"tokenizer file '{path}' is malformed: {reason}; {fix}")

@@ -7,14 +7,13 @@ Both are saved together as one JSON file (``vocab.json``, never pickle) next to 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from muselab.core.errors import CheckpointError, ConfigError, DataError
-from muselab.core.io import atomic_write_json, sha256_json
+from muselab.core.io import atomic_write_json, read_json_file, sha256_json
 from muselab.text.tokenizers import BPETokenizer
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -228,24 +227,7 @@ def load_vocabs(directory: Path) -> tuple[Vocab, Vocab]:
     """(source, target) vocabularies from ``directory/vocab.json``."""
     path = Path(directory) / VOCAB_FILE
     fix = "re-save the model or retrain it"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"vocabulary file '{path}' is missing; pass a model directory saved by muselab"
-        ) from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read vocabulary file '{path}': {e.strerror}; check its permissions") from e
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CheckpointError(
-            f"vocabulary file '{path}' is not UTF-8 JSON (bad byte at offset {e.start}); {fix}"
-        ) from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(
-            f"vocabulary file '{path}' is not valid JSON ({e.msg} at line {e.lineno}); {fix}"
-        ) from e
+    data = read_json_file(path, "vocabulary file")
     if not isinstance(data, dict):
         raise CheckpointError(f"vocabulary file '{path}' is malformed: the top level is not a JSON object; {fix}")
     vocabs = []
