@@ -40,9 +40,10 @@ class Seq2SeqEvalConfig(Section):
 
 class Seq2SeqRecipeConfig(Section):
     data: PairDataConfig = PairDataConfig()
-    model: Seq2SeqConfig = Seq2SeqConfig()
+    # Little dropout: in 30 CPU minutes the model underfits (dropout 0.2 gave WER 33.1 %, 0.05 gave 31.2 %)
+    model: Seq2SeqConfig = Seq2SeqConfig(dropout=0.05)
     # About 30 minutes on 2 CPU cores: ~7 passes over CMUdict's 112k training words
-    train: TrainConfig = TrainConfig(max_steps=6000, batch_size=128, lr=3e-3, warmup_steps=300, min_lr_ratio=0.02,
+    train: TrainConfig = TrainConfig(max_steps=6400, batch_size=128, lr=3e-3, warmup_steps=300, min_lr_ratio=0.02,
                                      weight_decay=0.0, grad_clip=1.0, eval_every=1000, eval_batches=0,
                                      checkpoint_every=1000, beta2=0.99)
     eval: Seq2SeqEvalConfig = Seq2SeqEvalConfig()
