@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
-# Two processes share this machine's cores with the test runner: keep each test to one thread.
+# Test tensors are tiny and subprocess tests share the cores: one thread each costs less than contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven bright stars sing softly above "
           "old stone bridges and river boats drift past gardens of tall green trees").split()

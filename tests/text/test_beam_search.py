@@ -19,15 +19,6 @@ from muselab.text.decoding import (
 EOS = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: extra threads cost more in start-up and contention than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Toy:
     """A Markov decoder: logits = table[prev] + bias[input], attention = attention[input, prev].
 

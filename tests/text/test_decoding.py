@@ -27,15 +27,6 @@ INF = math.inf
 FAST = settings(max_examples=60, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: extra threads cost more in start-up and contention than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Bigram:
     """Toy language model: next-token logits depend on the last token only. Records the shapes it is fed."""
 
