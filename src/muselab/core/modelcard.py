@@ -27,8 +27,7 @@ def write_model_card(run: RunDir, saved: dict[str, Any], state: dict[str, Any], 
     lines += [
         "",
         "## Training",
-        f"- preset: {saved.get('preset')}; parameters: {saved.get('parameters', '?'):,}" if isinstance(
-            saved.get("parameters"), int) else f"- preset: {saved.get('preset')}",
+        f"- preset: {saved.get('preset')}; parameters: {saved.get('parameters', '?')}",
         f"- steps: {state.get('step')} of {train.get('max_steps')}; wall-clock: {state.get('elapsed_s', 0) / 60:.1f} min",
         f"- non-finite steps skipped: {state.get('bad_steps', 0)}",
         f"- started from: {saved['init_from']}" if saved.get("init_from") else "- started from: random weights",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from muselab.core.errors import CheckpointError, RunExistsError
-from muselab.core.io import atomic_write_json
+from muselab.core.io import atomic_write_json, atomic_write_text
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -96,6 +96,4 @@ class RunDir:
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop log lines written after the checkpoint we continue from."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
-        from muselab.core.io import atomic_write_text
-
         atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
