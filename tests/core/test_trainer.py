@@ -9,7 +9,7 @@ from muselab.core.checkpoint import load_tensors
 from muselab.core.config import TrainConfig
 from muselab.core.errors import TrainingDiverged
 from muselab.core.rundir import RunDir
-from muselab.core.trainer import Trainer, lr_at
+from muselab.core.trainer import OptimizerPhase, Trainer, lr_at
 
 
 class Regression:
@@ -140,3 +140,80 @@ def test_tensorboard_log(tmp_path):
     pytest.importorskip("tensorboard")
     make(tmp_path, max_steps=10, tensorboard=True).fit()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+class TwoPlayers(nn.Module):
+    """Two optimizers, stepped in order on one batch: `first` fits y, `second` fits 2y from `first`'s
+    detached output, so the second phase depends on the first having stepped."""
+
+    def __init__(self, lr_scale=1.0, interrupt_at_call=None):
+        super().__init__()
+        self.first = nn.Linear(1, 1)
+        self.second = nn.Linear(1, 1)
+        self.lr_scale, self.phases_seen, self.interrupt_at_call = lr_scale, [], interrupt_at_call
+        self.last_metrics = {}
+
+    def optimizer_phases(self):
+        return [OptimizerPhase("first", ("first.",)), OptimizerPhase("second", ("second.",), self.lr_scale)]
+
+    def training_step(self, batch, phase):
+        self.phases_seen.append(phase)
+        if len(self.phases_seen) == self.interrupt_at_call:
+            raise KeyboardInterrupt
+        x, y = batch
+        if phase == "first":
+            loss = ((self.first(x) - y) ** 2).mean()
+            self.last_metrics = {"first_bias": float(self.first.bias.detach())}
+            return loss
+        return ((self.second(self.first(x).detach()) - 2 * y) ** 2).mean()
+
+    def eval_step(self, batch):
+        x, y = batch
+        return ((self.second(self.first(x)) - 2 * y) ** 2).sum(), y.numel()
+
+
+def test_phases_step_their_own_parameters_in_order(tmp_path):
+    torch.manual_seed(0)
+    model = TwoPlayers()
+    result = make(tmp_path, model=model, lr=0.1, max_steps=80).fit()
+    assert model.phases_seen[:4] == ["first", "second", "first", "second"]
+    assert abs(float(model.first.weight.detach()) - 3) < 0.2 and abs(float(model.second.weight.detach()) - 2) < 0.2
+    assert result.val_loss < 0.2
+    record = next(r for r in RunDir(tmp_path).read_metrics() if "loss_first" in r)
+    assert {"loss_first", "loss_second", "first_bias"} <= set(record) and "loss" not in record
+
+
+def test_phase_lr_scale_applies_to_its_optimizer(tmp_path):
+    torch.manual_seed(0)
+    trainer = make(tmp_path, model=TwoPlayers(lr_scale=0.0), lr=0.1, max_steps=5)
+    second_before = trainer.model.second.weight.detach().clone()
+    trainer.fit()
+    assert torch.equal(trainer.model.second.weight, second_before)  # scale 0: never moves
+    assert trainer.optimizers["second"].param_groups[0]["lr"] == 0.0
+
+
+def test_multi_phase_resume_is_exact(tmp_path):
+    torch.manual_seed(0)
+    full = make(tmp_path / "full", model=TwoPlayers(), lr=0.1, max_steps=30)
+    full.fit()
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):  # in the second phase of step 21: the checkpoint holds step 20
+        make(tmp_path / "part", model=TwoPlayers(interrupt_at_call=42), lr=0.1, max_steps=30).fit()
+    assert RunDir(tmp_path / "part").read_json(files.TRAINER_STATE_JSON)["step"] == 20
+    resumed = make(tmp_path / "part", model=TwoPlayers(), lr=0.1, max_steps=30)
+    resumed.fit(resume=True)
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_validation_hook_sees_the_saved_weights(tmp_path):
+    seen = []
+    torch.manual_seed(0)
+    model = Line()
+    cfg = TrainConfig(max_steps=20, batch_size=8, lr=0.1, warmup_steps=0, eval_every=10, ema_decay=0.9)
+    run = RunDir(tmp_path)
+    trainer = Trainer(model, cfg, run, Regression(), Regression(), device=torch.device("cpu"), quiet=True,
+                      on_validate=lambda step, weights: seen.append((step, weights["fc.weight"].clone())))
+    trainer.fit()
+    assert [step for step, _ in seen] == [10, 20]
+    assert torch.equal(seen[-1][1], trainer.ema["fc.weight"])

@@ -4,6 +4,10 @@ Devices, bf16 autocast, gradient accumulation, clipping, EMA, the warm-up + cosi
 wall-clock budgets, atomic checkpoints, exact resume, non-finite-loss guards, logging, progress and
 data-parallel training under torchrun.
 
+Most models have one optimizer. A model with several (a GAN's discriminator and generator) lists them
+in `optimizer_phases()`; each step then runs the phases in order on the same batch, each with its own
+loss (`training_step(batch, phase=name)`), gradient clipping and AdamW.
+
 Exact resume rests on one rule: nothing random depends on history. The batch drawn at step s and the
 dropout masks of step s come from generators seeded by (seed, step, micro-batch, rank), so a run resumed
 from a checkpoint at step s replays steps s+1... exactly as the uninterrupted run did.
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,6 +54,25 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+@dataclass(frozen=True)
+class OptimizerPhase:
+    """One optimizer of a multi-optimizer model: the parameters whose names start with `prefixes`,
+    trained at lr x `lr_scale` (e.g. a faster discriminator, the two-time-scale update rule)."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    lr_scale: float = 1.0
+
+
+SINGLE_PHASE = "main"
+
+
+def optimizer_phases(model: nn.Module) -> list[OptimizerPhase]:
+    if hasattr(model, "optimizer_phases"):
+        return list(model.optimizer_phases())
+    return [OptimizerPhase(SINGLE_PHASE, ("",))]
+
+
 class _TrainingStep(nn.Module):
     """Routes DDP's forward to the model's training_step, so gradients are synchronised."""
 
@@ -57,8 +80,10 @@ class _TrainingStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.model.training_step(batch)
+    def forward(self, batch: Any, phase: str = SINGLE_PHASE) -> torch.Tensor:
+        if phase == SINGLE_PHASE:
+            return self.model.training_step(batch)
+        return self.model.training_step(batch, phase=phase)
 
 
 @torch.no_grad()
@@ -94,6 +119,20 @@ class TrainResult:
     stopped_by: str  # "max_steps" | "time"
 
 
+def _phase_parameters(params: dict[str, nn.Parameter], phases: list[OptimizerPhase]) -> dict[str, list[str]]:
+    """Parameter names per phase; every trainable parameter belongs to exactly one phase."""
+    owners: dict[str, list[str]] = {phase.name: [] for phase in phases}
+    for name in params:
+        matching = [phase.name for phase in phases if name.startswith(phase.prefixes)]
+        if len(matching) != 1:
+            raise RuntimeError(f"parameter '{name}' belongs to {len(matching)} optimizer phases, not one")
+        owners[matching[0]].append(name)
+    empty = [phase for phase, names in owners.items() if not names]
+    if empty:
+        raise ConfigError(f"no trainable parameters left for the '{empty[0]}' optimizer: --freeze matched all of them")
+    return owners
+
+
 class Trainer:
     def __init__(
         self,
@@ -106,21 +145,23 @@ class Trainer:
         device: torch.device,
         dist: Distributed | None = None,
         quiet: bool = False,
+        on_validate: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     ) -> None:
         self.cfg, self.run, self.device = cfg, run, device
         self.dist = dist or Distributed()
         self.model = model.to(device)
         self.train_data, self.val_data = train_data, val_data
         self.quiet = quiet or not self.dist.is_main
+        # Called after each validation with the step and the weights a checkpoint would hold (the EMA
+        # where there is one): e.g. a sample grid, so a person can watch the model learn
+        self.on_validate = on_validate
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ConfigError("no trainable parameters left: --freeze matched every parameter")
-        decay = [p for p in self.params.values() if p.dim() >= 2]
-        no_decay = [p for p in self.params.values() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-        )
+        self.phases = optimizer_phases(self.model)
+        self.phase_params = {phase: [self.params[n] for n in names]
+                             for phase, names in _phase_parameters(self.params, self.phases).items()}
+        self.optimizers = {phase.name: self._make_optimizer(self.phase_params[phase.name]) for phase in self.phases}
         self.ema = ({n: p.detach().clone() for n, p in self.model.state_dict().items()
                      if p.dtype.is_floating_point} if cfg.ema_decay > 0 else None)
         self.step = 0
@@ -133,9 +174,18 @@ class Trainer:
             step_module = torch.compile(step_module)
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            step_module = DistributedDataParallel(step_module, device_ids=ids)
+            # In a multi-phase step each backward reaches only part of the model
+            step_module = DistributedDataParallel(step_module, device_ids=ids,
+                                                  find_unused_parameters=len(self.phases) > 1)
         self.step_module = step_module
         self._tb = None
+
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.AdamW:
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": group, "weight_decay": wd}
+                  for group, wd in ((decay, self.cfg.weight_decay), (no_decay, 0.0)) if group]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
@@ -149,12 +199,15 @@ class Trainer:
             tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             if self.ema is not None:
                 tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
-            opt_state = self.optimizer.state_dict()
-            for index, state in opt_state["state"].items():
-                for key, value in state.items():
-                    tensors[f"opt.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            param_groups = {}
+            for phase, optimizer in self.optimizers.items():
+                opt_state = optimizer.state_dict()
+                param_groups[phase] = opt_state["param_groups"]
+                for index, state in opt_state["state"].items():
+                    for key, value in state.items():
+                        tensors[f"opt.{phase}.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
             meta = {"step": self.step, "elapsed_s": self.elapsed, "bad_steps": self.bad_total,
-                    "bad_in_row": self.bad_in_row, "param_groups": opt_state["param_groups"]}
+                    "bad_in_row": self.bad_in_row, "param_groups": param_groups}
             # One file holds weights, optimizer and counters, so it is consistent by construction
             save_tensors(self.run / files.TRAINER_STATE, tensors, metadata={"state": json.dumps(meta)})
             save_tensors(self.run / files.MODEL, self.weights_for_saving(), metadata={"step": str(self.step)})
@@ -173,13 +226,20 @@ class Trainer:
         self.model.load_state_dict(model_state)
         if self.ema is not None:
             self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")} or self.ema
-        opt_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+        saved_groups = meta["param_groups"]
+        if not isinstance(saved_groups, dict) or set(saved_groups) != set(self.optimizers):
+            raise CheckpointError(f"optimizer state in '{path}' does not fit this model (optimizers "
+                                  f"{sorted(saved_groups) if isinstance(saved_groups, dict) else 'unnamed'}, "
+                                  f"expected {sorted(self.optimizers)})")
+        opt_states: dict[str, dict[str, Any]] = {phase: {"state": {}, "param_groups": groups}
+                                                 for phase, groups in saved_groups.items()}
         for key, value in tensors.items():
             if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                opt_state["state"].setdefault(int(index), {})[name] = value
+                _, phase, index, name = key.split(".", 3)
+                opt_states[phase]["state"].setdefault(int(index), {})[name] = value
         try:
-            self.optimizer.load_state_dict(opt_state)
+            for phase, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(opt_states[phase])
         except (ValueError, KeyError) as err:
             raise CheckpointError(f"optimizer state in '{path}' does not fit this model ({err})") from None
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
@@ -199,6 +259,12 @@ class Trainer:
             return max(by_steps, self.elapsed / (60.0 * self.cfg.max_minutes))
         return by_steps
 
+    def _snapshot(self) -> None:
+        if self.on_validate is not None and self.dist.is_main:
+            was_training = self.model.training
+            self.on_validate(self.step, self.weights_for_saving())
+            self.model.train(was_training)
+
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
@@ -217,30 +283,47 @@ class Trainer:
             raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'muselab[tensorboard]'") from None
         self._tb = SummaryWriter(log_dir=str(self.run / "tensorboard"))
 
-    def _train_step(self, step: int) -> tuple[float, float, bool]:
+    def _train_step(self, step: int) -> tuple[dict[str, float], float, bool]:
+        """One optimizer step per phase, all on the same micro-batches. Returns the loss of each phase,
+        the largest gradient norm, and whether a phase was skipped for a non-finite loss or gradient."""
         cfg = self.cfg
         torch.manual_seed(derive_seed(cfg.seed, "dropout", step, self.dist.rank))
-        total_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            gen = make_generator(cfg.seed, "batch", step, micro, self.dist.rank)
-            batch = to_device(self.train_data.sample(cfg.batch_size, gen), self.device)
-            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-            context = self.step_module.no_sync() if not sync else nullcontext()
-            with context:
-                with autocast(self.device, cfg.precision):
-                    loss = self.step_module(batch)
-                (loss / cfg.grad_accum).backward()
-            total_loss += float(loss.detach()) / cfg.grad_accum
-        params = list(self.params.values())
+        batches = [to_device(self.train_data.sample(cfg.batch_size, make_generator(cfg.seed, "batch", step, micro,
+                                                                                   self.dist.rank)), self.device)
+                   for micro in range(cfg.grad_accum)]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        bad = self.dist.any(not (math.isfinite(total_loss) and math.isfinite(grad_norm)))
-        if not bad:
-            self.optimizer.step()
-            if self.ema is not None:
-                self._update_ema(step)
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, grad_norm, bad
+        losses: dict[str, float] = {}
+        norms: list[float] = []
+        any_bad = False
+        for phase in self.phases:
+            total_loss = 0.0
+            for micro, batch in enumerate(batches):
+                sync = micro == len(batches) - 1 or not self.dist.enabled
+                with nullcontext() if sync else self.step_module.no_sync():
+                    with autocast(self.device, cfg.precision):
+                        loss = self.step_module(batch, phase.name)
+                    (loss / cfg.grad_accum).backward()
+                total_loss += float(loss.detach()) / cfg.grad_accum
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.phase_params[phase.name], max_norm))
+            bad = self.dist.any(not (math.isfinite(total_loss) and math.isfinite(grad_norm)))
+            if not bad:
+                self.optimizers[phase.name].step()
+            # All gradients, not just this phase's: a generator loss also reaches the discriminator
+            self.model.zero_grad(set_to_none=True)
+            losses[phase.name] = total_loss
+            norms.append(grad_norm)
+            any_bad = any_bad or bad
+        if not any_bad and self.ema is not None:
+            self._update_ema(step)
+        return losses, max(norms), any_bad
+
+    def _loss_record(self, losses: dict[str, float]) -> dict[str, float]:
+        if len(losses) == 1:
+            return {"loss": next(iter(losses.values()))}
+        record = {f"loss_{phase}": value for phase, value in losses.items()}
+        # Numbers a multi-phase model wants watched (a GAN's scores on real and fake images)
+        record.update(getattr(self.model, "last_metrics", {}))
+        return record
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -272,9 +355,10 @@ class Trainer:
                         break
                     step = self.step + 1
                     lr = lr_at(cfg, step, self._progress())
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    loss, grad_norm, bad = self._train_step(step)
+                    for phase in self.phases:
+                        for group in self.optimizers[phase.name].param_groups:
+                            group["lr"] = lr * phase.lr_scale
+                    losses, grad_norm, bad = self._train_step(step)
                     self.step = step  # only a finished step counts: an interrupt mid-step saves the one before
                     self.elapsed = base_elapsed + time.monotonic() - started
                     window_steps += 1
@@ -291,9 +375,11 @@ class Trainer:
                         continue
                     self.bad_in_row = 0
                     rate = window_steps / max(1e-9, time.monotonic() - window_start)
-                    progress.update(self.step, f"loss {loss:.4f}", rate)
+                    loss_record = self._loss_record(losses)
+                    progress.update(self.step, "  ".join(f"{k} {v:.4f}" for k, v in loss_record.items()
+                                                         if k.startswith("loss")), rate)
                     if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                        self._log({"step": self.step, **loss_record, "lr": lr, "grad_norm": grad_norm,
                                    "steps_per_s": rate, "examples_per_s": rate * cfg.batch_size
                                    * cfg.grad_accum * self.dist.world_size, "elapsed_s": self.elapsed})
                         window_start, window_steps = time.monotonic(), 0
@@ -302,6 +388,7 @@ class Trainer:
                         if val_loss is not None:
                             self._log({"step": self.step, "val_loss": val_loss})
                             progress.log(f"step {self.step}: val_loss {val_loss:.4f}")
+                        self._snapshot()
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
         except KeyboardInterrupt:
@@ -311,6 +398,7 @@ class Trainer:
         val_loss = self.validate(limit=0)
         if val_loss is not None:
             self._log({"step": self.step, "val_loss": val_loss, "final": True})
+        self._snapshot()
         if self.step > self.last_checkpoint or not self.run.has_checkpoint():
             self.save_checkpoint()
         if self.dist.enabled:

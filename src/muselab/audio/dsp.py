@@ -1,0 +1,349 @@
+"""Audio signal processing shared by the audio models and their metrics.
+
+Everything a model trains through is batched, differentiable torch code: waveforms are float32 `[T]`
+or `[B, T]` (any leading dims work), spectra keep those leading dims and add `[F, frames]`. Pieces
+used only for evaluation (pitch tracking, resampling, mel cepstral distortion) may use numpy, scipy
+and librosa, which are imported inside the functions that need them: `import librosa.filters` alone
+costs 1.5-2 s, so the mel filterbank below is our own (checked against librosa by the tests).
+
+Framing conventions, the same everywhere in this module: Hann window (periodic), `center=True` with
+reflect padding, so frame i is centred on sample i * hop and a signal of T samples has 1 + T // hop
+frames. Reflect padding needs T > n_fft // 2.
+Read top to bottom: STFT, mel, Griffin-Lim, loudness and pitch, resampling, losses and metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from muselab.core.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------
+# STFT
+
+
+@functools.lru_cache(maxsize=64)
+def hann_window(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The periodic Hann window (scipy's and librosa's STFT window), made once per size and device."""
+    return torch.hann_window(size, periodic=True, device=device, dtype=dtype)
+
+
+def _window_for(x: Tensor, win_length: int) -> Tensor:
+    dtype = x.real.dtype if x.is_complex() else x.dtype
+    return hann_window(win_length, x.device, dtype)
+
+
+def stft(x: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True) -> Tensor:
+    """Complex STFT `[..., T] -> [..., n_fft // 2 + 1, frames]` (reflect padding when centred)."""
+    win_length = win_length or n_fft
+    lead, length = x.shape[:-1], x.shape[-1]
+    spec = torch.stft(x.reshape(-1, length), n_fft, hop_length=hop, win_length=win_length,
+                      window=_window_for(x, win_length), center=center, pad_mode="reflect",
+                      return_complex=True)
+    return spec.reshape(*lead, *spec.shape[-2:])
+
+
+def istft(spec: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True,
+          length: int | None = None) -> Tensor:
+    """Inverse of `stft`: `[..., F, frames] -> [..., T]` (T = (frames - 1) * hop unless `length`)."""
+    win_length = win_length or n_fft
+    lead = spec.shape[:-2]
+    wav = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft, hop_length=hop, win_length=win_length,
+                      window=_window_for(spec, win_length), center=center, length=length)
+    return wav.reshape(*lead, wav.shape[-1])
+
+
+def magnitude(x: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True) -> Tensor:
+    """|STFT| `[..., F, frames]`. Its gradient is finite at 0 (torch's complex abs uses sgn(0) = 0)."""
+    return stft(x, n_fft, hop, win_length, center).abs()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mel scale (Slaney's, as in librosa with htk=False, norm="slaney")
+
+_HZ_PER_MEL = 200.0 / 3  # linear part, below 1 kHz
+_LOG_START_HZ = 1000.0
+_LOG_START_MEL = _LOG_START_HZ / _HZ_PER_MEL
+_LOG_STEP = math.log(6.4) / 27.0  # 27 mels per factor 6.4 above 1 kHz
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney mel: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = _LOG_START_MEL + np.log(np.maximum(hz, _LOG_START_HZ) / _LOG_START_HZ) / _LOG_STEP
+    return np.where(hz >= _LOG_START_HZ, log_part, hz / _HZ_PER_MEL)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of `hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = _LOG_START_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _LOG_START_MEL) - _LOG_START_MEL))
+    return np.where(mel >= _LOG_START_MEL, log_part, mel * _HZ_PER_MEL)
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_weights(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    fmax = sr / 2 if fmax is None else fmax
+    if not 0 <= fmin < fmax <= sr / 2:
+        raise ConfigError(f"mel band {fmin:g}-{fmax:g} Hz does not fit a sample rate of {sr} Hz; "
+                          f"use 0 <= fmin < fmax <= {sr / 2:g}")
+    bin_hz = np.fft.rfftfreq(n_fft, d=1.0 / sr)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bin_hz - lower) / (centre - lower)
+    falling = (upper - bin_hz) / (upper - centre)
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    # Slaney normalisation: every triangle has the same area, so wide high bands are not louder.
+    return (triangles * (2.0 / (upper - lower))).astype(np.float32)
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> Tensor:
+    """Mel filters `[n_mels, n_fft // 2 + 1]`, equal to librosa.filters.mel(..., htk=False, norm="slaney")."""
+    return torch.from_numpy(_mel_weights(sr, n_fft, n_mels, float(fmin), None if fmax is None else float(fmax)))
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    """Mel spectrogram parameters; the defaults are the TTS/vocoder convention (HiFi-GAN's 22 kHz mels)."""
+
+    sr: int = 22050
+    n_fft: int = 1024
+    hop: int = 256
+    win_length: int | None = None  # None = n_fft
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = 8000.0  # None = sr / 2
+    power: float = 1.0  # 1 = magnitude, 2 = power
+    log_floor: float = 1e-5  # mel values are clamped here before the natural log
+
+
+def log_mel(x: Tensor, sr: int = 22050, n_fft: int = 1024, hop: int = 256, n_mels: int = 80,
+            fmin: float = 0.0, fmax: float | None = 8000.0, power: float = 1.0, log_floor: float = 1e-5,
+            win_length: int | None = None) -> Tensor:
+    """Natural log of the clamped mel spectrogram, `[..., T] -> [..., n_mels, frames]`.
+
+    Equals log(max(librosa.feature.melspectrogram(power=power, center=True, pad_mode="reflect"), floor)).
+    """
+    basis = mel_filterbank(sr, n_fft, n_mels, fmin, fmax).to(x.device, x.dtype)
+    spec = magnitude(x, n_fft, hop, win_length)
+    if power != 1.0:
+        spec = spec.pow(power)
+    return torch.log(torch.clamp(basis @ spec, min=log_floor))
+
+
+class MelSpectrogram(nn.Module):
+    """`log_mel` as a module whose filterbank moves with `.to()` (a buffer not saved in state dicts)."""
+
+    def __init__(self, settings: MelSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or MelSettings()
+        s = self.settings
+        self.register_buffer("mel_basis", mel_filterbank(s.sr, s.n_fft, s.n_mels, s.fmin, s.fmax),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.settings
+        spec = magnitude(x, s.n_fft, s.hop, s.win_length)
+        if s.power != 1.0:
+            spec = spec.pow(s.power)
+        return torch.log(torch.clamp(self.mel_basis.to(spec.dtype) @ spec, min=s.log_floor))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phase reconstruction (the vocoder baseline)
+
+
+def mel_to_linear(mel: Tensor, mel_basis: Tensor) -> Tensor:
+    """Approximate linear spectrum `[..., F, frames]` from a (non-log) mel spectrogram `[..., n_mels, frames]`.
+
+    The minimum-norm least-squares solution (Moore-Penrose pseudo-inverse of the filterbank) clamped at
+    zero: a one-shot approximation of non-negative least squares, cheap and differentiable.
+    """
+    inverse = torch.linalg.pinv(mel_basis.to(mel.dtype))
+    return torch.clamp(inverse.to(mel.device) @ mel, min=0.0)
+
+
+def griffin_lim(magnitude: Tensor, n_fft: int, hop: int, n_iter: int = 32, momentum: float = 0.99,
+                seed: int = 0, win_length: int | None = None, length: int | None = None) -> Tensor:
+    """Waveform `[..., T]` whose STFT magnitude approximates `magnitude` `[..., F, frames]`.
+
+    The fast Griffin-Lim algorithm (Perraudin, Balazs and Sondergaard, 2013): alternate projections
+    onto the target magnitude and onto consistent spectrograms, with the momentum step
+    c_n = t_n + momentum * (t_n - t_{n-1}); momentum=0 is the classic algorithm. Starts from random
+    phase drawn from `seed`.
+    """
+    generator = torch.Generator(device=magnitude.device).manual_seed(seed)
+    phase = torch.rand(magnitude.shape, generator=generator, device=magnitude.device,
+                       dtype=magnitude.dtype) * (2 * math.pi)
+    angles = torch.polar(torch.ones_like(magnitude), phase)
+    previous = torch.zeros_like(angles)
+    for _ in range(n_iter):
+        projected = stft(istft(magnitude * angles, n_fft, hop, win_length), n_fft, hop, win_length)
+        accelerated = projected + momentum * (projected - previous)
+        previous = projected
+        angles = accelerated / accelerated.abs().clamp_min(1e-16)
+    return istft(magnitude * angles, n_fft, hop, win_length, length=length)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loudness and pitch (the DDSP control signals; both give 1 + T // hop frames centred on i * hop)
+
+
+@functools.lru_cache(maxsize=32)
+def _a_weighting_power_gain(sr: int, n_fft: int) -> np.ndarray:
+    """IEC 61672 A-weighting as a power gain per rfft bin (0 dB at 1 kHz)."""
+    f2 = np.fft.rfftfreq(n_fft, d=1.0 / sr) ** 2
+    ra = (12194.0**2 * f2**2) / ((f2 + 20.6**2) * np.sqrt((f2 + 107.7**2) * (f2 + 737.9**2)) * (f2 + 12194.0**2))
+    return (ra**2 * 10 ** (2.0 / 10)).astype(np.float32)  # +2.0 dB puts 1 kHz at 0 dB
+
+
+def a_weighted_loudness(x: Tensor, sr: int, n_fft: int, hop: int, floor_db: float = -80.0) -> Tensor:
+    """A-weighted loudness in dB per frame, `[..., T] -> [..., frames]`; a full-scale 1 kHz sine is ~0 dB.
+
+    As DDSP's compute_loudness, the A-weighting is applied to each frame's power spectrum and the
+    weighted power is averaged; here it is scaled to the frame's weighted mean square (Parseval) and
+    referred to a full-scale sine's mean square (1/2). Quieter frames are clamped at `floor_db`.
+    """
+    spec = stft(x, n_fft, hop)
+    power = spec.real.square() + spec.imag.square()
+    gain = torch.from_numpy(_a_weighting_power_gain(sr, n_fft)).to(power.device, power.dtype)
+    window = hann_window(n_fft, power.device, power.dtype)
+    # One-sided spectrum: doubling it approximates the two-sided Parseval sum.
+    mean_square = 2 * (power * gain[:, None]).sum(dim=-2) / (n_fft * window.square().sum())
+    return 10 * torch.log10(torch.clamp(mean_square / 0.5, min=10 ** (floor_db / 10)))
+
+
+def pyin_frame_length(sr: int, fmin: float) -> int:
+    """Smallest power of two holding four periods of `fmin`.
+
+    pYIN needs two; twice that halves YIN's upward bias on low notes (on a 220 Hz sine at 16 kHz,
+    about 4 cents with 1024 samples, 2 cents with 2048).
+    """
+    return 1 << math.ceil(math.log2(4 * sr / fmin))
+
+
+def f0_pyin(x: np.ndarray, sr: int, hop: int, fmin: float = 50.0, fmax: float = 1000.0,
+            frame_length: int | None = None, resolution: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Fundamental frequency with librosa's pYIN: `(f0 [frames] Hz, 0 where unvoiced; voiced_prob [frames])`.
+
+    Frames are centred on i * hop (center=True), so they line up with `a_weighted_loudness(x, sr, n_fft,
+    hop)` frame for frame: both give 1 + len(x) // hop frames. f0 takes values on pYIN's grid of
+    `resolution` semitones from fmin (0.1 = 10 cents, so up to 5 cents of rounding); finer grids cost
+    quadratically more time. Evaluation and data preparation only.
+    """
+    import librosa
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"f0_pyin takes one waveform [T], got shape {x.shape}")
+    f0, voiced, voiced_prob = librosa.pyin(x, fmin=fmin, fmax=fmax, sr=sr, hop_length=hop,
+                                           frame_length=frame_length or pyin_frame_length(sr, fmin),
+                                           resolution=resolution, center=True)
+    return np.where(voiced, f0, 0.0).astype(np.float32), voiced_prob.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resampling
+
+
+def resample(x: Tensor | np.ndarray, sr_from: int, sr_to: int) -> Tensor:
+    """Resample along the last axis with scipy's polyphase filter (Kaiser window); float32 tensor out."""
+    from scipy.signal import resample_poly
+
+    device = x.device if isinstance(x, Tensor) else torch.device("cpu")
+    array = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if sr_from != sr_to:
+        common = math.gcd(int(sr_from), int(sr_to))
+        array = resample_poly(array, int(sr_to) // common, int(sr_from) // common, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses and metrics
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Spectral convergence + L1 log-magnitude distance, averaged over several STFT resolutions.
+
+    Per resolution: ||Y| - |X||_F / ||Y||_F over the whole batch (Y the target) plus
+    mean |log(|X| + eps) - log(|Y| + eps)|. Inputs are waveforms `[..., T]` longer than max(fft_sizes) / 2.
+    """
+
+    def __init__(self, fft_sizes: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64),
+                 hop_sizes: tuple[int, ...] | None = None, win_lengths: tuple[int, ...] | None = None,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        hop_sizes = hop_sizes or tuple(n // 4 for n in fft_sizes)
+        win_lengths = win_lengths or tuple(fft_sizes)
+        if not len(fft_sizes) == len(hop_sizes) == len(win_lengths):
+            raise ValueError("fft_sizes, hop_sizes and win_lengths need one entry per resolution")
+        self.resolutions = list(zip(fft_sizes, hop_sizes, win_lengths, strict=True))
+        self.eps = eps
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        total = pred.new_zeros(())
+        for n_fft, hop, win_length in self.resolutions:
+            # Two calls, not one on the stacked pair: the backward pass then skips the target's STFT.
+            pred_mag = magnitude(pred, n_fft, hop, win_length)
+            target_mag = magnitude(target, n_fft, hop, win_length)
+            convergence = (torch.linalg.vector_norm(target_mag - pred_mag)
+                           / torch.linalg.vector_norm(target_mag).clamp_min(self.eps))
+            log_distance = (torch.log(pred_mag + self.eps) - torch.log(target_mag + self.eps)).abs().mean()
+            total = total + convergence + log_distance
+        return total / len(self.resolutions)
+
+
+def mrstft_distance(pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> float:
+    """Multi-resolution STFT loss (default resolutions) between two waveforms, cut to the shorter one."""
+    pred_t, target_t = torch.as_tensor(pred, dtype=torch.float32), torch.as_tensor(target, dtype=torch.float32)
+    length = min(pred_t.shape[-1], target_t.shape[-1])
+    with torch.no_grad():
+        return float(MultiResolutionSTFTLoss()(pred_t[..., :length], target_t[..., :length]))
+
+
+def mel_cepstrum(wav: Tensor | np.ndarray, sr: int, n_coeffs: int = 24, n_fft: int = 1024, hop: int = 256,
+                 n_mels: int = 80, floor: float = 1e-5) -> np.ndarray:
+    """Mel cepstra c1..c_n_coeffs `[frames, n_coeffs]` of the natural-log mel magnitude.
+
+    Scaled as a Fourier cosine series of the log spectrum on the mel axis, c_m = (1/N) sum_n
+    ln|M_n| cos(pi m (n + 1/2) / N) (SPTK's mel-cepstrum convention), so values do not grow with the
+    number of mel bands N and MCD lands on its usual dB scale.
+    """
+    from scipy.fft import dct
+
+    mel = log_mel(torch.as_tensor(wav, dtype=torch.float32), sr, n_fft, hop, n_mels, fmax=None, log_floor=floor)
+    # scipy's unnormalised DCT-II is 2 * sum_n x_n cos(pi m (2n + 1) / 2N)
+    cepstra = dct(mel.numpy().astype(np.float64), type=2, axis=0) / (2 * n_mels)
+    return cepstra[1:n_coeffs + 1].T  # c0 (overall level) is left out, as usual for MCD
+
+
+def mel_cepstral_distortion(ref_wav: Tensor | np.ndarray, syn_wav: Tensor | np.ndarray, sr: int,
+                            n_coeffs: int = 24, n_fft: int = 1024, hop: int = 256, n_mels: int = 80,
+                            use_dtw: bool | None = None) -> float:
+    """Mel cepstral distortion in dB, (10 / ln 10) * sqrt(2 * sum_d (c_ref - c_syn)^2) averaged over frames.
+
+    Frames are paired one to one when both signals give the same number of frames, else aligned by
+    dynamic time warping (librosa.sequence.dtw, Euclidean) and averaged along the path; pass `use_dtw`
+    to force either. Cepstra come from `mel_cepstrum` (c0 excluded). Mono waveforms `[T]`.
+    """
+    ref = mel_cepstrum(ref_wav, sr, n_coeffs, n_fft, hop, n_mels)
+    syn = mel_cepstrum(syn_wav, sr, n_coeffs, n_fft, hop, n_mels)
+    if use_dtw is None:
+        use_dtw = len(ref) != len(syn)
+    if use_dtw:
+        import librosa
+
+        _, path = librosa.sequence.dtw(X=ref.T, Y=syn.T, metric="euclidean")
+        ref, syn = ref[path[:, 0]], syn[path[:, 1]]
+    elif len(ref) != len(syn):
+        raise ValueError(f"{len(ref)} and {len(syn)} frames cannot be paired one to one; use DTW")
+    per_frame = (10.0 / math.log(10.0)) * np.sqrt(2.0 * np.square(ref - syn).sum(axis=1))
+    return float(per_frame.mean())
