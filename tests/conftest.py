@@ -23,6 +23,18 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Decoded images and trained feature nets are cached; tests keep theirs out of the user's cache."""
+    before = os.environ.get("MUSELAB_CACHE")
+    os.environ["MUSELAB_CACHE"] = str(tmp_path_factory.mktemp("muselab-cache"))
+    yield
+    if before is None:
+        os.environ.pop("MUSELAB_CACHE", None)
+    else:
+        os.environ["MUSELAB_CACHE"] = before
+
+
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven bright stars sing softly above "
           "old stone bridges and river boats drift past gardens of tall green trees").split()
 

@@ -201,7 +201,9 @@ def train(
         elif dist.is_main:
             saved["config"] = json.loads(cfg.model_dump_json())
             run.write_json(files.CONFIG, saved)
-        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, dist=dist, quiet=quiet)
+        hook = the_recipe.validation_hook(model, cfg, assets, run) if dist.is_main else None
+        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, dist=dist, quiet=quiet,
+                          on_validate=hook)
         result = trainer.fit(resume=resume)
         if dist.is_main:
             _finish_run(run, result)

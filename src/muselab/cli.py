@@ -13,7 +13,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from muselab import __version__
-from muselab.core.errors import MuselabError
+from muselab.core.errors import ControlError, MuselabError
 
 EXIT_USER_ERROR = 2
 
@@ -31,6 +31,13 @@ def _field_type(annotation: Any) -> Any:
     return annotation
 
 
+def _fixed_count(field: Any) -> int | None:
+    """N when a list control must hold exactly N values (min_length == max_length)."""
+    bounds = [getattr(m, attr, None) for m in field.metadata for attr in ("min_length", "max_length")]
+    bounds = [b for b in bounds if b is not None]
+    return bounds[0] if len(bounds) == 2 and bounds[0] == bounds[1] else None
+
+
 def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseModel]) -> None:
     """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md)."""
     group = parser.add_argument_group("generation controls")
@@ -41,6 +48,11 @@ def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseMode
         if kind is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
+        elif get_origin(kind) is list and _fixed_count(field):
+            # a list of exactly N values is given at once: `--interpolate A B`
+            count = _fixed_count(field)
+            group.add_argument(flag, dest=name, nargs=count, default=argparse.SUPPRESS,
+                               metavar=tuple(chr(ord("A") + i) for i in range(count)), help=help_text)
         elif get_origin(kind) is list:
             group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
                                help=help_text + " (repeatable)")
@@ -138,6 +150,8 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         return 0
     options = _read_list_files(vars(parser.parse_args(rest)))
     out, overwrite = options.pop("out"), options.pop("overwrite")
+    if out is None and run.recipe.needs_out:
+        raise ControlError(f"a {run.recipe.name} run writes files: add --out FOLDER")
     streaming = out is None and options.get("stream", True) and options.get("num_samples", 1) == 1
 
     def show(piece: str) -> None:
@@ -151,6 +165,9 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
         if result.kind == "pairs":
             paths = writer.write_lines(result.extra["lines"], result.extra["controls"])
+        elif result.kind == "image":
+            paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
+                                        result.extra["animation"])
         else:
             paths = writer.write_texts(result.items, result.extra["controls"])
         for path in paths:

@@ -1,5 +1,5 @@
 """The one writer of generated files: every file gets provenance, next to it and, where the format
-allows, inside it (later media add their embedders here)."""
+allows, inside it (PNG chunks), and pictures of 64 px and more carry an invisible watermark."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from muselab import __version__
 from muselab.core.errors import OutputExistsError
-from muselab.core.io import atomic_write_json, atomic_write_text
+from muselab.core.io import atomic_write, atomic_write_json, atomic_write_text
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 MANIFEST_SUFFIX = ".json"
@@ -88,3 +91,44 @@ class ArtifactWriter:
             atomic_write_text(path, text)
             atomic_write_json(manifest_path(path), self.provenance.manifest(controls, index, path.name))
         return targets
+
+    def write_images(self, images: Sequence[np.ndarray], controls: dict[str, Any], grid: np.ndarray | None = None,
+                     animation: bool = False) -> list[Path]:
+        """PNG files (watermarked where big enough, manifest inside and beside), plus `grid.png` and, for an
+        interpolation, `animation.gif` when writing into a folder."""
+        from muselab.safety.embed import write_png
+        from muselab.safety.watermark import embed_image
+
+        targets = self._targets(len(images), "image", ".png")
+        folder = targets[0].parent
+        extras = {}
+        if grid is not None and len(images) > 1:
+            extras["grid.png"] = grid
+        gif = folder / "animation.gif" if animation else None
+        self._check_free([*targets, *(folder / name for name in extras), *([gif] if gif else [])])
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for index, (image, path) in enumerate(zip(images, targets, strict=True)):
+            marked, watermarked = embed_image(image)
+            manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": watermarked}
+            write_png(path, marked, manifest)
+            atomic_write_json(manifest_path(path), manifest)
+            written.append(path)
+        for name, picture in extras.items():
+            path = folder / name
+            marked, watermarked = embed_image(picture)
+            manifest = {**self.provenance.manifest(controls, -1, name), "watermark": watermarked}
+            write_png(path, marked, manifest)
+            atomic_write_json(manifest_path(path), manifest)
+            written.append(path)
+        if gif is not None:
+            from muselab.image.pictures import enlarged
+
+            frames = [Image.fromarray(enlarged(image)) for image in images]
+            frames += frames[-2:0:-1]  # there and back again
+            atomic_write(gif, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True,
+                                                         append_images=frames[1:], duration=120, loop=0))
+            atomic_write_json(manifest_path(gif), {**self.provenance.manifest(controls, -1, gif.name),
+                                                   "watermark": False})
+            written.append(gif)
+        return written

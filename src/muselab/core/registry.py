@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +24,8 @@ from muselab.core.trainer import BatchSource
 _RECIPES: dict[str, str] = {
     "text-lm": "muselab.text.lm_recipe:TextLMRecipe",
     "text-seq2seq": "muselab.text.seq2seq_recipe:TextSeq2SeqRecipe",
+    "image-gan": "muselab.image.gan_recipe:ImageGANRecipe",
+    "image-vae": "muselab.image.vae_recipe:ImageVAERecipe",
 }
 
 
@@ -53,6 +55,7 @@ class Recipe(ABC):
     controls_class: ClassVar[type[BaseModel]]
     default_data: ClassVar[str]
     main_control: ClassVar[str]  # the control `Run.generate(x)` sets from its positional argument
+    needs_out: ClassVar[bool] = False  # outputs are files (images, sound), not lines to print
     # Presets are overrides on top of the config defaults, which are the CPU "default" preset
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
@@ -80,6 +83,11 @@ class Recipe(ABC):
     def generate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
                  on_text: Any = None) -> Generated:
         """Generate outputs for validated controls."""
+
+    def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],
+                        run: RunDir) -> Callable[[int, dict[str, Any]], None] | None:
+        """Something to do after each validation with the step and the weights (e.g. a sample grid)."""
+        return None
 
     @abstractmethod
     def evaluate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], run: RunDir,

@@ -141,6 +141,18 @@ def _decode(path: Path, mode: str, size: int) -> np.ndarray:
         return np.asarray(_fit(_convert(image, mode), size))
 
 
+def load_picture(path: str | os.PathLike[str], *, size: int, channels: int) -> torch.Tensor:
+    """One picture a user names (e.g. an end of an interpolation) -> uint8 [1, C, size, size]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file '{path}' does not exist")
+    try:
+        pixels = _decode(path, _mode(channels), size)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image '{path}' ({_decode_failure(err)})") from None
+    return _stack([pixels], channels)
+
+
 def _decode_failure(err: BaseException) -> str:
     if isinstance(err, Image.DecompressionBombError):
         return "too many pixels to decode safely"

@@ -22,6 +22,7 @@ __all__ = ["plot_training_curves", "plot_attention"]
 _TRAIN_COLOR = "#1f77b4"
 _VAL_COLOR = "#d62728"
 _LR_COLOR = "#2ca02c"
+_PHASE_COLORS = ("#9467bd", "#8c564b", "#e377c2")  # further train curves (a GAN's second phase)
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -66,7 +67,11 @@ def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "T
     atomically and its path returned; with no plottable data the figure says so instead of failing.
     """
     out_png = Path(out_png)
-    train_steps, train_loss = _series(records, "loss")
+    # One train curve per optimizer phase (a GAN's loss_discriminator and loss_generator), else "loss"
+    loss_keys = sorted({k for r in records for k in r if k.startswith("loss_")}) or ["loss"]
+    train_curves = [(key.removeprefix("loss_") + " loss" if key != "loss" else "train loss", *_series(records, key))
+                    for key in loss_keys]
+    train_loss = any(values for _, _, values in train_curves)
     val_steps, val_loss = _series(records, "val_loss")
     lr_steps, lr = _series(records, "lr")
 
@@ -78,10 +83,13 @@ def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "T
         loss_ax, lr_ax = fig.subplots(1, 1), None
     loss_ax.set_title(title)
 
-    if train_loss:
+    for index, (label, steps, values) in enumerate(train_curves):
+        if not values:
+            continue
+        color = _TRAIN_COLOR if index == 0 else _PHASE_COLORS[(index - 1) % len(_PHASE_COLORS)]
         # Raw minibatch loss is noisy: draw it faint and let the smoothed line carry the trend.
-        loss_ax.plot(train_steps, train_loss, color=_TRAIN_COLOR, alpha=0.25, linewidth=0.8)
-        loss_ax.plot(train_steps, _smooth(train_loss), color=_TRAIN_COLOR, linewidth=1.8, label="train loss")
+        loss_ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        loss_ax.plot(steps, _smooth(values), color=color, linewidth=1.8, label=label)
     if val_loss:
         loss_ax.plot(
             val_steps, val_loss, color=_VAL_COLOR, marker="o", markersize=4, linewidth=1.2, label="val loss"

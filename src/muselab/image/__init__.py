@@ -1,0 +1,1 @@
+"""Image models, their metric network and image quality metrics."""

@@ -1,0 +1,256 @@
+"""What the image recipes (`image-gan`, `image-vae`) share: the data, labels and seeds of generation,
+sample grids during training, and the offline metrics of `muselab evaluate`.
+
+A subclass says how to build its model and how to draw images from it (`_draw`, `_interpolate`); the
+rest is here, so both recipes read data, pick labels and score samples the same way.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from muselab.core.config import Section
+from muselab.core.errors import ConfigError, ControlError, DataError
+from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.rundir import RunDir
+from muselab.data.images import ImageDataset, ImageStream, load_images, split_images, to_float
+from muselab.image.gan import check_size
+from muselab.image.pictures import image_grid, to_pixels
+
+# Native formats of the built-ins; a user's folder defaults to 64x64 colour
+_NATIVE = {"builtin:digits": (8, 1), "builtin:shapes": (32, 3), "builtin:textures": (32, 3)}
+_FOLDER_NATIVE = (64, 3)
+SNAPSHOT_SEED = 1234  # the fixed noise of the training snapshots: one grid per validation, same latents
+
+
+class ImageDataConfig(Section):
+    size: int = Field(0, ge=0, description="image side in pixels, a power of two from 8 to 256 (0 = the data's "
+                                           "own: 8 for builtin:digits, 32 for the other built-ins, 64 for a folder)")
+    channels: int = Field(0, ge=0, le=3, description="1 = grey, 3 = colour (0 = the data's own: 1 for "
+                                                     "builtin:digits, else 3)")
+    test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the images held out for evaluation")
+    skip_bad_files: bool = Field(False, description="skip unreadable image files (and count them) instead of stopping")
+
+
+class ImageEvalConfig(Section):
+    samples_per_class: int = Field(1000, ge=10, description="generated images per class (conditional models)")
+    samples: int = Field(5000, ge=10, description="generated images (unconditional models)")
+    reference_images: int = Field(10_000, ge=10, description="training images the samples are compared with, at most")
+    k: int = Field(3, ge=1, description="neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)")
+
+
+def data_format(cfg: BaseModel, spec: str) -> tuple[int, int]:
+    """The (size, channels) a run uses for `spec`: the configured ones, or the data's own."""
+    native = _NATIVE.get(spec, _FOLDER_NATIVE)
+    size = cfg.data.size or native[0]
+    channels = cfg.data.channels or native[1]
+    try:
+        check_size(size)
+    except ValueError:
+        raise ConfigError(f"bad value for data.size: {size} (the models need a power of two from 8 to 256)") from None
+    if channels not in (1, 3):
+        raise ConfigError(f"bad value for data.channels: {channels} (1 = grey, 3 = colour)")
+    return size, channels
+
+
+def resolve_label(label: str | None, class_names: list[str]) -> int | None:
+    """A --label given by class name or index -> the index."""
+    if label is None:
+        return None
+    if label in class_names:
+        return class_names.index(label)
+    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+        return int(label)
+    shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+    raise ControlError(f"unknown --label '{label}'; this model knows: {shown} (or an index from 0 to "
+                       f"{len(class_names) - 1})")
+
+
+def parse_seed(text: str) -> int:
+    if not text.isdigit():
+        raise ControlError(f"--interpolate takes two seeds (whole numbers), got '{text}'")
+    return int(text)
+
+
+class ImageRecipe(Recipe):
+    main_control = "n"
+    needs_out = True
+    default_data = "builtin:digits"
+
+    # -- data -------------------------------------------------------------------------------------
+    def _load(self, cfg: BaseModel, spec: str) -> tuple[ImageDataset, ImageDataset]:
+        size, channels = data_format(cfg, spec)
+        data = load_images(spec, size=size, channels=channels, skip_bad_files=cfg.data.skip_bad_files)
+        return split_images(data, test_share=cfg.data.test_share)
+
+    def prepare_data(self, cfg: BaseModel, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
+        train, test = self._load(cfg, data)
+        num_classes = len(train.class_names)
+        if cfg.model.conditional and num_classes < 2:
+            raise ConfigError(f"model.conditional=true needs labelled images, and '{data}' has "
+                              f"{'no classes' if not num_classes else 'one class'}: put each class in its own "
+                              "sub-folder, or train with model.conditional=false")
+        # The model's shape follows the data; written to config.json so the run says what it was
+        cfg.model.size, cfg.model.channels = data_format(cfg, data)
+        cfg.model.num_classes = num_classes
+        info = {**{k: v for k, v in train.info.items() if k != "split"}, "spec": data,
+                "fingerprint": train.info["parent_fingerprint"], "train_images": len(train), "test_images": len(test)}
+        return PreparedData(ImageStream(train), ImageStream(test) if self.validates else None, info,
+                            {"class_names": train.class_names})
+
+    validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
+
+    def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
+        run.write_json("classes.json", {"class_names": assets["class_names"]})
+
+    def load_assets(self, cfg: BaseModel, run: RunDir) -> dict[str, Any]:
+        path = run / "classes.json"
+        if not path.is_file():
+            raise DataError(f"'{path}' is missing; the run directory is incomplete")
+        return {"class_names": list(run.read_json("classes.json")["class_names"])}
+
+    def check_transfer(self, cfg: BaseModel, source_cfg: BaseModel, prepared: PreparedData, source: Path) -> None:
+        if (cfg.model.size, cfg.model.channels) != (source_cfg.model.size, source_cfg.model.channels):
+            raise ConfigError(f"--init-from '{source}' makes {source_cfg.model.size}x{source_cfg.model.size}x"
+                              f"{source_cfg.model.channels} images, this data is {cfg.model.size}x{cfg.model.size}x"
+                              f"{cfg.model.channels}: set data.size and data.channels to match")
+
+    # -- generation -------------------------------------------------------------------------------
+    @abstractmethod
+    def _draw(self, model: nn.Module, n: int, labels: torch.Tensor | None, controls: BaseModel,
+              generator: torch.Generator) -> torch.Tensor:
+        """n images in [-1, 1] for these labels (None when unconditional)."""
+
+    @abstractmethod
+    def _interpolate(self, model: nn.Module, ends: list[str], label: int | None, controls: BaseModel,
+                     cfg: BaseModel) -> torch.Tensor:
+        """controls.steps images from one end to the other."""
+
+    def _labels(self, model_cfg: BaseModel, class_names: list[str], label: str | None, n: int) -> torch.Tensor | None:
+        if not model_cfg.conditional:
+            if label is not None:
+                raise ControlError("this model was trained without labels: leave out --label")
+            return None
+        index = resolve_label(label, class_names)
+        if index is not None:
+            return torch.full((n,), index, dtype=torch.long)
+        return torch.arange(n) % model_cfg.num_classes  # every class in turn: a grid row per class
+
+    def generate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
+                 on_text: Any = None) -> Generated:
+        seed = controls.seed if controls.seed is not None else secrets.randbelow(2**31)
+        controls = controls.model_copy(update={"seed": seed})
+        class_names = assets["class_names"]
+        if controls.interpolate:
+            label = resolve_label(controls.label, class_names) if cfg.model.conditional else None
+            if cfg.model.conditional and label is None:
+                label = 0
+            self._labels(cfg.model, class_names, controls.label, 1)  # the same label checks as sampling
+            images = self._interpolate(model, controls.interpolate, label, controls, cfg)
+            labels = None if label is None else [class_names[label]] * len(images)
+            columns = len(images)
+        else:
+            label_ids = self._labels(cfg.model, class_names, controls.label, controls.n)
+            generator = torch.Generator().manual_seed(seed)
+            images = self._draw(model, controls.n, label_ids, controls, generator)
+            labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
+            per_class_rows = label_ids is not None and controls.label is None
+            columns = cfg.model.num_classes if per_class_rows and controls.n >= cfg.model.num_classes else None
+        pixels = to_pixels(images)
+        grid = image_grid(pixels, columns=columns)
+        return Generated(pixels, "image", {"controls": controls.model_dump(), "grid": grid, "labels": labels,
+                                           "animation": bool(controls.interpolate)})
+
+    # -- training snapshots -------------------------------------------------------------------------
+    def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],
+                        run: RunDir) -> Callable[[int, dict[str, torch.Tensor]], None]:
+        """A grid from the same latents at every validation (with the weights a checkpoint holds, i.e. the
+        EMA): `progress/step_NNNNNN.png`, so a person can watch the model learn."""
+        from PIL import Image
+
+        snapshot_model = self.build_model(cfg, assets)
+        n = cfg.model.num_classes * 8 if cfg.model.conditional else 64
+        labels = self._labels(cfg.model, assets["class_names"], None, n)
+
+        def snapshot(step: int, weights: dict[str, torch.Tensor]) -> None:
+            snapshot_model.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
+            generator = torch.Generator().manual_seed(SNAPSHOT_SEED)
+            images = self._draw(snapshot_model, n, labels, self.controls_class(), generator)
+            columns = cfg.model.num_classes if labels is not None else 8
+            folder = run / "progress"
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(image_grid(to_pixels(images), columns=columns)).save(folder / f"step_{step:06d}.png")
+
+        return snapshot
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def _extra_metrics(self, model: nn.Module, cfg: BaseModel, train: ImageDataset, test: ImageDataset,
+                       run: RunDir) -> dict[str, Any]:
+        return {}
+
+    def evaluate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], run: RunDir,
+                 data: str | None) -> dict[str, Any]:
+        from PIL import Image
+
+        from muselab.image.features import feature_net_for
+        from muselab.image.metrics import (
+            closest_pairs_figure,
+            image_quality_report,
+            memorization,
+            nearest_training_distances,
+        )
+
+        if data is None:
+            raise DataError("this run does not record its data; pass --data")
+        train, test = self._load(cfg, data)
+        real = to_float(train.images)
+        num_classes = cfg.model.num_classes
+        # The judge is trained by muselab on the data alone, never by the run it judges
+        with torch.enable_grad():  # evaluate runs under no_grad; training the judge needs gradients
+            net, net_info = feature_net_for(real, train.labels, num_classes, cache_key=train.info["fingerprint"])
+        generator = torch.Generator().manual_seed(0)
+        if cfg.model.conditional:
+            labels = torch.arange(num_classes).repeat_interleave(cfg.eval.samples_per_class)
+        else:
+            labels = None
+        n = len(labels) if labels is not None else cfg.eval.samples
+        fakes = torch.cat([self._draw(model, len(chunk), chunk if labels is not None else None,
+                                      self.controls_class(), generator)
+                           for chunk in (labels if labels is not None else torch.zeros(n)).split(1000)])
+        reference = real
+        if len(reference) > cfg.eval.reference_images:
+            pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:cfg.eval.reference_images]
+            reference = real[pick]
+        report = image_quality_report(net, reference, fakes, labels, k=cfg.eval.k)
+        nearest = nearest_training_distances(fakes, real)
+        copies = memorization(fakes, real, nearest=nearest)
+        closest_pairs_figure(fakes, real, *nearest, run / "memorization.png")
+        grid_labels = self._labels(cfg.model, assets["class_names"], None, num_classes * 8 if labels is not None else 64)
+        grid_images = self._draw(model, len(grid_labels) if grid_labels is not None else 64, grid_labels,
+                                 self.controls_class(), torch.Generator().manual_seed(SNAPSHOT_SEED))
+        Image.fromarray(image_grid(to_pixels(grid_images), columns=num_classes if grid_labels is not None else 8)
+                        ).save(run / "samples.png")
+        metrics: dict[str, Any] = {
+            **report,
+            "memorization_share": copies["share"],
+            "memorization_threshold": copies["threshold"],
+            "nearest_training_distance_median": copies["median"],
+            "samples": n,
+            "reference_images": len(reference),
+            "feature_net": net_info.get("kind", "classifier"),
+            "feature_net_heldout_accuracy": net_info.get("heldout_accuracy"),
+        }
+        if num_classes:
+            metrics["classifier_test_accuracy"] = float(
+                (net.classify(to_float(test.images)) == test.labels).float().mean())
+        metrics.update(self._extra_metrics(model, cfg, train, test, run))
+        return {"metrics": metrics}
+

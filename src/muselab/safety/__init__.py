@@ -1,0 +1,1 @@
+"""Safety: moderation, memorization guard, provenance and invisible watermarks."""
