@@ -165,6 +165,8 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
         if result.kind == "pairs":
             paths = writer.write_lines(result.extra["lines"], result.extra["controls"])
+        elif result.kind == "audio":
+            paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"])
         elif result.kind == "image":
             paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
                                         result.extra["animation"])

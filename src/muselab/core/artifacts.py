@@ -132,3 +132,20 @@ class ArtifactWriter:
                                                    "watermark": False})
             written.append(gif)
         return written
+
+    def write_audio(self, clips: Sequence[np.ndarray], sample_rate: int, controls: dict[str, Any]) -> list[Path]:
+        """WAV files (16-bit, watermarked, manifest inside and beside)."""
+        from muselab.safety.embed import write_wav
+        from muselab.safety.watermark import embed_audio
+
+        targets = self._targets(len(clips), "audio", ".wav")
+        self._check_free(targets)
+        written = []
+        for index, (clip, path) in enumerate(zip(clips, targets, strict=True)):
+            marked = embed_audio(np.asarray(clip, dtype=np.float32), sample_rate)
+            manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": True,
+                        "sample_rate": sample_rate}
+            write_wav(path, marked, sample_rate, manifest)
+            atomic_write_json(manifest_path(path), manifest)
+            written.append(path)
+        return written

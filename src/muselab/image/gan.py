@@ -4,14 +4,15 @@ The generator maps a latent z (and, when conditional, a class embedding) through
 4x4 feature map, then doubles the resolution once per block (transposed 4x4 conv, BatchNorm, ReLU),
 halving the channels, until the image size; a 3x3 conv and tanh make the image. The discriminator
 mirrors it: a 3x3 conv, one strided 4x4 conv per halving (LeakyReLU 0.2; BatchNorm only when neither
-spectral normalisation nor the gradient penalty is on, as both assume a per-image function) down to
-4x4, then a linear layer to one logit. Class conditioning in the discriminator is either projection
+spectral normalisation, which takes its place, nor the gradient penalty, which needs a per-image
+function, is on) down to 4x4, then a linear layer to one logit. Class conditioning in the discriminator is either projection
 (Miyato & Koyama 2018: logit += <embed(y), phi(x)>) or concatenation of a label map as extra input
 channels. Losses: non-saturating, hinge and WGAN-GP. DiffAugment (Zhao et al. 2020) may transform
 real and generated images alike before the discriminator.
 
 Training has two optimizer phases run on the same real batch, discriminator first (see
-`GAN.optimizer_phases`). Read top to bottom: config, blocks, generator, discriminator, losses, GAN.
+`GAN.optimizer_phases`). Read top to bottom: config, helpers shared with the VAE, blocks, generator,
+discriminator, losses, the GAN module.
 """
 
 from __future__ import annotations
@@ -204,7 +205,6 @@ class Discriminator(nn.Module):
         super().__init__()
         chans = stage_channels(cfg.size, cfg.width)[::-1]  # full resolution first
         self.batch_norm = not cfg.spectral_norm and cfg.loss != "wgan-gp"
-        self.projection = cfg.conditional and cfg.conditioning == "projection"
         self.label_map = (nn.Embedding(cfg.num_classes, LABEL_MAP_CHANNELS)
                           if cfg.conditional and cfg.conditioning == "concat" else None)
         in_ch = cfg.channels + (LABEL_MAP_CHANNELS if self.label_map is not None else 0)
@@ -213,7 +213,8 @@ class Discriminator(nn.Module):
                                       for a, b in zip(chans, chans[1:], strict=False)))
         features = chans[-1] * 16
         self.to_logit = nn.Linear(features, 1)
-        self.label_embed = nn.Embedding(cfg.num_classes, features) if self.projection else None
+        projection = cfg.conditional and cfg.conditioning == "projection"
+        self.label_embed = nn.Embedding(cfg.num_classes, features) if projection else None
         self.apply(dcgan_init)
         if cfg.spectral_norm:
             for module in self.modules():
