@@ -194,7 +194,17 @@ class Trainer:
             state = {**state, **self.ema}
         return state
 
+    def _sync_buffers(self) -> None:
+        """Make every rank's buffers (BatchNorm running statistics) rank 0's: DDP broadcasts them only on
+        synchronised forwards, so with gradient accumulation the ranks' copies drift apart."""
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def save_checkpoint(self) -> None:
+        self._sync_buffers()
         if self.dist.is_main:
             tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             if self.ema is not None:
@@ -330,8 +340,10 @@ class Trainer:
         # Warm-up of the decay keeps early EMA weights from being dominated by the random init
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
         state = self.model.state_dict()
-        for name, avg in self.ema.items():
-            avg.lerp_(state[name].to(avg.dtype), 1.0 - decay)
+        names = list(self.ema)
+        # One fused update over all tensors: per-tensor calls cost more than the arithmetic for small models
+        torch._foreach_lerp_([self.ema[n] for n in names], [state[n].to(self.ema[n].dtype) for n in names],
+                             1.0 - decay)
 
     def fit(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
@@ -411,6 +423,7 @@ class Trainer:
         """Every rank must end with the same weights; record each rank's fingerprint to prove it."""
         import torch.distributed as dist
 
+        self._sync_buffers()
         mine = weights_fingerprint(self.model.state_dict())
         gathered: list[str | None] = [None] * self.dist.world_size
         dist.all_gather_object(gathered, mine)

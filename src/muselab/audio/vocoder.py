@@ -1,0 +1,337 @@
+"""A neural vocoder (mel spectrogram -> waveform), in one file.
+
+The generator is Fourier-domain, after Vocos (Siuzdak 2023): a 1-D convolution embeds the log-mel
+frames, a stack of ConvNeXt blocks (depthwise 7-tap conv, LayerNorm, a two-layer MLP, layer scale)
+works at the frame rate, and a linear head predicts each frame's STFT log-magnitude and phase; one
+inverse STFT (n_fft 1024, hop 256) makes the waveform. Nothing runs at the sample rate, which makes
+it many times cheaper on a CPU than HiFi-GAN's stack of upsampling convolutions.
+
+Training minimises a reconstruction loss: L1 between log-mels of the output and of the real audio
+plus the multi-resolution STFT loss (spectral convergence + log magnitude). With `adversarial` on,
+the model also has a multi-period discriminator (HiFi-GAN's MPD: the waveform folded by a period
+into 2-D) and a multi-resolution discriminator (UnivNet's MRD: 2-D convolutions over magnitude
+spectrograms at several resolutions), trained with least-squares GAN losses, and the generator adds
+feature matching (L1 between the discriminators' feature maps on real and generated audio). The
+GAN trains in two optimizer phases per step, discriminator first (see `Vocoder.optimizer_phases`).
+
+Mel settings are the TTS field's shared ones (`muselab.audio.dsp.MelSettings`: 22,050 Hz, n_fft
+1024, hop 256, 80 Slaney mels up to 8 kHz, natural log of the magnitude mel). A mel of F frames
+gives F * hop samples. Read top to bottom: config, generator, discriminators, losses, the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, istft, magnitude
+from muselab.core.config import Section
+from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase
+
+MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
+
+Batch = dict[str, Tensor]  # "audio" float [B, S], S a multiple of MEL.hop
+
+
+class VocoderConfig(Section):
+    dim: int = Field(256, ge=8, description="channels of the ConvNeXt blocks")
+    intermediate: int = Field(768, ge=8, description="hidden size of each block's MLP")
+    layers: int = Field(8, ge=1, description="ConvNeXt blocks")
+    kernel_size: int = Field(7, ge=1, description="taps of the depthwise convolution over frames (odd)")
+    mel_weight: float = Field(45.0, ge=0, description="weight of the log-mel L1 loss")
+    stft_weight: float = Field(15.0, ge=0, description="weight of the multi-resolution STFT loss")
+    adversarial: bool = Field(False, description="train against discriminators (a GAN) as well as the "
+                                                 "reconstruction loss")
+    discriminators: Literal["mpd+mrd", "mpd", "mrd"] = Field(
+        "mpd+mrd", description="multi-period (waveform), multi-resolution (spectrogram) or both")
+    periods: list[int] = Field([2, 3, 5, 7, 11], min_length=1, description="periods of the MPD")
+    disc_channels: int = Field(16, ge=1, description="channels of the discriminators' first layer "
+                                                     "(the MPD doubles them per layer)")
+    adv_weight: float = Field(1.0, ge=0, description="weight of the generator's adversarial loss")
+    fm_weight: float = Field(2.0, ge=0, description="weight of the feature-matching loss")
+    d_lr_scale: float = Field(1.0, gt=0, description="discriminator learning rate as a multiple of the "
+                                                     "generator's")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd, so the convolution keeps frames centred")
+        return value
+
+    @field_validator("periods")
+    @classmethod
+    def _positive_periods(cls, value: list[int]) -> list[int]:
+        if any(p < 2 for p in value):
+            raise ValueError("periods must be 2 or more")
+        return value
+
+
+# -- generator -------------------------------------------------------------------------------------
+class ConvNeXtBlock(nn.Module):
+    """x + gamma * MLP(LayerNorm(depthwise_conv(x))), on [B, C, frames]."""
+
+    def __init__(self, dim: int, intermediate: int, kernel_size: int, layer_scale: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, intermediate)
+        self.pwconv2 = nn.Linear(intermediate, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(self.dwconv(x).transpose(1, 2))
+        h = self.pwconv2(F.gelu(self.pwconv1(h))) * self.gamma
+        return x + h.transpose(1, 2)
+
+
+class Generator(nn.Module):
+    """Log-mel [B, n_mels, F] -> waveform [B, F * hop]."""
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.embed = nn.Conv1d(MEL.n_mels, cfg.dim, cfg.kernel_size, padding=cfg.kernel_size // 2)
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(cfg.dim, cfg.intermediate, cfg.kernel_size, 1.0 / cfg.layers)
+                                    for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, MEL.n_fft + 2)  # log-magnitude and phase of n_fft // 2 + 1 bins
+        self.apply(_vocos_init)
+
+    def spectrum(self, mel: Tensor) -> Tensor:
+        """The predicted complex STFT [B, n_fft // 2 + 1, F]."""
+        x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        x = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)
+        log_mag, phase = x.chunk(2, dim=1)
+        # No |STFT| of audio within [-1, 1] exceeds the window's sum (n_fft / 2): the cap only stops overflow
+        mag = torch.exp(log_mag.clamp(max=math.log(MEL.n_fft)))
+        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return istft(self.spectrum(mel), MEL.n_fft, MEL.hop, length=mel.shape[-1] * MEL.hop)
+
+
+def _vocos_init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv1d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+
+
+# -- discriminators --------------------------------------------------------------------------------
+Scores = tuple[list[Tensor], list[list[Tensor]]]  # a logit map per sub-discriminator, and its feature maps
+
+
+class PeriodDiscriminator(nn.Module):
+    """The waveform folded into [B, 1, T / period, period]; 2-D convolutions stride along time only."""
+
+    def __init__(self, period: int, channels: int) -> None:
+        super().__init__()
+        self.period = period
+        widths = [1, channels, channels * 2, channels * 4, channels * 8]
+        self.convs = nn.ModuleList(weight_norm(nn.Conv2d(a, b, (5, 1), (3, 1), padding=(2, 0)))
+                                   for a, b in zip(widths, widths[1:], strict=False))
+        self.convs.append(weight_norm(nn.Conv2d(widths[-1], widths[-1], (5, 1), padding=(2, 0))))
+        self.post = weight_norm(nn.Conv2d(widths[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
+        batch, length = wav.shape
+        pad = -length % self.period
+        x = F.pad(wav, (0, pad), mode="reflect").view(batch, 1, -1, self.period)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            features.append(x)
+        x = self.post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class ResolutionDiscriminator(nn.Module):
+    """2-D convolutions over one resolution's magnitude spectrogram [B, 1, frames, bins]."""
+
+    def __init__(self, n_fft: int, hop: int, channels: int) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.convs = nn.ModuleList([weight_norm(nn.Conv2d(1, channels, (3, 9), padding=(1, 4)))])
+        for _ in range(3):  # halve the frequency axis three times
+            self.convs.append(weight_norm(nn.Conv2d(channels, channels, (3, 9), (1, 2), padding=(1, 4))))
+        self.convs.append(weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))))
+        self.post = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
+        # Scaled to unit window energy, so each resolution sees magnitudes of the same size
+        scale = math.sqrt(3 * self.n_fft / 8)
+        x = (magnitude(wav, self.n_fft, self.hop) / scale).transpose(1, 2).unsqueeze(1)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.1)
+            features.append(x)
+        x = self.post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+MRD_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop), as UnivNet and Vocos
+
+
+class Discriminators(nn.Module):
+    """The chosen sub-discriminators, run on the same waveforms."""
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        subs: list[nn.Module] = []
+        if "mpd" in cfg.discriminators:
+            subs += [PeriodDiscriminator(p, cfg.disc_channels) for p in cfg.periods]
+        if "mrd" in cfg.discriminators:
+            subs += [ResolutionDiscriminator(n, h, cfg.disc_channels * 2) for n, h in MRD_RESOLUTIONS]
+        self.subs = nn.ModuleList(subs)
+
+    def forward(self, wav: Tensor) -> Scores:
+        logits, features = [], []
+        for sub in self.subs:
+            logit, maps = sub(wav)
+            logits.append(logit)
+            features.append(maps)
+        return logits, features
+
+
+# -- losses ----------------------------------------------------------------------------------------
+def discriminator_loss(real: list[Tensor], fake: list[Tensor]) -> Tensor:
+    """Least-squares GAN: real towards 1, fake towards 0, summed over sub-discriminators."""
+    return torch.stack([(1 - r).square().mean() + f.square().mean() for r, f in zip(real, fake, strict=True)]).sum()
+
+
+def generator_loss(fake: list[Tensor]) -> Tensor:
+    return torch.stack([(1 - f).square().mean() for f in fake]).sum()
+
+
+def feature_matching_loss(real: list[list[Tensor]], fake: list[list[Tensor]]) -> Tensor:
+    """Mean L1 between feature maps on real (a fixed target) and generated audio, averaged over maps."""
+    pairs = [(r, f) for maps_r, maps_f in zip(real, fake, strict=True) for r, f in zip(maps_r, maps_f, strict=True)]
+    return torch.stack([(r.detach() - f).abs().mean() for r, f in pairs]).mean()
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No parameter gradients for `module` inside the block (inputs still get theirs)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+# -- the model -------------------------------------------------------------------------------------
+class Vocoder(nn.Module):
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.generator = Generator(cfg)
+        self.discriminators = Discriminators(cfg) if cfg.adversarial else None
+        self.mel = MelSpectrogram(MEL)
+        self.stft_loss = MultiResolutionSTFTLoss()
+        self._metrics: dict[str, Tensor] = {}
+        # The discriminator phase's output, with the generator's graph, reused by the generator phase
+        self._fake: tuple[Tensor, Tensor] | None = None
+
+    def num_parameters(self, part: str = "generator") -> int:
+        return sum(p.numel() for p in getattr(self, part).parameters())
+
+    # -- what the Trainer calls -------------------------------------------------------------------
+    def optimizer_phases(self) -> list[OptimizerPhase]:
+        if self.discriminators is None:
+            return [OptimizerPhase(SINGLE_PHASE, ("",))]
+        return [OptimizerPhase("discriminator", ("discriminators.",), self.cfg.d_lr_scale),
+                OptimizerPhase("generator", ("generator.",))]
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """Numbers logged beside the phases' losses: the mel L1 and the discriminators' mean scores."""
+        return {name: float(value) for name, value in self._metrics.items()}
+
+    def input_mel(self, audio: Tensor) -> Tensor:
+        """The mel frames the generator sees for a segment of S samples: S / hop of them, so the output
+        has exactly S samples (the frame centred on sample S, half outside, is left out)."""
+        return self.mel(audio)[..., : audio.shape[-1] // MEL.hop]
+
+    def reconstruction_loss(self, fake: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+        """(weighted total, the log-mel L1 alone)."""
+        mel_l1 = (self.mel(fake) - self.mel(real)).abs().mean()
+        total = self.cfg.mel_weight * mel_l1
+        if self.cfg.stft_weight:
+            total = total + self.cfg.stft_weight * self.stft_loss(fake, real)
+        return total, mel_l1
+
+    def training_step(self, batch: Batch, phase: str = SINGLE_PHASE) -> Tensor:
+        real = batch["audio"]
+        if phase == SINGLE_PHASE:
+            loss, mel_l1 = self.reconstruction_loss(self.generator(self.input_mel(real)), real)
+            self._metrics = {"mel_l1": mel_l1.detach()}
+            return loss
+        if phase == "discriminator":
+            return self._discriminator_step(real)
+        if phase == "generator":
+            return self._generator_step(real)
+        raise ValueError(f"unknown phase '{phase}'")
+
+    def _discriminator_step(self, real: Tensor) -> Tensor:
+        fake = self.generator(self.input_mel(real))
+        self._fake = (real, fake) if fake.requires_grad else None
+        d_real, _ = self.discriminators(real)
+        d_fake, _ = self.discriminators(fake.detach())
+        self._metrics = {"d_real": torch.stack([x.mean() for x in d_real]).mean().detach(),
+                         "d_fake": torch.stack([x.mean() for x in d_fake]).mean().detach()}
+        return discriminator_loss(d_real, d_fake)
+
+    def _generator_step(self, real: Tensor) -> Tensor:
+        if self._fake is not None and self._fake[0] is real and torch.is_grad_enabled():
+            fake, self._fake = self._fake[1], None
+        else:  # gradient accumulation: not the batch the discriminator phase generated for
+            fake = self.generator(self.input_mel(real))
+        loss, mel_l1 = self.reconstruction_loss(fake, real)
+        with frozen(self.discriminators):
+            with torch.no_grad():
+                _, features_real = self.discriminators(real)
+            d_fake, features_fake = self.discriminators(fake)
+        loss = (loss + self.cfg.adv_weight * generator_loss(d_fake)
+                + self.cfg.fm_weight * feature_matching_loss(features_real, features_fake))
+        self._metrics["mel_l1"] = mel_l1.detach()
+        return loss
+
+    @torch.no_grad()
+    def eval_step(self, batch: Batch) -> tuple[Tensor, int]:
+        """(summed log-mel L1 over the batch, examples): the validation loss."""
+        real = batch["audio"]
+        fake = self.generator(self.input_mel(real))
+        per_example = (self.mel(fake) - self.mel(real)).abs().mean(dim=(1, 2))
+        return per_example.sum(), real.shape[0]
+
+    # -- inference --------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.generator.head.weight.device
+
+    def vocode(self, mel: Tensor) -> Tensor:
+        """Waveform [..., F * hop] from log-mel [..., n_mels, F], in eval mode, without gradients."""
+        lead = mel.shape[:-2]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                wav = self.generator(mel.reshape(-1, *mel.shape[-2:]).to(self.device, torch.float32))
+        finally:
+            self.train(was_training)
+        return wav.reshape(*lead, wav.shape[-1]).float()
