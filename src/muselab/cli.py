@@ -98,6 +98,22 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
 
+    moderate = sub.add_parser(
+        "moderate", help="check a text against the moderation policy; prints a JSON verdict",
+        description="Check a text against the moderation policy and print one JSON line: allowed, categories, "
+                    "matches, redacted, warnings. Exit status: 0 allowed, 1 blocked, 2 a usage or file error.")
+    moderate.add_argument("text", nargs="?", help="the text to check (or --file)")
+    moderate.add_argument("--file", help="check this UTF-8 text file instead")
+    moderate.add_argument("--policy", metavar="FILE.toml", help="a policy file on top of (or instead of) the default")
+
+    detect = sub.add_parser(
+        "detect", help="look for muselab's watermark and manifest in files; one JSON line per file",
+        description="For each file print one JSON line: watermark (true/false), confidence, manifest (embedded, "
+                    "or the sidecar FILE.json; null when there is none) and a note. A file that cannot be read "
+                    "gets a line with \"error\". Exit status: 0 when every file was read (marked or not), 2 when "
+                    "any could not be.")
+    detect.add_argument("files", nargs="+", metavar="FILE", help="images, audio or text files muselab wrote")
+
     info = sub.add_parser("info", help="describe a run directory")
     info.add_argument("run", help="run directory")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -134,6 +150,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab import api
     from muselab.core.artifacts import ArtifactWriter, Provenance
+    from muselab.safety.guard import combine_notes
 
     if not args.run:
         print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; "
@@ -158,20 +175,23 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    if streaming:
-        show(options.get("prompt", ""))
+    # the run shows the moderated text as it grows, prompt first (nothing at all when the prompt is blocked)
     result = run.generate(on_text=show if streaming else None, **options)
+    for warning in result.extra.get("warnings", []):
+        print(f"muselab: warning: {warning}", file=sys.stderr)
     if out:
         writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
         if result.kind == "pairs":
-            paths = writer.write_lines(result.extra["lines"], result.extra["controls"])
+            paths = writer.write_lines(result.extra["lines"], result.extra["controls"], result.extra.get("note"))
         elif result.kind == "audio":
             paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"])
         elif result.kind == "image":
             paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
-                                        result.extra["animation"])
+                                        result.extra["animation"], result.extra.get("item_notes"))
         else:
-            paths = writer.write_texts(result.items, result.extra["controls"])
+            notes = result.extra.get("notes")
+            paths = writer.write_texts(result.items, result.extra["controls"], notes,
+                                       combine_notes(notes) if notes else None)
         for path in paths:
             print(path)
     elif result.kind == "pairs":
@@ -216,6 +236,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_moderate(args: argparse.Namespace) -> int:
+    from muselab.safety.moderation import moderate_command
+
+    line, status = moderate_command(args.text, args.file, args.policy)
+    print(line)
+    return status
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from muselab.safety.detect import detect_file
+
+    unreadable = False
+    for path in args.files:
+        entry = detect_file(path)
+        unreadable = unreadable or "error" in entry
+        print(json.dumps(entry, ensure_ascii=False), flush=True)
+    return EXIT_USER_ERROR if unreadable else 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from muselab.core import rundir as files
     from muselab.core.rundir import RunDir
@@ -257,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "generate" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                "info": _cmd_info, "demo": _cmd_demo}
+                "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo}
     try:
         if args.command == "generate":
             return _cmd_generate(args, rest)

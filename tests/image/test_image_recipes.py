@@ -153,3 +153,34 @@ def test_vae_interpolates_between_two_pictures(vae_run: Path, tmp_path: Path) ->
     assert len(walk.items) == 4 and walk.extra["animation"]
     with pytest.raises(ControlError):
         api.load(vae_run).generate(interpolate=[ends[0], "7"], label="1")
+
+
+def test_memorization_guard_flags_copies_of_training_images(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from muselab.data.images import load_images, to_float
+    from muselab.image.gan_recipe import ImageGANRecipe
+
+    run = api.load(gan_run)
+    copies = to_float(load_images("builtin:digits", size=8, channels=1).images[:3])
+    monkeypatch.setattr(ImageGANRecipe, "_draw", lambda self, model, n, labels, controls, generator: copies[:n].clone())
+    flagged = run.generate(3, seed=0, label="0")
+    assert all(note["memorization"]["flagged"] for note in flagged.extra["item_notes"])
+    assert "3 of 3 images" in flagged.extra["warnings"][0]
+    assert run.generate(3, seed=0, label="0", memorization="off").extra["item_notes"] == [{}, {}, {}]
+
+
+def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from muselab.data.images import load_images, to_float
+    from muselab.image.gan_recipe import ImageGANRecipe
+
+    copy = to_float(load_images("builtin:digits", size=8, channels=1).images[:1])
+    calls = []
+
+    def draw(self, model, n, labels, controls, generator):
+        calls.append(n)  # first a copy, then something new
+        return copy.clone() if len(calls) == 1 else torch.zeros(n, 1, 8, 8)
+
+    monkeypatch.setattr(ImageGANRecipe, "_draw", draw)
+    result = api.load(gan_run).generate(1, seed=0, label="0", memorization="resample")
+    assert calls == [1, 1] and not result.extra["item_notes"][0]["memorization"]["flagged"]

@@ -68,32 +68,41 @@ class ArtifactWriter:
         if taken:
             raise OutputExistsError(f"'{taken[0]}' already exists; pass --overwrite or choose another --out")
 
-    def write_lines(self, lines: Sequence[str], controls: dict[str, Any]) -> list[Path]:
-        """One text file of result lines (e.g. input<TAB>output), with its manifest."""
+    def write_lines(self, lines: Sequence[str], controls: dict[str, Any], note: dict[str, Any] | None = None
+                    ) -> list[Path]:
+        """One text file of result lines (e.g. input<TAB>output), with its manifest (plus `note`: the safety
+        checks' `moderation` / `memorization` entries for the whole file)."""
         target = self.out / "outputs.tsv" if self.out.is_dir() else self.out
         self._check_free([target])
         atomic_write_text(target, "".join(line + "\n" for line in lines))
-        atomic_write_json(manifest_path(target), self.provenance.manifest(controls, -1, target.name))
+        atomic_write_json(manifest_path(target), {**self.provenance.manifest(controls, -1, target.name), **(note or {})})
         return [target]
 
-    def write_texts(self, texts: Sequence[str], controls: dict[str, Any]) -> list[Path]:
+    def write_texts(self, texts: Sequence[str], controls: dict[str, Any], notes: Sequence[dict[str, Any]] | None = None,
+                    file_note: dict[str, Any] | None = None) -> list[Path]:
+        """One file per text (or one .jsonl). `notes[i]` (the safety checks' entries for text i) joins its
+        manifest; `file_note` joins the manifest of a .jsonl file as a whole."""
+        def manifest(index: int, name: str) -> dict[str, Any]:
+            extra = (notes[index] if notes is not None and index >= 0 else file_note) or {}
+            return {**self.provenance.manifest(controls, index, name), **extra}
+
         if self.out.suffix == ".jsonl":
             # one file, one JSON line per sample, each line carrying its own manifest
             self._check_free([self.out])
-            lines = [json.dumps({"text": t, "manifest": self.provenance.manifest(controls, i, self.out.name)},
-                                ensure_ascii=False) for i, t in enumerate(texts)]
+            lines = [json.dumps({"text": t, "manifest": manifest(i, self.out.name)}, ensure_ascii=False)
+                     for i, t in enumerate(texts)]
             atomic_write_text(self.out, "\n".join(lines) + "\n")
-            atomic_write_json(manifest_path(self.out), self.provenance.manifest(controls, -1, self.out.name))
+            atomic_write_json(manifest_path(self.out), manifest(-1, self.out.name))
             return [self.out]
         targets = self._targets(len(texts), "sample", ".txt")
         self._check_free(targets)
         for index, (text, path) in enumerate(zip(texts, targets, strict=True)):
             atomic_write_text(path, text)
-            atomic_write_json(manifest_path(path), self.provenance.manifest(controls, index, path.name))
+            atomic_write_json(manifest_path(path), manifest(index, path.name))
         return targets
 
     def write_images(self, images: Sequence[np.ndarray], controls: dict[str, Any], grid: np.ndarray | None = None,
-                     animation: bool = False) -> list[Path]:
+                     animation: bool = False, item_notes: Sequence[dict[str, Any]] | None = None) -> list[Path]:
         """PNG files (watermarked where big enough, manifest inside and beside), plus `grid.png` and, for an
         interpolation, `animation.gif` when writing into a folder."""
         from muselab.safety.embed import write_png
@@ -110,7 +119,8 @@ class ArtifactWriter:
         written = []
         for index, (image, path) in enumerate(zip(images, targets, strict=True)):
             marked, watermarked = embed_image(image)
-            manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": watermarked}
+            manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": watermarked,
+                        **(item_notes[index] if item_notes else {})}
             write_png(path, marked, manifest)
             atomic_write_json(manifest_path(path), manifest)
             written.append(path)

@@ -26,6 +26,8 @@ _RECIPES: dict[str, str] = {
     "text-seq2seq": "muselab.text.seq2seq_recipe:TextSeq2SeqRecipe",
     "image-gan": "muselab.image.gan_recipe:ImageGANRecipe",
     "image-vae": "muselab.image.vae_recipe:ImageVAERecipe",
+    "audio-ddsp": "muselab.audio.ddsp_recipe:AudioDDSPRecipe",
+    "audio-vocoder": "muselab.audio.vocoder_recipe:VocoderRecipe",
 }
 
 

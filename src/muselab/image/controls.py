@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -18,6 +20,9 @@ class ImageControls(BaseModel):
                                           description="Two seeds to walk between instead of sampling (a strip "
                                                       "and an animated GIF).")
     steps: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")
+    memorization: Literal["flag", "resample", "off"] = Field(
+        "flag", description="Images as close to a training image as near-duplicates are: flag them in their "
+                            "manifests, draw them again, or do not check.")
 
 
 class GANControls(ImageControls):

@@ -28,6 +28,8 @@ from muselab.image.pictures import image_grid, to_pixels
 # Native formats of the built-ins; a user's folder defaults to 64x64 colour
 _NATIVE = {"builtin:digits": (8, 1), "builtin:shapes": (32, 3), "builtin:textures": (32, 3)}
 _FOLDER_NATIVE = (64, 3)
+DATA_FILE = "image_data.json"  # class names, the data's spec and the memorization threshold
+RESAMPLE_TRIES = 4  # memorization="resample": redraw a too-close image at most this many times
 SNAPSHOT_SEED = 1234  # the fixed noise of the training snapshots: one grid per validation, same latents
 
 
@@ -103,19 +105,23 @@ class ImageRecipe(Recipe):
         cfg.model.num_classes = num_classes
         info = {**{k: v for k, v in train.info.items() if k != "split"}, "spec": data,
                 "fingerprint": train.info["parent_fingerprint"], "train_images": len(train), "test_images": len(test)}
-        return PreparedData(ImageStream(train), ImageStream(test) if self.validates else None, info,
-                            {"class_names": train.class_names})
+        from muselab.image.metrics import training_duplicate_distance
+
+        # The memorization guard's threshold: as close as the closest near-duplicates inside the training set
+        threshold = training_duplicate_distance(to_float(train.images)) if len(train) > 1 else 0.0
+        assets = {"class_names": train.class_names, "data_spec": data, "memorization_threshold": threshold}
+        return PreparedData(ImageStream(train), ImageStream(test) if self.validates else None, info, assets)
 
     validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
 
     def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
-        run.write_json("classes.json", {"class_names": assets["class_names"]})
+        run.write_json(DATA_FILE, assets)
 
     def load_assets(self, cfg: BaseModel, run: RunDir) -> dict[str, Any]:
-        path = run / "classes.json"
+        path = run / DATA_FILE
         if not path.is_file():
             raise DataError(f"'{path}' is missing; the run directory is incomplete")
-        return {"class_names": list(run.read_json("classes.json")["class_names"])}
+        return run.read_json(DATA_FILE)
 
     def check_transfer(self, cfg: BaseModel, source_cfg: BaseModel, prepared: PreparedData, source: Path) -> None:
         if (cfg.model.size, cfg.model.channels) != (source_cfg.model.size, source_cfg.model.channels):
@@ -155,6 +161,7 @@ class ImageRecipe(Recipe):
                 label = 0
             self._labels(cfg.model, class_names, controls.label, 1)  # the same label checks as sampling
             images = self._interpolate(model, controls.interpolate, label, controls, cfg)
+            label_ids = None if label is None else torch.full((len(images),), label)
             labels = None if label is None else [class_names[label]] * len(images)
             columns = len(images)
         else:
@@ -164,10 +171,44 @@ class ImageRecipe(Recipe):
             labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
             per_class_rows = label_ids is not None and controls.label is None
             columns = cfg.model.num_classes if per_class_rows and controls.n >= cfg.model.num_classes else None
+        notes, warnings = self._guard_memorization(model, cfg, assets, controls, images, label_ids)
         pixels = to_pixels(images)
         grid = image_grid(pixels, columns=columns)
         return Generated(pixels, "image", {"controls": controls.model_dump(), "grid": grid, "labels": labels,
-                                           "animation": bool(controls.interpolate)})
+                                           "animation": bool(controls.interpolate), "item_notes": notes,
+                                           "warnings": warnings})
+
+    def _guard_memorization(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
+                            images: torch.Tensor, label_ids: torch.Tensor | None) -> tuple[list[dict], list[str]]:
+        """Each image's distance to its nearest training image; images closer than the run's threshold are
+        flagged (or, with memorization=resample and when sampling, drawn again). Works in place on `images`."""
+        from muselab.image.metrics import nearest_training_distances
+
+        if controls.memorization == "off":
+            return [{} for _ in images], []
+        try:
+            train, _ = self._load(cfg, assets["data_spec"])
+        except DataError:
+            return [{} for _ in images], [f"memorization check skipped: the training data '{assets['data_spec']}' "
+                                          "is not readable here"]
+        reference, threshold = to_float(train.images), assets["memorization_threshold"]
+        distances, _ = nearest_training_distances(images, reference)
+        if controls.memorization == "resample" and not controls.interpolate:
+            generator = torch.Generator().manual_seed(controls.seed + 1)
+            for _ in range(RESAMPLE_TRIES):
+                close = torch.from_numpy(distances <= threshold).nonzero().flatten()
+                if len(close) == 0:
+                    break
+                labels = None if label_ids is None else label_ids[close]
+                images[close] = self._draw(model, len(close), labels, controls, generator)
+                distances[close.numpy()], _ = nearest_training_distances(images[close], reference)
+        flagged = distances <= threshold
+        notes = [{"memorization": {"nearest_training_distance": round(float(d), 5), "threshold": round(threshold, 5),
+                                   "flagged": bool(f)}} for d, f in zip(distances, flagged, strict=True)]
+        warnings = ([f"{int(flagged.sum())} of {len(images)} images are as close to a training image as "
+                     f"near-duplicates are (distance <= {threshold:.4f}): flagged in their manifests"]
+                    if flagged.any() else [])
+        return notes, warnings
 
     # -- training snapshots -------------------------------------------------------------------------
     def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],

@@ -67,6 +67,7 @@ __all__ = [
     "load_policy",
     "moderate",
     "moderate_command",
+    "raise_if_blocked",
     "skeleton",
 ]
 
@@ -595,15 +596,21 @@ def enforce(text: str, policy: Policy | None, where: str) -> str:
     `where` names the text in the message ("prompt", "sample"). The message never repeats what matched.
     """
     verdict = moderate(text, policy)
-    if not verdict.allowed:
-        blocked = [m for m in verdict.matches if m.action == "block"]
-        names = ", ".join(dict.fromkeys(m.category for m in blocked))
-        label = "categories" if "," in names else "category"
-        raise PolicyViolation(
-            f"the {where} was blocked by the moderation policy ({label}: {names}; at character "
-            f"{blocked[0].start}); change the {where} or pass --policy FILE.toml"
-        )
+    raise_if_blocked(verdict, where)
     return verdict.redacted
+
+
+def raise_if_blocked(verdict: Verdict, where: str, advice: str | None = None) -> None:
+    """PolicyViolation naming the blocked categories (never the words) when `verdict` is not allowed."""
+    if verdict.allowed:
+        return
+    blocked = [m for m in verdict.matches if m.action == "block"]
+    names = ", ".join(dict.fromkeys(m.category for m in blocked))
+    label = "categories" if "," in names else "category"
+    raise PolicyViolation(
+        f"the {where} was blocked by the moderation policy ({label}: {names}; at character "
+        f"{blocked[0].start}); {advice or f'change the {where}'} or pass --policy FILE.toml"
+    )
 
 
 def moderate_command(text: str | None, file: str | None, policy: str | None) -> tuple[str, int]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from muselab.core.controls import option_name, parse_controls
 
-__all__ = ["TextGenerationControls", "parse_controls", "option_name"]
+__all__ = ["DEFAULT_MAX_COPY_CHARS", "TextGenerationControls", "parse_controls", "option_name"]
+
+# Longest verbatim copy of the training text a sample may hold before the memorization guard acts.
+# Measured (see muselab/safety/guard.py): samples of a char model trained 5 minutes on tinyshakespeare
+# copy at most a few dozen characters; a copy of 200 is a whole memorised passage.
+DEFAULT_MAX_COPY_CHARS = 200
 
 
 class TextGenerationControls(BaseModel):
@@ -61,6 +68,25 @@ class TextGenerationControls(BaseModel):
         description="Random seed: the same seed gives the same text; unset differs each run.",
     )
     stream: bool = Field(True, description="Print tokens as they are generated (CLI, one sample only).")
+    policy: str | None = Field(
+        None,
+        description="A moderation policy TOML file applied on top of (or, with extends = \"none\", instead of) "
+        "the default policy, to the prompt and every sample.",
+    )
+    ban: list[str] = Field(
+        default_factory=list,
+        description="A word or phrase the model may not write (on top of the policy's block and redact words).",
+    )
+    max_copy_chars: int = Field(
+        DEFAULT_MAX_COPY_CHARS,
+        ge=0,
+        description="Longest verbatim copy of the training text a sample may hold; 0 turns the guard off.",
+    )
+    copy_guard: Literal["flag", "reject"] = Field(
+        "flag",
+        description="What a longer copy does: flag (noted in the manifest and on stderr) or reject (re-sampled "
+        "a few times, then an error; no streaming).",
+    )
 
     @field_validator("stop")
     @classmethod

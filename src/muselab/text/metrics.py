@@ -16,21 +16,28 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 __all__ = [
     "CopyIndex",
     "corpus_bleu_chrf",
     "distinct_n",
     "edit_distance",
+    "load_copy_index",
     "novelty",
     "phoneme_error_rate",
     "self_bleu",
     "text_diversity_report",
     "word_error_rate",
 ]
+
+
+COPY_INDEX_FORMAT = "muselab-copy-index-1"
 
 
 def distinct_n(samples: Sequence[str], n: int) -> float:
@@ -162,6 +169,29 @@ class CopyIndex:
         self._sa = array("q")
         self._sa.frombytes(_suffix_array(train_text).astype(np.int64).tobytes())
 
+    @classmethod
+    def from_suffix_array(cls, train_text: str, suffix_array: np.ndarray) -> CopyIndex:
+        """An index from a suffix array built earlier (see :func:`load_copy_index`)."""
+        index = cls.__new__(cls)
+        index._text = train_text
+        index._sa = array("q")
+        index._sa.frombytes(np.asarray(suffix_array, dtype=np.int64).tobytes())
+        return index
+
+    def save(self, path: str | Path) -> None:
+        """Write the index as safetensors: the suffix array (int32) and the text (UTF-8 bytes).
+
+        About 5 bytes per character of training text; loading skips the suffix-array build.
+        """
+        from muselab.core.io import atomic_write
+
+        sa = np.frombuffer(self._sa, dtype=np.int64)
+        if len(self._text) >= 2**31:
+            raise ValueError("a copy index holds at most 2**31 - 1 characters")
+        tensors = {"suffix_array": sa.astype(np.int32),
+                   "text_utf8": np.frombuffer(self._text.encode("utf-8", "surrogatepass"), dtype=np.uint8)}
+        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": COPY_INDEX_FORMAT}))
+
     def __len__(self) -> int:
         """Number of characters of training text indexed."""
         return len(self._text)
@@ -196,12 +226,33 @@ class CopyIndex:
         return best, best_start
 
 
-def novelty(samples: Sequence[str], index: CopyIndex, min_copy_chars: int = 50) -> dict[str, float]:
+def load_copy_index(path: str | Path) -> CopyIndex:
+    """Read an index written by :meth:`CopyIndex.save`; CheckpointError when the file is not one."""
+    from muselab.core.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            if (handle.metadata() or {}).get("format") != COPY_INDEX_FORMAT:
+                raise CheckpointError(f"'{path}' is not a muselab copy index; delete it or train the run again")
+            sa = handle.get_tensor("suffix_array")
+            text = handle.get_tensor("text_utf8").tobytes().decode("utf-8", "surrogatepass")
+    except (OSError, SafetensorError, KeyError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"'{path}' is not a readable copy index ({type(err).__name__}); delete it "
+                              "or train the run again") from None
+    if len(sa) != len(text) or (len(sa) and (sa.min() < 0 or sa.max() >= len(text))):
+        raise CheckpointError(f"'{path}' does not match its text; delete it or train the run again")
+    return CopyIndex.from_suffix_array(text, sa)
+
+
+def novelty(samples: Sequence[str], index: CopyIndex, min_copy_chars: int = 50,
+            max_copy_chars: int | None = None) -> dict[str, float]:
     """How many samples avoid copying ``min_copy_chars`` or more characters verbatim from training text.
 
     Returns ``novelty`` (share of samples whose longest verbatim copy is shorter than
     ``min_copy_chars``), ``copied_share`` (1 - novelty), ``longest_copy_chars`` (max over samples)
-    and ``mean_longest_copy_chars``.
+    and ``mean_longest_copy_chars``; with ``max_copy_chars`` also ``memorization_flagged_share``, the
+    share of samples the memorization guard would flag (longest copy over ``max_copy_chars``).
     """
     if not samples:
         raise ValueError("novelty needs at least 1 sample, got 0")
@@ -209,16 +260,20 @@ def novelty(samples: Sequence[str], index: CopyIndex, min_copy_chars: int = 50) 
         raise ValueError(f"min_copy_chars must be >= 1, got {min_copy_chars}")
     lengths = [index.longest_copy(s)[0] for s in samples]
     novel = sum(1 for length in lengths if length < min_copy_chars) / len(lengths)
-    return {
+    report = {
         "novelty": novel,
         "copied_share": 1.0 - novel,
         "longest_copy_chars": float(max(lengths)),
         "mean_longest_copy_chars": sum(lengths) / len(lengths),
     }
+    if max_copy_chars is not None:
+        report["memorization_flagged_share"] = sum(1 for length in lengths if length > max_copy_chars) / len(lengths)
+    return report
 
 
 def text_diversity_report(
-    samples: Sequence[str], train_text_or_index: str | CopyIndex, min_copy_chars: int = 50
+    samples: Sequence[str], train_text_or_index: str | CopyIndex, min_copy_chars: int = 50,
+    max_copy_chars: int | None = None,
 ) -> dict[str, float]:
     """``distinct_1``-``distinct_3``, ``self_bleu`` and the :func:`novelty` keys in one flat dict.
 
@@ -230,7 +285,7 @@ def text_diversity_report(
     )
     report = {f"distinct_{n}": distinct_n(samples, n) for n in (1, 2, 3)}
     report["self_bleu"] = self_bleu(samples)
-    report.update(novelty(samples, index, min_copy_chars))
+    report.update(novelty(samples, index, min_copy_chars, max_copy_chars))
     return report
 
 

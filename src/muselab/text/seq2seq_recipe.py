@@ -16,8 +16,23 @@ from muselab.core.registry import Generated, PreparedData, Recipe
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
 from muselab.data.pairs import load_pairs
+from muselab.safety.guard import (
+    ban_words,
+    check_inputs,
+    moderate_outputs,
+    moderation_note,
+    policy_for,
+    sum_summaries,
+)
+from muselab.text.bans import build_ban_processor
 from muselab.text.controls import TextGenerationControls
-from muselab.text.decoding import Hypothesis, beam_search, build_processors, generate_tokens
+from muselab.text.decoding import (
+    Hypothesis,
+    LogitsProcessorList,
+    beam_search,
+    build_processors,
+    generate_tokens,
+)
 from muselab.text.metrics import corpus_bleu_chrf, phoneme_error_rate, word_error_rate
 from muselab.text.seq2seq import Seq2Seq, Seq2SeqConfig
 from muselab.text.vocab import BOS, EOS, PAD, UNK, Vocab, build_vocab, load_vocabs, save_vocabs
@@ -67,6 +82,17 @@ class Seq2SeqControls(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="When sampling: nucleus mass; 1 = off.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed for sampling.")
     attention_plot: str | None = Field(None, description="Write the attention matrix of the first input to this PNG.")
+    policy: str | None = Field(None, description="A moderation policy TOML file for the inputs and outputs, on top "
+                               "of (or, with extends = \"none\", instead of) the default policy.")
+    ban: list[str] = Field(default_factory=list, description="A word the outputs may not hold (character and BPE "
+                           "targets; on top of the policy's block and redact words).")
+
+
+class _VocabTokenizer:
+    """A target vocabulary seen as the tokenizer the ban processor reads (vocab_size, decode)."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab_size, self.decode = vocab.size, vocab.decode
 
 
 class PairStream:
@@ -182,30 +208,41 @@ class TextSeq2SeqRecipe(Recipe):
         source_vocab: Vocab = assets["source_vocab"]
         results: list[list[Hypothesis]] = []
         device = next(model.parameters()).device
+        bans = self._bans(assets["target_vocab"], controls)
         model.eval()
         for start in range(0, len(inputs), batch_size):
             # an empty input still needs one position for the encoder to read
             chunk = [source_vocab.encode(text) or [UNK] for text in inputs[start:start + batch_size]]
-            results += self._decode(model, chunk, controls, device)
+            results += self._decode(model, chunk, controls, device, bans)
         return results
 
+    @staticmethod
+    def _bans(target_vocab: Vocab, controls: Seq2SeqControls) -> LogitsProcessorList:
+        """The policy's block and redact words (and --ban) as a decode-time ban on character and BPE targets.
+        Symbol targets (phonemes) are not words, so they get none; their outputs are still moderated."""
+        if target_vocab.kind == "symbols":
+            return LogitsProcessorList()
+        words = ban_words(policy_for(controls.policy), controls.ban)
+        return LogitsProcessorList([build_ban_processor(words, _VocabTokenizer(target_vocab), EOS)] if words else [])
+
     def _decode(self, model: Seq2Seq, chunk: list[list[int]], controls: Seq2SeqControls,
-                device: torch.device) -> list[list[Hypothesis]]:
+                device: torch.device, bans: LogitsProcessorList) -> list[list[Hypothesis]]:
         src = pad(chunk).to(device)
         src_len = torch.tensor([len(c) for c in chunk])
         max_len = controls.max_length or 2 * int(src_len.max()) + 10
         with torch.no_grad():
             state = model.encode(src, src_len)
             if controls.temperature > 0 and controls.beam == 1:
-                return self._sample(model, state, len(chunk), controls, max_len, device)
+                return self._sample(model, state, len(chunk), controls, max_len, device, bans)
             return beam_search(model.decode_step, lambda s, i: s.index_select(i), state, len(chunk), bos_id=BOS,
                                eos_id=EOS, beam_size=controls.beam, n_best=min(controls.n_best, controls.beam),
                                max_len=max_len, min_len=controls.min_length,
                                length_penalty=controls.length_penalty, coverage_penalty=controls.coverage_penalty,
-                               no_repeat_ngram_size=controls.no_repeat_ngram_size, src_mask=state.mask)
+                               no_repeat_ngram_size=controls.no_repeat_ngram_size, processors=bans,
+                               src_mask=state.mask)
 
     def _sample(self, model: Seq2Seq, state: Any, n: int, controls: Seq2SeqControls, max_len: int,
-                device: torch.device) -> list[list[Hypothesis]]:
+                device: torch.device, bans: LogitsProcessorList) -> list[list[Hypothesis]]:
         sampling = TextGenerationControls(max_new_tokens=max_len, temperature=controls.temperature,
                                           top_k=controls.top_k, top_p=controls.top_p,
                                           no_repeat_ngram_size=controls.no_repeat_ngram_size, seed=controls.seed)
@@ -217,7 +254,8 @@ class TextSeq2SeqRecipe(Recipe):
 
         generator = torch.Generator(device=device).manual_seed(controls.seed)
         rows = generate_tokens(step, torch.full((n, 1), BOS, dtype=torch.long, device=device), sampling,
-                               generator=generator, processors=build_processors(sampling), eos_id=EOS)
+                               generator=generator, processors=LogitsProcessorList([*bans, *build_processors(sampling)]),
+                               eos_id=EOS)
         return [[Hypothesis(tokens=row, score=0.0, log_prob=0.0, attention=None)] for row in rows]
 
     def generate(self, model: Seq2Seq, cfg: Seq2SeqRecipeConfig, assets: dict[str, Any],
@@ -229,18 +267,29 @@ class TextSeq2SeqRecipe(Recipe):
         if controls.temperature > 0 and controls.seed is None:
             controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
         target_vocab: Vocab = assets["target_vocab"]
+        policy = policy_for(controls.policy)
+        # inputs are checked before decoding; the model reads them as given, the lines echo them moderated
+        shown_inputs, input_summaries = check_inputs(controls.input, policy, "input")
         hypotheses = self.transduce(model, assets, controls.input, controls, cfg.eval.batch_size)
+        decoded = [target_vocab.decode(hyp.tokens) for hyps in hypotheses for hyp in hyps]
+        moderated, output_summaries = moderate_outputs(decoded, policy, "output")
         lines, outputs = [], []
-        for text, hyps in zip(controls.input, hypotheses, strict=True):
+        flat = iter(zip(decoded, moderated, strict=True))
+        for text, hyps in zip(shown_inputs, hypotheses, strict=True):
             for hyp in hyps:
-                output = target_vocab.decode(hyp.tokens)
+                raw, output = next(flat)
                 # symbol targets (phonemes) come back as lists, ready for a speech front end
-                outputs.append(target_vocab.decode_symbols(hyp.tokens) if target_vocab.kind == "symbols" else output)
+                if target_vocab.kind == "symbols":
+                    outputs.append(target_vocab.decode_symbols(hyp.tokens) if output == raw else output.split())
+                else:
+                    outputs.append(output)
                 lines.append(f"{text}\t{output}" + (f"\t{hyp.score:.4f}" if controls.n_best > 1 else ""))
         if controls.attention_plot:
             self._plot_attention(assets, controls.input[0], hypotheses[0][0], Path(controls.attention_plot))
-        return Generated(outputs, "pairs", {"controls": controls.model_dump(), "lines": lines,
-                                            "hypotheses": hypotheses})
+        note = moderation_note(policy, input=sum_summaries(input_summaries), output=sum_summaries(output_summaries))
+        recorded = {**controls.model_dump(), "input": shown_inputs}  # the manifest holds the moderated inputs
+        return Generated(outputs, "pairs", {"controls": recorded, "lines": lines,
+                                            "hypotheses": hypotheses, "note": note})
 
     def _plot_attention(self, assets: dict[str, Any], text: str, hyp: Hypothesis, out: Path) -> None:
         from muselab.report.plots import plot_attention

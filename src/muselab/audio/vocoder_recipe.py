@@ -1,0 +1,385 @@
+"""The `audio-vocoder` recipe: a neural vocoder (log-mel -> waveform) trained on builtin:tones or a
+folder of recordings, compared with the untrained baseline, Griffin-Lim.
+
+Data: whole clips at 22,050 Hz, a deterministic share of them held out; training draws random
+segments and the model computes their mels itself. Generation vocodes a log-mel `.npy` (`--mel`) or
+resynthesises a recording from its own mel (`--wav`), with the network or, for comparison,
+Griffin-Lim (`--griffin-lim`). Evaluation scores both against the original held-out audio (MRSTFT,
+MCD), times both, and writes a spectrogram comparison and example WAVs into the run directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from muselab.audio.dsp import (
+    griffin_lim,
+    log_mel,
+    mel_cepstral_distortion,
+    mel_filterbank,
+    mel_to_linear,
+    mrstft_distance,
+)
+from muselab.audio.vocoder import MEL, Vocoder, VocoderConfig
+from muselab.core.config import Section, TrainConfig
+from muselab.core.errors import ControlError, DataError
+from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.rundir import RunDir
+
+SAMPLE_RATE = MEL.sr
+MEL_DESCRIPTION = (f"{MEL.sr:,} Hz, n_fft {MEL.n_fft}, hop {MEL.hop}, {MEL.n_mels} mels, fmax {MEL.fmax:g}, "
+                   "natural-log magnitude (muselab.audio.dsp.log_mel)")
+# A natural-log magnitude mel of audio within [-1, 1] stays below about 3; values far outside this
+# range are some other scale (decibels, power, no log) that the vocoder would turn into noise
+MEL_VALUE_RANGE = (-30.0, 8.0)
+
+
+# -- config ------------------------------------------------------------------------------------------
+class VocoderDataConfig(Section):
+    clips: int = Field(200, ge=2, description="clips of builtin:tones to render (ignored for a folder)")
+    clip_seconds: float = Field(4.0, ge=0.5, description="length of each builtin:tones clip in seconds")
+    segment: int = Field(8192, ge=2048, description=f"training segment in samples, a multiple of {MEL.hop}")
+    test_share: float = Field(0.1, gt=0, lt=0.5, description="share of whole clips held out for evaluation")
+
+    @field_validator("segment")
+    @classmethod
+    def _whole_frames(cls, value: int) -> int:
+        if value % MEL.hop:
+            raise ValueError(f"must be a multiple of the hop, {MEL.hop}")
+        return value
+
+
+class VocoderEvalConfig(Section):
+    max_seconds: float = Field(60.0, gt=0, description="held-out audio scored, at most (whole clips, in order)")
+    realtime_seconds: float = Field(10.0, gt=0, description="seconds of audio the speed is timed on")
+    griffin_lim_iters: int = Field(32, ge=1, description="iterations of the Griffin-Lim baseline")
+    samples: int = Field(3, ge=0, description="held-out clips written to RUN/samples as WAVs")
+
+
+class VocoderRecipeConfig(Section):
+    data: VocoderDataConfig = VocoderDataConfig()
+    model: VocoderConfig = VocoderConfig()
+    train: TrainConfig = TrainConfig(max_steps=3000, max_minutes=8.0, batch_size=16, lr=1e-3, beta1=0.8,
+                                     beta2=0.99, warmup_steps=100, min_lr_ratio=0.05, weight_decay=0.01,
+                                     grad_clip=10.0, eval_every=500, eval_batches=8, checkpoint_every=500)
+    eval: VocoderEvalConfig = VocoderEvalConfig()
+
+
+class VocoderControls(BaseModel):
+    """Vocode one log-mel or resynthesise one recording."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wav: str | None = Field(None, description="A recording (WAV, FLAC, Ogg; resampled to 22,050 Hz) to "
+                                              "resynthesise from its own mel spectrogram.")
+    mel: str | None = Field(None, description="A .npy log-mel, [80, frames] or [frames, 80]: "
+                                              f"{MEL_DESCRIPTION}.")
+    griffin_lim: bool = Field(False, description="Use the Griffin-Lim baseline (32 iterations) instead of "
+                                                 "the network, for comparison.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of Griffin-Lim's initial phase (the "
+                                                                   "network itself draws nothing).")
+
+
+# -- data --------------------------------------------------------------------------------------------
+@dataclass
+class Clips:
+    """Whole clips at SAMPLE_RATE, float32 [T] each, split into training and held-out ones."""
+
+    train: list[np.ndarray]
+    test: list[np.ndarray]
+    info: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=2)
+def _render_tones(clips: int, seconds: float) -> tuple[Any, ...]:
+    """builtin:tones at the vocoder's rate, kept for the process: evaluation after training reuses it."""
+    from muselab.data.tones import make_tones
+
+    return tuple(make_tones(clips, seconds, sample_rate=SAMPLE_RATE, hop=MEL.hop))
+
+
+def _held_out(index: int, share: float) -> bool:
+    """Clip `index` (in sorted order) is held out when the running count of held-out clips steps up."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
+
+
+def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
+    """builtin:tones, or a folder of at least two audio files, as whole clips."""
+    if spec == "builtin:tones":
+        from muselab.data.tones import TONES_DESCRIPTION, TONES_VERSION, tones_split
+
+        parts = tones_split(_render_tones(cfg.clips, cfg.clip_seconds), test_share=cfg.test_share)
+        train, test = ([clip.audio for clip in part] for part in parts)
+        key = f"tones-v{TONES_VERSION}-{cfg.clips}-{cfg.clip_seconds}-{SAMPLE_RATE}-{cfg.test_share}"
+        info = {"source": TONES_DESCRIPTION, "fingerprint": hashlib.sha256(key.encode()).hexdigest()}
+    elif spec.startswith("builtin:"):
+        raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:tones or a folder of audio files")
+    else:
+        train, test, info = _load_folder(Path(spec), cfg.test_share)
+    info.update({"spec": spec, "sample_rate": SAMPLE_RATE, "train_clips": len(train), "test_clips": len(test),
+                 "train_seconds": round(sum(map(len, train)) / SAMPLE_RATE, 2),
+                 "test_seconds": round(sum(map(len, test)) / SAMPLE_RATE, 2)})
+    return Clips(train, test, info)
+
+
+def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    from muselab.audio.io import list_audio_files, load_audio
+
+    files = list_audio_files(root)
+    if len(files) < 2:
+        raise DataError(f"'{root}' holds {len(files)} audio file; the vocoder needs at least 2 (whole files are "
+                        "held out for evaluation): add more recordings or split a long one")
+    digest = hashlib.sha256()
+    train, test, changed = [], [], {}
+    for index, path in enumerate(files):
+        wav, _, notes = load_audio(path, sr=SAMPLE_RATE, min_seconds=0.1)
+        for note in notes:
+            kind = note.split(" ")[0]  # "resampled", "mixed"
+            changed[kind] = changed.get(kind, 0) + 1
+        digest.update(path.relative_to(root).as_posix().encode() if path != root else path.name.encode())
+        digest.update(wav.tobytes())
+        (test if _held_out(index, test_share) else train).append(wav)
+    if not test:  # a small folder: hold out the last file so there is something to evaluate on
+        test.append(train.pop())
+    if changed.get("resampled"):
+        print(f"note: resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz", file=sys.stderr)
+    if changed.get("mixed"):
+        print(f"note: mixed {changed['mixed']} of {len(files)} files down to mono", file=sys.stderr)
+    return train, test, {"source": f"audio folder '{root}'", "files": len(files), "fingerprint": digest.hexdigest()}
+
+
+class SegmentSource:
+    """Random fixed-length segments of whole clips for training; every whole segment, in order, for
+    validation. Clips shorter than a segment are padded with silence."""
+
+    def __init__(self, clips: list[np.ndarray], segment: int) -> None:
+        self.segment = segment
+        self.clips = [torch.from_numpy(np.pad(c, (0, max(0, segment - len(c))))) for c in clips]
+        # Every start position equally likely: a clip is drawn in proportion to its length
+        self.starts = torch.tensor([len(c) - segment + 1 for c in self.clips], dtype=torch.float64)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        which = torch.multinomial(self.starts, batch_size, replacement=True, generator=generator)
+        offsets = (torch.rand(batch_size, generator=generator, dtype=torch.float64) * self.starts[which]).long()
+        return {"audio": torch.stack([self.clips[i][o:o + self.segment] for i, o in zip(which.tolist(),
+                                                                                         offsets.tolist(),
+                                                                                         strict=True)])}
+
+    def eval_batches(self, batch_size: int, limit: int = 0):
+        pieces = [clip[start:start + self.segment] for clip in self.clips
+                  for start in range(0, len(clip) - self.segment + 1, self.segment)]
+        for count, first in enumerate(range(0, len(pieces), batch_size)):
+            if limit and count >= limit:
+                return
+            yield {"audio": torch.stack(pieces[first:first + batch_size])}
+
+
+# -- controls: reading a mel ---------------------------------------------------------------------------
+def read_mel(path: str | Path) -> torch.Tensor:
+    """A user's log-mel .npy as float32 [n_mels, frames], checked against the vocoder's settings."""
+    path = Path(path)
+    expected = f"expected a log-mel [{MEL.n_mels}, frames] or [frames, {MEL.n_mels}] ({MEL_DESCRIPTION})"
+    if not path.is_file():
+        raise ControlError(f"--mel file '{path}' does not exist; check the path")
+    with path.open("rb") as file:
+        is_npy = file.read(6) == b"\x93NUMPY"
+    if not is_npy:
+        raise ControlError(f"--mel '{path}' is not a .npy file; save the mel with numpy.save: {expected}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ControlError(f"cannot read --mel '{path}' ({reason}); save the mel with numpy.save: {expected}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.names is not None:
+        raise ControlError(f"--mel '{path}' holds no plain array; {expected}")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]  # a batch of one
+    if array.ndim != 2 or MEL.n_mels not in array.shape:
+        raise ControlError(f"--mel '{path}' has shape {tuple(array.shape)}; {expected}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ControlError(f"--mel '{path}' holds {array.dtype} values; {expected}, as floats")
+    if not np.isfinite(array).all():
+        raise ControlError(f"--mel '{path}' contains NaN or infinite values; {expected}")
+    mel = array if array.shape[0] == MEL.n_mels else array.T
+    low, high = float(mel.min()), float(mel.max())
+    if low < MEL_VALUE_RANGE[0] or high > MEL_VALUE_RANGE[1]:
+        raise ControlError(f"--mel '{path}' has values from {low:.3g} to {high:.3g}, not a natural-log magnitude "
+                           f"mel (about -11.5 to 3); {expected}")
+    return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+
+
+# -- synthesis -----------------------------------------------------------------------------------------
+def griffin_lim_from_mel(mel: torch.Tensor, n_iter: int = 32, seed: int = 0) -> torch.Tensor:
+    """The baseline: the linear spectrum from the mel by pseudo-inverse, then fast Griffin-Lim;
+    F frames give F * hop samples, as the network's output."""
+    basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
+    linear = mel_to_linear(mel.exp(), basis)
+    return griffin_lim(linear, MEL.n_fft, MEL.hop, n_iter=n_iter, seed=seed, length=mel.shape[-1] * MEL.hop)
+
+
+def synthesise(model: Vocoder, mel: torch.Tensor, use_griffin_lim: bool, seed: int = 0,
+               n_iter: int = 32) -> torch.Tensor:
+    if use_griffin_lim:
+        return griffin_lim_from_mel(mel, n_iter, seed)
+    return model.vocode(mel)
+
+
+# -- the recipe ----------------------------------------------------------------------------------------
+class VocoderRecipe(Recipe):
+    name = "audio-vocoder"
+    summary = "neural vocoder (mel spectrogram -> waveform), compared with Griffin-Lim"
+    config_class = VocoderRecipeConfig
+    controls_class = VocoderControls
+    default_data = "builtin:tones"
+    main_control = "wav"
+    needs_out = True
+    presets = {
+        "tiny": {
+            "data": {"clips": 8, "clip_seconds": 1.0, "segment": 4096, "test_share": 0.25},
+            "model": {"dim": 32, "intermediate": 64, "layers": 2, "disc_channels": 4},
+            "train": {"max_steps": 6, "max_minutes": None, "batch_size": 4, "warmup_steps": 2, "eval_every": 3,
+                      "eval_batches": 2, "checkpoint_every": 3, "log_every": 1},
+            "eval": {"realtime_seconds": 1.0, "samples": 1},
+        },
+        "default": {},
+        "base": {
+            "data": {"segment": 16384},
+            "model": {"dim": 512, "intermediate": 1536, "adversarial": True, "disc_channels": 32},
+            "train": {"max_steps": 100_000, "max_minutes": None, "batch_size": 32, "lr": 5e-4},
+        },
+    }
+
+    # -- data -------------------------------------------------------------------------------------
+    def prepare_data(self, cfg: VocoderRecipeConfig, data: str,
+                     assets: dict[str, Any] | None = None) -> PreparedData:
+        clips = load_clips(data, cfg.data)
+        return PreparedData(SegmentSource(clips.train, cfg.data.segment), SegmentSource(clips.test, cfg.data.segment),
+                            clips.info, {})
+
+    def build_model(self, cfg: VocoderRecipeConfig, assets: dict[str, Any]) -> Vocoder:
+        return Vocoder(cfg.model)
+
+    def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
+        """Nothing to save: the mel settings are fixed (MEL) and the weights say the rest."""
+
+    def load_assets(self, cfg: VocoderRecipeConfig, run: RunDir) -> dict[str, Any]:
+        return {}
+
+    def check_transfer(self, cfg: VocoderRecipeConfig, source_cfg: VocoderRecipeConfig, prepared: PreparedData,
+                       source: Path) -> None:
+        """Any vocoder serves any audio: the mel settings are the same for all."""
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any],
+                 controls: VocoderControls, on_text: Any = None) -> Generated:
+        if (controls.wav is None) == (controls.mel is None):
+            raise ControlError("give exactly one of --wav FILE (a recording to resynthesise) or --mel FILE "
+                               f"(a .npy log-mel [{MEL.n_mels}, frames])")
+        seed = controls.seed if controls.seed is not None else secrets.randbelow(2**31)
+        controls = controls.model_copy(update={"seed": seed})
+        notes: list[str] = []
+        if controls.wav is not None:
+            from muselab.audio.io import load_audio
+
+            wav, _, notes = load_audio(controls.wav, sr=SAMPLE_RATE)
+            for note in notes:
+                print(f"note: {controls.wav}: {note}", file=sys.stderr)
+            mel, length = log_mel(torch.from_numpy(wav)), len(wav)
+        else:
+            mel = read_mel(controls.mel)
+            length = mel.shape[-1] * MEL.hop
+        audio = synthesise(model, mel, controls.griffin_lim, seed, cfg.eval.griffin_lim_iters)[:length]
+        return Generated([audio.numpy().astype(np.float32)], "audio",
+                         {"controls": controls.model_dump(), "sample_rate": SAMPLE_RATE, "notes": notes,
+                          "method": "griffin_lim" if controls.griffin_lim else "vocoder"})
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any], run: RunDir,
+                 data: str | None) -> dict[str, Any]:
+        if data is None:
+            raise DataError("this run does not record its data; pass --data")
+        clips = _scored_clips(load_clips(data, cfg.data).test, cfg.eval.max_seconds)
+        n_iter = cfg.eval.griffin_lim_iters
+        scores: dict[str, list[float]] = {"mrstft": [], "mcd": [], "mrstft_griffin_lim": [], "mcd_griffin_lim": []}
+        examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for clip in clips:
+            wav = torch.from_numpy(clip)
+            mel = log_mel(wav)
+            outputs = {"": model.vocode(mel)[:len(clip)], "_griffin_lim": griffin_lim_from_mel(mel, n_iter)[:len(clip)]}
+            for suffix, out in outputs.items():
+                scores["mrstft" + suffix].append(mrstft_distance(out, wav))
+                scores["mcd" + suffix].append(mel_cepstral_distortion(wav, out, SAMPLE_RATE))
+            if len(examples) < max(1, cfg.eval.samples):
+                examples.append((clip, outputs[""].numpy(), outputs["_griffin_lim"].numpy()))
+        weights = np.array([len(c) for c in clips], dtype=float)
+        metrics: dict[str, Any] = {k: float(np.average(v, weights=weights)) for k, v in scores.items()}
+        metrics.update(_speeds(model, clips, cfg.eval.realtime_seconds, n_iter))
+        metrics.update({"eval_clips": len(clips), "eval_seconds": round(float(weights.sum()) / SAMPLE_RATE, 2),
+                        "generator_parameters": model.num_parameters("generator"),
+                        "threads": torch.get_num_threads()})
+        self._write_pictures_and_samples(model, examples, cfg.eval.samples, run, data)
+        return {"metrics": metrics}
+
+    def _write_pictures_and_samples(self, model: Vocoder, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                                    n_samples: int, run: RunDir, data: str) -> None:
+        from muselab.audio.io import save_audio
+        from muselab.audio.plots import plot_spectrograms
+        from muselab.core.artifacts import ArtifactWriter, Provenance
+        from muselab.core.checkpoint import weights_fingerprint
+
+        original, vocoded, baseline = examples[0]
+        panels = [(name, log_mel(torch.from_numpy(x)).numpy()) for name, x in
+                  (("original", original), ("vocoder", vocoded), ("Griffin-Lim", baseline))]
+        plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out clip 1")
+        if not n_samples:
+            return
+        folder = run / "samples"
+        folder.mkdir(exist_ok=True)
+        provenance = Provenance(self.name, weights_fingerprint(model.state_dict()), str(run.path))
+        chosen = examples[:n_samples]
+        for stem, index, use_gl in (("vocoder", 1, False), ("griffin_lim", 2, True)):
+            controls = {"source": f"held-out clips of {data}", "griffin_lim": use_gl, "seed": 0}
+            ArtifactWriter(provenance, folder / f"{stem}.wav", overwrite=True).write_audio(
+                [example[index] for example in chosen], SAMPLE_RATE, controls)
+        for i, example in enumerate(chosen):
+            save_audio(folder / f"original_{i:03d}.wav", example[0], SAMPLE_RATE)
+
+
+def _scored_clips(test: list[np.ndarray], max_seconds: float) -> list[np.ndarray]:
+    """Whole held-out clips, in order, until `max_seconds` of audio (at least one clip)."""
+    chosen, total = [], 0
+    for clip in test:
+        if chosen and total + len(clip) > max_seconds * SAMPLE_RATE:
+            break
+        chosen.append(clip)
+        total += len(clip)
+    return chosen
+
+
+def _speeds(model: Vocoder, clips: list[np.ndarray], seconds: float, n_iter: int) -> dict[str, float]:
+    """Seconds of audio made per wall-clock second, by the network (inference mode) and by Griffin-Lim,
+    from the same mel: the held-out clips end to end, repeated up to `seconds`."""
+    audio = np.concatenate(clips)
+    repeats = math.ceil(seconds * SAMPLE_RATE / len(audio))
+    mel = log_mel(torch.from_numpy(np.tile(audio, repeats)[: max(len(audio), round(seconds * SAMPLE_RATE))]))
+    audio_seconds = mel.shape[-1] * MEL.hop / SAMPLE_RATE
+    model.vocode(mel[:, :64])  # warm-up: the first call pays for allocations and kernel choice
+    start = time.perf_counter()
+    model.vocode(mel)
+    network = time.perf_counter() - start
+    start = time.perf_counter()
+    griffin_lim_from_mel(mel, n_iter)
+    baseline = time.perf_counter() - start
+    return {"realtime_factor": audio_seconds / network, "realtime_factor_griffin_lim": audio_seconds / baseline}

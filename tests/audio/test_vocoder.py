@@ -1,0 +1,119 @@
+"""The vocoder model: output lengths, discriminator shapes, its training phases and that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from muselab.audio.vocoder import MEL, Discriminators, Generator, Vocoder, VocoderConfig
+from muselab.core.trainer import SINGLE_PHASE, _phase_parameters
+
+TINY = {"dim": 32, "intermediate": 64, "layers": 2, "disc_channels": 4}
+
+
+def _tone_batch(batch: int = 2, length: int = 4096) -> dict[str, torch.Tensor]:
+    """Harmonic tones at different pitches: something with structure to reconstruct."""
+    t = torch.arange(length) / MEL.sr
+    f0 = torch.tensor([220.0, 330.0, 440.0, 150.0])[:batch, None]
+    audio = sum(0.3 / k * torch.sin(2 * math.pi * k * f0 * t) for k in range(1, 5))
+    return {"audio": audio.float()}
+
+
+@pytest.mark.parametrize("frames", [1, 7, 32])
+def test_generator_makes_frames_times_hop_samples(frames: int) -> None:
+    generator = Generator(VocoderConfig(**TINY))
+    wav = generator(torch.randn(3, MEL.n_mels, frames))
+    assert wav.shape == (3, frames * MEL.hop)
+    assert torch.isfinite(wav).all()
+
+
+def test_vocode_keeps_the_mode_and_training_still_works_afterwards() -> None:
+    model = Vocoder(VocoderConfig(**TINY)).train()
+    wav = model.vocode(torch.randn(MEL.n_mels, 10))
+    assert wav.shape == (10 * MEL.hop,) and model.training
+    # Inference-mode tensors made by vocode must not leak into the next training step
+    model.training_step(_tone_batch()).backward()
+    assert all(p.grad is not None for p in model.generator.parameters())
+
+
+def test_input_mel_has_one_frame_per_hop_of_the_segment() -> None:
+    model = Vocoder(VocoderConfig(**TINY))
+    audio = _tone_batch(2, 4096)["audio"]
+    mel = model.input_mel(audio)
+    assert mel.shape == (2, MEL.n_mels, 4096 // MEL.hop)
+    assert model.generator(mel).shape == audio.shape
+
+
+def test_discriminator_outputs_and_feature_maps() -> None:
+    cfg = VocoderConfig(**TINY, adversarial=True, periods=[2, 3])
+    discriminators = Discriminators(cfg)
+    real, fake = torch.randn(2, 4096) * 0.1, torch.randn(2, 4096) * 0.1
+    (logits_r, maps_r), (logits_f, maps_f) = discriminators(real), discriminators(fake)
+    assert len(logits_r) == len(maps_r) == 2 + 3  # two periods, three resolutions
+    for logit_r, logit_f, feats_r, feats_f in zip(logits_r, logits_f, maps_r, maps_f, strict=True):
+        assert logit_r.dim() == 2 and logit_r.shape[0] == 2 and logit_r.shape == logit_f.shape
+        assert len(feats_r) == 6
+        assert [f.shape for f in feats_r] == [f.shape for f in feats_f]
+    # The period discriminators fold the batch into batch x period sequences, 4 then 8 channels, ...
+    assert [f.shape[:2] for f in maps_r[0][:4]] == [(4, 4), (4, 8), (4, 16), (4, 32)]
+    assert [f.shape[:2] for f in maps_r[1][:2]] == [(6, 4), (6, 8)]
+    only_mpd = Discriminators(VocoderConfig(**TINY, adversarial=True, discriminators="mpd", periods=[2]))
+    assert len(only_mpd(real)[0]) == 1
+
+
+def test_phases_split_the_parameters() -> None:
+    plain = Vocoder(VocoderConfig(**TINY))
+    assert [p.name for p in plain.optimizer_phases()] == [SINGLE_PHASE]
+    assert plain.discriminators is None
+    gan = Vocoder(VocoderConfig(**TINY, adversarial=True))
+    params = {n: p for n, p in gan.named_parameters()}
+    owners = _phase_parameters(params, gan.optimizer_phases())
+    assert set(owners) == {"discriminator", "generator"}
+    assert all(n.startswith("generator.") for n in owners["generator"])
+    assert len(owners["generator"]) + len(owners["discriminator"]) == len(params)
+
+
+def test_gan_phases_give_finite_losses_and_the_generator_phase_leaves_the_discriminators_alone() -> None:
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(**TINY, adversarial=True))
+    batch = _tone_batch()
+    d_loss = model.training_step(batch, phase="discriminator")
+    d_loss.backward()
+    assert torch.isfinite(d_loss) and set(model.last_metrics) == {"d_real", "d_fake"}
+    model.zero_grad(set_to_none=True)
+    g_loss = model.training_step(batch, phase="generator")
+    g_loss.backward()
+    assert torch.isfinite(g_loss) and "mel_l1" in model.last_metrics
+    assert all(p.grad is None for p in model.discriminators.parameters())
+    assert all(p.grad is not None for p in model.generator.parameters())
+    with pytest.raises(ValueError, match="unknown phase"):
+        model.training_step(batch, phase="critic")
+
+
+def test_a_few_reconstruction_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(**TINY))
+    batch = _tone_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before, _ = model.eval_step(batch)
+    losses = []
+    for _ in range(25):
+        loss = model.training_step(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    after, count = model.eval_step(batch)
+    assert count == 2
+    assert losses[-1] < 0.7 * losses[0]
+    assert float(after) < 0.7 * float(before)
+
+
+def test_config_refuses_even_kernels_and_short_periods() -> None:
+    with pytest.raises(ValidationError, match="odd"):
+        VocoderConfig(kernel_size=4)
+    with pytest.raises(ValidationError, match="2 or more"):
+        VocoderConfig(periods=[1, 2])

@@ -1,0 +1,110 @@
+"""The safety commands and the safety path of `muselab generate`, through the real command line."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from helpers import write
+from muselab import api
+from muselab.safety.moderation import PolicyViolation
+
+VERDICT_KEYS = {"allowed", "categories", "matches", "redacted", "warnings"}
+
+
+@pytest.fixture(scope="module")
+def pairs_run(tmp_path_factory):
+    """A tiny seq2seq run on a few word -> phoneme pairs."""
+    pairs = [("cat", "K AE T"), ("hat", "HH AE T"), ("bat", "B AE T"), ("pot", "P AA T"), ("hot", "HH AA T")]
+    data = write(tmp_path_factory.mktemp("pairs") / "pairs.tsv", "".join(f"{s}\t{t}\n" for s, t in pairs * 12))
+    out = tmp_path_factory.mktemp("runs") / "pairs"
+    api.train("text-seq2seq", str(data), out, preset="tiny", max_steps=5, quiet=True)
+    return out
+
+
+def test_help_lists_the_safety_commands():
+    result = run_cli("--help")
+    assert "moderate" in result.stdout and "detect" in result.stdout
+
+
+def test_moderate_exit_codes_and_verdict(tmp_path):
+    clean = run_cli("moderate", "A quiet walk by the river.")
+    assert clean.returncode == 0 and json.loads(clean.stdout)["allowed"] is True
+    assert set(json.loads(clean.stdout)) == VERDICT_KEYS
+    blocked = run_cli("moderate", "they watched p.o.r.n all night")
+    verdict = json.loads(blocked.stdout)
+    assert blocked.returncode == 1 and verdict["allowed"] is False and verdict["categories"] == ["sexual"]
+    text = write(tmp_path / "t.txt", "Well, shit.\nMail ann@example.com\n")
+    from_file = run_cli("moderate", "--file", str(text))
+    verdict = json.loads(from_file.stdout)
+    assert from_file.returncode == 0 and verdict["redacted"] == "Well, ****.\nMail [email]\n"
+
+
+def test_moderate_with_a_policy_that_changes_an_action(tmp_path):
+    policy = write(tmp_path / "p.toml", '[categories.profanity]\naction = "block"\n')
+    result = run_cli("moderate", "Well, shit.", "--policy", str(policy))
+    assert result.returncode == 1 and json.loads(result.stdout)["allowed"] is False
+
+
+def test_moderate_usage_errors_are_one_line(tmp_path):
+    for args in (("moderate",), ("moderate", "--file", str(tmp_path / "missing.txt"))):
+        result = run_cli(*args)
+        assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_detect_finds_the_manifest_of_generated_text(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("generate", str(tiny_run), "--max-new-tokens", "10", "--seed", "1", "--out", str(out)).returncode == 0
+    sample = out / "sample_000.txt"
+    other = write(tmp_path / "notes.txt", "my own words\n")
+    result = run_cli("detect", str(sample), str(other))
+    assert result.returncode == 0
+    found, plain = (json.loads(line) for line in result.stdout.splitlines())
+    assert found["watermark"] is False and found["manifest"]["ai_generated"] is True
+    assert found["manifest"]["moderation"]["policy"] == "default" and found["manifest"]["memorization"]["checked"]
+    assert plain["manifest"] is None and "confidence" in plain
+
+
+def test_detect_reports_a_missing_file_and_goes_on(tmp_path):
+    other = write(tmp_path / "notes.txt", "my own words\n")
+    result = run_cli("detect", str(tmp_path / "missing.png"), str(other))
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 2 and "error" in lines[0] and lines[1]["manifest"] is None
+
+
+def test_generate_with_a_blocked_prompt_writes_nothing(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("generate", str(tiny_run), "--prompt", "The porn", "--out", str(out))
+    assert result.returncode == 2 and not out.exists()
+    assert len(result.stderr.strip().splitlines()) == 1 and "category: sexual" in result.stderr
+    streamed = run_cli("generate", str(tiny_run), "--prompt", "The porn")
+    assert streamed.returncode == 2 and streamed.stdout == ""
+
+
+def test_generate_masks_a_redacted_prompt_and_flags_copies(tiny_run, tmp_path):
+    result = run_cli("generate", str(tiny_run), "--prompt", "The shit", "--max-new-tokens", "40", "--seed", "3",
+                     "--max-copy-chars", "2")
+    assert result.returncode == 0 and result.stdout.startswith("The ****") and "shit" not in result.stdout
+    assert "muselab: warning: sample 1 copies" in result.stderr
+    out = tmp_path / "s.jsonl"
+    assert run_cli("generate", str(tiny_run), "--prompt", "The shit", "--num-samples", "2", "--seed", "3",
+                   "--max-copy-chars", "2", "--out", str(out)).returncode == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(line["text"].startswith("The ****") for line in lines)
+    assert all(line["manifest"]["memorization"]["flagged"] for line in lines)
+    whole = json.loads((tmp_path / "s.jsonl.json").read_text())
+    assert whole["memorization"]["flagged_samples"] == 2 and "shit" not in json.dumps(whole)
+
+
+def test_seq2seq_inputs_are_moderated(pairs_run, tmp_path):
+    run = api.load(pairs_run)
+    with pytest.raises(PolicyViolation, match="input 2 of 2"):
+        run.generate(["cat", "porn"])
+    out = tmp_path / "out.tsv"
+    result = run_cli("generate", str(pairs_run), "--input", "shit", "--input", "cat", "--out", str(out))
+    assert result.returncode == 0 and out.read_text().startswith("****\t")
+    manifest = json.loads((tmp_path / "out.tsv.json").read_text())
+    assert manifest["moderation"]["input"] == [{"category": "profanity", "action": "redact", "count": 1}]
+    assert manifest["controls"]["input"] == ["****", "cat"]
+    blocked = run_cli("generate", str(pairs_run), "--input", "porn")
+    assert blocked.returncode == 2 and "category: sexual" in blocked.stderr
