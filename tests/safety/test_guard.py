@@ -16,16 +16,15 @@ from muselab.safety.guard import (
     merge_notes,
     moderate_outputs,
     moderation_note,
-    policy_for,
 )
-from muselab.safety.moderation import PolicyViolation, moderate
+from muselab.safety.moderation import PolicyViolation, load_policy, moderate
 from muselab.text.metrics import CopyIndex, load_copy_index
 
 TRAINING = "the quick brown fox jumps over the lazy dog and sings of seven bright stars above the bridge\n" * 3
 
 
 def test_inputs_redacted_summarised_and_blocked_without_the_words():
-    policy = policy_for(None)
+    policy = load_policy(None)
     texts, summaries = check_inputs(["a shitty day", "a calm day"], policy)
     assert texts == ["a ****** day", "a calm day"]
     assert summaries == [[{"category": "profanity", "action": "redact", "count": 1}], []]
@@ -36,7 +35,7 @@ def test_inputs_redacted_summarised_and_blocked_without_the_words():
 
 
 def test_outputs_blocked_name_the_sample_and_notes_hold_no_words():
-    policy = policy_for(None)
+    policy = load_policy(None)
     with pytest.raises(PolicyViolation, match="generated sample"):
         moderate_outputs(["they had sex on tape: a sex tape"], policy)
     texts, summaries = moderate_outputs(["mail me at ann@example.com"], policy)
@@ -49,14 +48,14 @@ def test_outputs_blocked_name_the_sample_and_notes_hold_no_words():
 
 def test_policy_file_changes_the_outcome(tmp_path):
     path = write(tmp_path / "p.toml", '[categories.profanity]\naction = "block"\n')
-    policy = policy_for(str(path))
+    policy = load_policy(str(path))
     with pytest.raises(PolicyViolation, match="profanity"):
         check_inputs(["a shitty day"], policy)
     assert moderation_note(policy)["moderation"]["policy"] == f"policy file '{path}'"
 
 
 def test_ban_words_are_the_block_and_redact_words_plus_the_users():
-    words = ban_words(policy_for(None), ["zorbleflax"])
+    words = ban_words(load_policy(None), ["zorbleflax"])
     assert "fuck" in words and "shit" in words and "have sex" in words  # wildcards banned as their stem
     assert "suicide" not in words  # violence warns: not banned
     assert not any("@" in w or "*" in w for w in words)  # patterns stay with the post-filter
@@ -65,12 +64,12 @@ def test_ban_words_are_the_block_and_redact_words_plus_the_users():
 
 def test_ban_words_respect_a_policy_that_warns(tmp_path):
     path = write(tmp_path / "p.toml", '[categories.profanity]\naction = "warn"\n')
-    words = ban_words(policy_for(str(path)))
+    words = ban_words(load_policy(str(path)))
     assert "fuck" not in words and "porn" in words
 
 
 def test_notes_merge_per_item_and_combine_per_file():
-    policy = policy_for(None)
+    policy = load_policy(None)
     first = moderation_note(policy, prompt=[], sample=[{"category": "profanity", "action": "redact", "count": 1}])
     second = moderation_note(policy, prompt=[], sample=[{"category": "profanity", "action": "redact", "count": 2}])
     memo = [{"memorization": {"checked": True, "longest_copy_chars": n, "max_copy_chars": 10, "flagged": n > 10,
@@ -85,7 +84,7 @@ def test_notes_merge_per_item_and_combine_per_file():
 
 def stream(pieces_of_text: list[str], final: str) -> str:
     shown: list[str] = []
-    live = ModeratedStream(policy_for(None), shown.append)
+    live = ModeratedStream(load_policy(None), shown.append)
     text = ""
     for piece in pieces_of_text:
         text += piece

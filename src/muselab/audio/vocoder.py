@@ -22,8 +22,6 @@ gives F * hop samples. Read top to bottom: config, generator, discriminators, lo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -35,6 +33,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase
+from muselab.image.gan import frozen  # no parameter gradients inside the block
 
 MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
 
@@ -234,19 +233,6 @@ def feature_matching_loss(real: list[list[Tensor]], fake: list[list[Tensor]]) ->
     """Mean L1 between feature maps on real (a fixed target) and generated audio, averaged over maps."""
     pairs = [(r, f) for maps_r, maps_f in zip(real, fake, strict=True) for r, f in zip(maps_r, maps_f, strict=True)]
     return torch.stack([(r.detach() - f).abs().mean() for r, f in pairs]).mean()
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """No parameter gradients for `module` inside the block (inputs still get theirs)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 # -- the model -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from muselab.core.errors import MuselabError
-from muselab.safety.moderation import Policy, Verdict, load_policy, moderate, raise_if_blocked
+from muselab.safety.moderation import Policy, Verdict, moderate, raise_if_blocked
 from muselab.text.metrics import CopyIndex
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "moderate_outputs",
     "moderation_note",
     "moderation_summary",
-    "policy_for",
     "sum_summaries",
 ]
 
@@ -46,11 +45,6 @@ RESAMPLE_ATTEMPTS = 3  # re-samples of a copying sample before `reject` gives up
 
 class CopyGuardError(MuselabError):
     """A sample kept copying the training text after every re-sample allowed."""
-
-
-def policy_for(path: str | None) -> Policy:
-    """The policy a `policy` control names: the default one (cached) or a file on top of it."""
-    return load_policy(path)
 
 
 def _policy_label(policy: Policy) -> str:

@@ -25,8 +25,8 @@ from muselab.safety.guard import (
     merge_notes,
     moderate_outputs,
     moderation_note,
-    policy_for,
 )
+from muselab.safety.moderation import load_policy
 from muselab.text.bans import BannedWordsProcessor, build_ban_processor
 from muselab.text.controls import DEFAULT_MAX_COPY_CHARS, TextGenerationControls
 from muselab.text.decoding import StopStrings, build_processors, generate_tokens
@@ -179,7 +179,7 @@ class TextLMRecipe(Recipe):
         tokenizer: Tokenizer = assets["tokenizer"]
         if controls.seed is None:
             controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
-        policy = policy_for(controls.policy)
+        policy = load_policy(controls.policy)
         (shown_prompt,), (prompt_summary,) = check_inputs([controls.prompt], policy, "prompt")
         prompt_ids = tokenizer.encode(controls.prompt, strict=True) if controls.prompt else []
         # an empty prompt starts the text as if after a blank line
@@ -232,7 +232,8 @@ class TextLMRecipe(Recipe):
         controls = TextGenerationControls(max_new_tokens=cfg.eval.sample_tokens, temperature=cfg.eval.temperature,
                                           num_samples=cfg.eval.num_samples, seed=cfg.eval.seed, stream=False,
                                           max_copy_chars=0)
-        samples = self.generate(model, cfg, assets, controls).items
+        generated = self.generate(model, cfg, assets, controls)
+        samples = generated.items
         diversity = text_diversity_report(samples, CopyIndex(prepared.assets["train_text"]),
                                           min_copy_chars=cfg.eval.min_copy_chars,
                                           max_copy_chars=DEFAULT_MAX_COPY_CHARS)
@@ -242,7 +243,9 @@ class TextLMRecipe(Recipe):
             "bits_per_char": val_loss * tokens_per_char / math.log(2),
             **diversity,
         }
-        return {"metrics": metrics, "samples": samples, "controls": controls.model_dump()}
+        # "notes": the samples' moderation entries, for their manifests
+        return {"metrics": metrics, "samples": samples, "controls": controls.model_dump(),
+                "notes": generated.extra["notes"]}
 
 
 class LazyCopyIndex:

@@ -21,9 +21,9 @@ from muselab.safety.guard import (
     check_inputs,
     moderate_outputs,
     moderation_note,
-    policy_for,
     sum_summaries,
 )
+from muselab.safety.moderation import load_policy
 from muselab.text.bans import build_ban_processor
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import (
@@ -222,7 +222,7 @@ class TextSeq2SeqRecipe(Recipe):
         Symbol targets (phonemes) are not words, so they get none; their outputs are still moderated."""
         if target_vocab.kind == "symbols":
             return LogitsProcessorList()
-        words = ban_words(policy_for(controls.policy), controls.ban)
+        words = ban_words(load_policy(controls.policy), controls.ban)
         return LogitsProcessorList([build_ban_processor(words, _VocabTokenizer(target_vocab), EOS)] if words else [])
 
     def _decode(self, model: Seq2Seq, chunk: list[list[int]], controls: Seq2SeqControls,
@@ -267,7 +267,7 @@ class TextSeq2SeqRecipe(Recipe):
         if controls.temperature > 0 and controls.seed is None:
             controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
         target_vocab: Vocab = assets["target_vocab"]
-        policy = policy_for(controls.policy)
+        policy = load_policy(controls.policy)
         # inputs are checked before decoding; the model reads them as given, the lines echo them moderated
         shown_inputs, input_summaries = check_inputs(controls.input, policy, "input")
         hypotheses = self.transduce(model, assets, controls.input, controls, cfg.eval.batch_size)
