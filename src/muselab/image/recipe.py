@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
@@ -169,11 +170,16 @@ class ImageRecipe(Recipe):
             generator = torch.Generator().manual_seed(seed)
             images = self._draw(model, controls.n, label_ids, controls, generator)
             labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
-            per_class_rows = label_ids is not None and controls.label is None
-            columns = cfg.model.num_classes if per_class_rows and controls.n >= cfg.model.num_classes else None
+            columns = None
         notes, warnings = self._guard_memorization(model, cfg, assets, controls, images, label_ids)
         pixels = to_pixels(images)
-        grid = image_grid(pixels, columns=columns)
+        rows_per_class = (not controls.interpolate and label_ids is not None and controls.label is None
+                          and controls.n % cfg.model.num_classes == 0)
+        if rows_per_class:  # every class in turn: show one row per class
+            order = torch.argsort(label_ids, stable=True).tolist()
+            grid = image_grid([pixels[i] for i in order], columns=controls.n // cfg.model.num_classes)
+        else:
+            grid = image_grid(pixels, columns=columns)
         return Generated(pixels, "image", {"controls": controls.model_dump(), "grid": grid, "labels": labels,
                                            "animation": bool(controls.interpolate), "item_notes": notes,
                                            "warnings": warnings})
@@ -218,19 +224,23 @@ class ImageRecipe(Recipe):
         from PIL import Image
 
         snapshot_model = self.build_model(cfg, assets)
-        n = cfg.model.num_classes * 8 if cfg.model.conditional else 64
-        labels = self._labels(cfg.model, assets["class_names"], None, n)
 
         def snapshot(step: int, weights: dict[str, torch.Tensor]) -> None:
             snapshot_model.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
-            generator = torch.Generator().manual_seed(SNAPSHOT_SEED)
-            images = self._draw(snapshot_model, n, labels, self.controls_class(), generator)
-            columns = cfg.model.num_classes if labels is not None else 8
             folder = run / "progress"
             folder.mkdir(exist_ok=True)
-            Image.fromarray(image_grid(to_pixels(images), columns=columns)).save(folder / f"step_{step:06d}.png")
+            Image.fromarray(self._overview_grid(snapshot_model, cfg)).save(folder / f"step_{step:06d}.png")
 
         return snapshot
+
+    def _overview_grid(self, model: nn.Module, cfg: BaseModel) -> np.ndarray:
+        """8 samples per class, one row per class (64 samples when unconditional), always from the same
+        noise: the picture of a run in its snapshots, evaluation and report."""
+        per_row = 8
+        labels = (torch.arange(cfg.model.num_classes).repeat_interleave(per_row) if cfg.model.conditional else None)
+        n = len(labels) if labels is not None else per_row * per_row
+        images = self._draw(model, n, labels, self.controls_class(), torch.Generator().manual_seed(SNAPSHOT_SEED))
+        return image_grid(to_pixels(images), columns=per_row)
 
     # -- evaluation ---------------------------------------------------------------------------------
     def _extra_metrics(self, model: nn.Module, cfg: BaseModel, train: ImageDataset, test: ImageDataset,
@@ -274,11 +284,7 @@ class ImageRecipe(Recipe):
         nearest = nearest_training_distances(fakes, real)
         copies = memorization(fakes, real, nearest=nearest)
         closest_pairs_figure(fakes, real, *nearest, run / "memorization.png")
-        grid_labels = self._labels(cfg.model, assets["class_names"], None, num_classes * 8 if labels is not None else 64)
-        grid_images = self._draw(model, len(grid_labels) if grid_labels is not None else 64, grid_labels,
-                                 self.controls_class(), torch.Generator().manual_seed(SNAPSHOT_SEED))
-        Image.fromarray(image_grid(to_pixels(grid_images), columns=num_classes if grid_labels is not None else 8)
-                        ).save(run / "samples.png")
+        Image.fromarray(self._overview_grid(model, cfg)).save(run / "samples.png")
         metrics: dict[str, Any] = {
             **report,
             "memorization_share": copies["share"],
