@@ -64,7 +64,7 @@ class Run:
         if result.get("samples"):
             provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
             writer = ArtifactWriter(provenance, self.path / files.SAMPLES / "eval_samples.jsonl", overwrite=True)
-            writer.write_texts(result["samples"], result.get("controls", {}))
+            writer.write_texts(result["samples"], result.get("controls", {}), result.get("notes"))
         state = _read_state(run)
         write_model_card(run, self.saved, state, result["metrics"])
         return result["metrics"]

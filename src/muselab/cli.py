@@ -187,7 +187,7 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
             paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"])
         elif result.kind == "image":
             paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
-                                        result.extra["animation"], result.extra.get("item_notes"))
+                                        result.extra["animation"], result.extra.get("notes"))
         else:
             notes = result.extra.get("notes")
             paths = writer.write_texts(result.items, result.extra["controls"], notes,

@@ -163,9 +163,9 @@ def test_memorization_guard_flags_copies_of_training_images(gan_run: Path, monke
     copies = to_float(load_images("builtin:digits", size=8, channels=1).images[:3])
     monkeypatch.setattr(ImageGANRecipe, "_draw", lambda self, model, n, labels, controls, generator: copies[:n].clone())
     flagged = run.generate(3, seed=0, label="0")
-    assert all(note["memorization"]["flagged"] for note in flagged.extra["item_notes"])
+    assert all(note["memorization"]["flagged"] for note in flagged.extra["notes"])
     assert "3 of 3 images" in flagged.extra["warnings"][0]
-    assert run.generate(3, seed=0, label="0", memorization="off").extra["item_notes"] == [{}, {}, {}]
+    assert run.generate(3, seed=0, label="0", memorization="off").extra["notes"] == [{}, {}, {}]
 
 
 def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,4 +183,4 @@ def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(ImageGANRecipe, "_draw", draw)
     result = api.load(gan_run).generate(1, seed=0, label="0", memorization="resample")
-    assert calls == [1, 1] and not result.extra["item_notes"][0]["memorization"]["flagged"]
+    assert calls == [1, 1] and not result.extra["notes"][0]["memorization"]["flagged"]

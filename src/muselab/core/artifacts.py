@@ -102,7 +102,7 @@ class ArtifactWriter:
         return targets
 
     def write_images(self, images: Sequence[np.ndarray], controls: dict[str, Any], grid: np.ndarray | None = None,
-                     animation: bool = False, item_notes: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+                     animation: bool = False, notes: Sequence[dict[str, Any]] | None = None) -> list[Path]:
         """PNG files (watermarked where big enough, manifest inside and beside), plus `grid.png` and, for an
         interpolation, `animation.gif` when writing into a folder."""
         from muselab.safety.embed import write_png
@@ -120,7 +120,7 @@ class ArtifactWriter:
         for index, (image, path) in enumerate(zip(images, targets, strict=True)):
             marked, watermarked = embed_image(image)
             manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": watermarked,
-                        **(item_notes[index] if item_notes else {})}
+                        **(notes[index] if notes else {})}
             write_png(path, marked, manifest)
             atomic_write_json(manifest_path(path), manifest)
             written.append(path)

@@ -181,7 +181,7 @@ class ImageRecipe(Recipe):
         else:
             grid = image_grid(pixels, columns=columns)
         return Generated(pixels, "image", {"controls": controls.model_dump(), "grid": grid, "labels": labels,
-                                           "animation": bool(controls.interpolate), "item_notes": notes,
+                                           "animation": bool(controls.interpolate), "notes": notes,
                                            "warnings": warnings})
 
     def _guard_memorization(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
