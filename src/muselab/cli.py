@@ -184,7 +184,8 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         if result.kind == "pairs":
             paths = writer.write_lines(result.extra["lines"], result.extra["controls"], result.extra.get("note"))
         elif result.kind == "audio":
-            paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"])
+            paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"],
+                                       result.extra.get("notes"))
         elif result.kind == "image":
             paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
                                         result.extra["animation"], result.extra.get("notes"))

@@ -30,8 +30,11 @@ from muselab.core.errors import ConfigError
 
 @functools.lru_cache(maxsize=64)
 def hann_window(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The periodic Hann window (scipy's and librosa's STFT window), made once per size and device."""
-    return torch.hann_window(size, periodic=True, device=device, dtype=dtype)
+    """The periodic Hann window (scipy's and librosa's STFT window), made once per size and device.
+    Made outside inference mode even when first asked for inside it: an inference tensor in the cache
+    could never be used by training later in the same process."""
+    with torch.inference_mode(False):
+        return torch.hann_window(size, periodic=True, device=device, dtype=dtype)
 
 
 def _window_for(x: Tensor, win_length: int) -> Tensor:

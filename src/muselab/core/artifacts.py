@@ -143,8 +143,9 @@ class ArtifactWriter:
             written.append(gif)
         return written
 
-    def write_audio(self, clips: Sequence[np.ndarray], sample_rate: int, controls: dict[str, Any]) -> list[Path]:
-        """WAV files (16-bit, watermarked, manifest inside and beside)."""
+    def write_audio(self, clips: Sequence[np.ndarray], sample_rate: int, controls: dict[str, Any],
+                    notes: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+        """WAV files (16-bit, watermarked, manifest inside and beside); `notes[i]` joins clip i's manifest."""
         from muselab.safety.embed import write_wav
         from muselab.safety.watermark import embed_audio
 
@@ -154,7 +155,7 @@ class ArtifactWriter:
         for index, (clip, path) in enumerate(zip(clips, targets, strict=True)):
             marked = embed_audio(np.asarray(clip, dtype=np.float32), sample_rate)
             manifest = {**self.provenance.manifest(controls, index, path.name), "watermark": True,
-                        "sample_rate": sample_rate}
+                        "sample_rate": sample_rate, **(notes[index] if notes else {})}
             write_wav(path, marked, sample_rate, manifest)
             atomic_write_json(manifest_path(path), manifest)
             written.append(path)
