@@ -30,6 +30,18 @@ def test_generator_makes_frames_times_hop_samples(frames: int) -> None:
     assert torch.isfinite(wav).all()
 
 
+def test_with_the_mel_prior_even_an_untrained_generator_keeps_silence_silent() -> None:
+    torch.manual_seed(0)
+    generator = Generator(VocoderConfig(**TINY))
+    silent = torch.full((1, MEL.n_mels, 20), math.log(MEL.log_floor))
+    loud = silent.clone()
+    loud[:, 10:20] = 0.0  # a band of energy around 300-500 Hz
+    with torch.no_grad():
+        quiet, sound = generator(silent), generator(loud)
+    assert float(quiet.abs().max()) < 1e-4
+    assert float(sound.square().mean().sqrt()) > 100 * float(quiet.square().mean().sqrt())
+
+
 def test_vocode_keeps_the_mode_and_training_still_works_afterwards() -> None:
     model = Vocoder(VocoderConfig(**TINY)).train()
     wav = model.vocode(torch.randn(MEL.n_mels, 10))

@@ -46,9 +46,9 @@ def test_generate_from_a_recording_resamples_it_and_keeps_its_length(vocoder_run
     (audio,) = result.items
     assert result.kind == "audio" and result.extra["sample_rate"] == MEL.sr == 22050
     assert audio.dtype == np.float32 and audio.shape == (22050,) and np.isfinite(audio).all()
-    assert result.extra["notes"] == ["resampled 16000 Hz -> 22050 Hz"]
+    assert result.extra["notes"] == [{"method": "vocoder", "input_changes": ["resampled 16000 Hz -> 22050 Hz"]}]
     assert "resampled 16000 Hz -> 22050 Hz" in capsys.readouterr().err
-    assert result.extra["controls"]["wav"] == str(recording) and result.extra["method"] == "vocoder"
+    assert result.extra["controls"]["wav"] == str(recording)
 
 
 def test_a_mel_npy_either_way_round_gives_frames_times_hop_samples(vocoder_run: Path, tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_griffin_lim_path_is_the_baseline_and_follows_the_seed(vocoder_run: Path
     baseline = run.generate(str(recording), griffin_lim=True, seed=1)
     again = run.generate(str(recording), griffin_lim=True, seed=1).items[0]
     other_seed = run.generate(str(recording), griffin_lim=True, seed=2).items[0]
-    assert baseline.extra["method"] == "griffin_lim" and baseline.items[0].shape == network.shape
+    assert baseline.extra["notes"][0]["method"] == "griffin_lim" and baseline.items[0].shape == network.shape
     assert np.array_equal(baseline.items[0], again) and not np.array_equal(again, other_seed)
     assert not np.allclose(baseline.items[0], network)
 
@@ -176,3 +176,15 @@ def test_segments_are_reproducible_and_validation_covers_whole_segments() -> Non
     batches = list(source.eval_batches(2))
     assert [b["audio"].shape[0] for b in batches] == [2, 1]  # two of the long clip, one padded short one
     assert float(batches[-1]["audio"][0, 1500]) == 0.0
+
+
+@pytest.mark.slow
+def test_adversarial_training_runs_in_two_phases_through_the_trainer(tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    api.train("audio-vocoder", None, out, preset="tiny", overrides=["model.adversarial=true", "model.periods=[2,3]"],
+              max_steps=2, quiet=True)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss_discriminator", "loss_generator", "d_real", "d_fake", "mel_l1"} <= set(record)
+    assert all(np.isfinite(record[k]) for k in ("loss_discriminator", "loss_generator"))
+    assert api.load(out).generate(mel=_npy(tmp_path / "m.npy", np.full((80, 8), -5.0, np.float32))).items[0].shape \
+        == (8 * MEL.hop,)

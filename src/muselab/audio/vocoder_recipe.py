@@ -72,8 +72,8 @@ class VocoderEvalConfig(Section):
 class VocoderRecipeConfig(Section):
     data: VocoderDataConfig = VocoderDataConfig()
     model: VocoderConfig = VocoderConfig()
-    train: TrainConfig = TrainConfig(max_steps=3000, max_minutes=8.0, batch_size=16, lr=1e-3, beta1=0.8,
-                                     beta2=0.99, warmup_steps=100, min_lr_ratio=0.05, weight_decay=0.01,
+    train: TrainConfig = TrainConfig(max_steps=3000, max_minutes=8.0, batch_size=8, lr=3e-3, beta1=0.8,
+                                     beta2=0.99, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                                      grad_clip=10.0, eval_every=500, eval_batches=8, checkpoint_every=500)
     eval: VocoderEvalConfig = VocoderEvalConfig()
 
@@ -302,9 +302,10 @@ class VocoderRecipe(Recipe):
             mel = read_mel(controls.mel)
             length = mel.shape[-1] * MEL.hop
         audio = synthesise(model, mel, controls.griffin_lim, seed, cfg.eval.griffin_lim_iters)[:length]
+        # "notes": one entry per output for its manifest (as the other recipes): how it was made
+        note = {"method": "griffin_lim" if controls.griffin_lim else "vocoder", "input_changes": notes}
         return Generated([audio.numpy().astype(np.float32)], "audio",
-                         {"controls": controls.model_dump(), "sample_rate": SAMPLE_RATE, "notes": notes,
-                          "method": "griffin_lim" if controls.griffin_lim else "vocoder"})
+                         {"controls": controls.model_dump(), "sample_rate": SAMPLE_RATE, "notes": [note]})
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any], run: RunDir,
