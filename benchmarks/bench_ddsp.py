@@ -7,7 +7,7 @@ and their resynthesis from their own f0 and loudness; `mrstft_sine_baseline`, th
 sine at the same f0 following the clip's frame energy at the best single gain; their ratio (target >=
 2); `pitch_within_20_cents`, the share of pYIN-voiced frames of rendered notes across the trained range
 within 20 cents of the request (target >= 0.95); `realtime_factor`, seconds of 16 kHz audio rendered per
-second (decoder + synth, target >= 200).
+second (decoder + synth, one batch, target >= 200) with the process's torch threads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from common import print_table, write_result
 
 from muselab import api
@@ -38,7 +39,8 @@ def main() -> int:
                + "".join(f" --set {o}" for o in args.overrides))
     rows = [("mrstft", metrics["mrstft"]), ("mrstft sine baseline", metrics["mrstft_sine_baseline"]),
             ("mrstft ratio", metrics["mrstft_ratio"]), ("pitch within 20 cents", metrics["pitch_within_20_cents"]),
-            ("pitch voiced share", metrics["pitch_voiced_share"]), ("realtime factor", metrics["realtime_factor"]),
+            ("pitch voiced share", metrics["pitch_voiced_share"]),
+            ("realtime factor", metrics["realtime_factor"]), ("torch threads", torch.get_num_threads()),
             ("targets", "ratio >= 2, pitch >= 0.95, realtime >= 200"), ("held-out clips", metrics["heldout_clips"]),
             ("steps", result.step), ("minutes", result.elapsed_s / 60), ("val_loss", result.val_loss),
             ("run", str(out)), ("command", command)]

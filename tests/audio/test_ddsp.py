@@ -52,14 +52,14 @@ def test_harmonics_at_or_above_nyquist_are_silent_and_the_rest_sum_to_one():
 def test_a_few_training_steps_reduce_the_loss_on_one_tone():
     torch.manual_seed(0)
     model = DDSP(tiny_config(), loudness_mean=-25.0, loudness_std=5.0)
-    frames = 64
+    frames = 40
     t = torch.arange(frames * HOP) / SR
     tone = sum(0.3 / k * torch.sin(2 * math.pi * 220.0 * k * t) for k in range(1, 6))
     batch = {"audio": tone.repeat(2, 1), "f0_hz": torch.full((2, frames), 220.0),
              "loudness_db": torch.full((2, frames), -20.0)}
     before = float(model.eval_step(batch)[0].detach()) / 2
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(25):
+    for _ in range(15):
         loss = model.training_step(batch)
         optimizer.zero_grad()
         loss.backward()
@@ -111,3 +111,26 @@ def test_the_timbre_code_switch_adds_an_encoder_that_needs_mfccs():
     batch = {"audio": torch.zeros(2, 40 * HOP) + 1e-3, "f0_hz": f0, "loudness_db": loud, "mfcc": torch.randn(2, 40, 8)}
     model.training_step(batch).backward()
     assert model.encoder.out.weight.grad is not None
+
+
+def test_the_oscillator_bank_in_pieces_is_the_bank_in_one_call():
+    from muselab.audio.synth import harmonic_synth
+
+    torch.manual_seed(0)
+    model = DDSP(tiny_config()).eval()
+    frames = 300
+    f0 = (180.0 * 2 ** (torch.sin(torch.arange(frames) / 30.0) / 6))[None]
+    controls = model.controls(f0, torch.full((1, frames), -20.0))
+    whole = harmonic_synth(f0, controls["amplitude"], controls["harmonics"], SR, frames * HOP)
+    pieces = model._harmonics_in_pieces(f0, controls, piece=70)
+    assert torch.allclose(pieces, whole, atol=1e-5)
+
+
+def test_the_noise_in_pieces_is_the_noise_in_one_call():
+    from muselab.audio.synth import filtered_noise
+
+    model = DDSP(tiny_config(n_noise_bands=33)).eval()
+    magnitudes = torch.rand(2, 300, 33, generator=torch.Generator().manual_seed(1))
+    whole = filtered_noise(magnitudes, 300 * HOP, HOP, generator=torch.Generator().manual_seed(5))
+    pieces = model._noise_in_pieces(magnitudes, torch.Generator().manual_seed(5), piece=70)
+    assert torch.allclose(pieces, whole, atol=1e-6)

@@ -9,6 +9,7 @@ notes and controls, the recipe (generation, evaluation).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import sys
@@ -49,7 +50,7 @@ MAX_SECONDS = 600  # longest phrase --notes may ask for
 
 
 class DDSPDataConfig(Section):
-    window_seconds: float = Field(1.0, ge=0.25, le=8, description="length of the training windows")
+    window_seconds: float = Field(0.5, ge=0.25, le=8, description="length of the training windows")
     clip_seconds: float = Field(8.0, ge=1, le=60, description="longer recordings are cut into clips of this length "
                                                               "(the unit of the held-out split and of the cache)")
     test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the clips held out for evaluation")
@@ -70,9 +71,10 @@ class DDSPEvalConfig(Section):
 class DDSPRecipeConfig(Section):
     data: DDSPDataConfig = DDSPDataConfig()
     model: DDSPConfig = DDSPConfig()
-    train: TrainConfig = TrainConfig(max_steps=3000, batch_size=16, lr=2e-3, warmup_steps=100, min_lr_ratio=0.1,
-                                     weight_decay=0.0, grad_clip=3.0, eval_every=500, eval_batches=4,
-                                     checkpoint_every=500, log_every=20)
+    # Ten minutes on a 2-core CPU (the schedule fits itself to the budget): about 2,000 steps
+    train: TrainConfig = TrainConfig(max_steps=20_000, max_minutes=10.0, batch_size=16, lr=2e-3, warmup_steps=100,
+                                     min_lr_ratio=0.1, weight_decay=0.0, grad_clip=3.0, eval_every=500,
+                                     eval_batches=4, checkpoint_every=500, log_every=20)
     eval: DDSPEvalConfig = DDSPEvalConfig()
 
 
@@ -157,10 +159,10 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
     settings = feature_settings(cfg)
     train_raw, test_raw, source = _raw_clips(cfg, spec)
     every = train_raw + test_raw
-    todo = sum(1 for c in every if c.f0_labels is None and not is_cached(c.audio, settings))
+    todo = [c for c in every if c.f0_labels is None and not is_cached(c.audio, settings)]
     if todo:
-        seconds = sum(len(c.audio) for c in every if c.f0_labels is None) / settings.sample_rate
-        _note(f"tracking pitch with pYIN in {todo} clips ({seconds / 60:.1f} min of audio; cached for next time)")
+        minutes = sum(len(c.audio) for c in todo) / settings.sample_rate / 60
+        _note(f"tracking pitch with pYIN in {len(todo)} clips ({minutes:.1f} min of audio; cached for next time)")
     started = time.monotonic()
     train = [extract_features(c.audio, settings, c.name, c.f0_labels) for c in train_raw]
     test = [extract_features(c.audio, settings, c.name, c.f0_labels) for c in test_raw]
@@ -190,8 +192,6 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
 
 
 def hash_clip(clip: ClipFeatures) -> str:
-    import hashlib
-
     return hashlib.sha256(clip.audio.tobytes()).hexdigest()[:16]
 
 
@@ -214,14 +214,12 @@ class NoteEvent:
     seconds: float
 
 
-def parse_notes(text: str, tempo: float) -> list[NoteEvent]:
-    """"C4:0.5 E4:0.5 R:0.5 G4:1" (name:beats, R = rest; a bare name lasts one beat) -> timed events."""
+def read_notes(text: str) -> list[tuple[int | None, float]]:
+    """"C4:0.5 E4:0.5 R:0.5 G4:1" (name:beats, R = rest; a bare name lasts one beat) -> (MIDI or None, beats)."""
     tokens = text.replace(",", " ").split()
     if not tokens:
         raise ControlError("--notes is empty: give notes as NAME:BEATS, e.g. \"C4:0.5 E4:0.5 G4:1 R:0.5\"")
-    seconds_per_beat = 60.0 / tempo
-    events: list[NoteEvent] = []
-    start = 0.0
+    notes: list[tuple[int | None, float]] = []
     for token in tokens:
         name, _, beats_text = token.partition(":")
         try:
@@ -231,11 +229,20 @@ def parse_notes(text: str, tempo: float) -> list[NoteEvent]:
         if not (math.isfinite(beats) and 0 < beats <= 64):
             raise ControlError(f"cannot read the note {token!r}: the beats after ':' must be a number above 0 "
                                "and at most 64, e.g. C4:0.5")
-        midi = None if name.upper() == "R" else note_to_midi(name)
+        notes.append((None if name.upper() == "R" else note_to_midi(name), beats))
+    if all(midi is None for midi, _ in notes):
+        raise ControlError("--notes holds only rests (R): add at least one note, e.g. C4:1")
+    return notes
+
+
+def parse_notes(text: str, tempo: float) -> list[NoteEvent]:
+    """The notes of `read_notes` timed at `tempo` beats per minute."""
+    seconds_per_beat = 60.0 / tempo
+    events: list[NoteEvent] = []
+    start = 0.0
+    for midi, beats in read_notes(text):
         events.append(NoteEvent(midi, start, beats * seconds_per_beat))
         start += beats * seconds_per_beat
-    if all(e.midi is None for e in events):
-        raise ControlError("--notes holds only rests (R): add at least one note, e.g. C4:1")
     if start > MAX_SECONDS:
         raise ControlError(f"--notes last {start:.0f} s at this tempo; the limit is {MAX_SECONDS} s: play fewer "
                            "notes or raise --tempo")
@@ -310,7 +317,10 @@ class DDSPControls(BaseModel):
     @classmethod
     def _readable_notes(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_notes(value, 120.0)  # a ControlError is a ValueError here too: reported as a bad --notes
+            try:
+                read_notes(value)  # the syntax; the length depends on --tempo and is checked when playing
+            except ControlError as err:
+                raise ValueError(str(err)) from None  # reported as "bad value for --notes: ..."
         return value
 
 
@@ -355,8 +365,8 @@ class AudioDDSPRecipe(Recipe):
         "default": {},
         "base": {"data": {"window_seconds": 2.0},
                  "model": {"hidden": 512, "gru": 512, "mlp_layers": 3, "n_harmonics": 100},
-                 "train": {"max_steps": 30_000, "batch_size": 32, "lr": 1e-3, "eval_every": 2000,
-                           "checkpoint_every": 2000}},
+                 "train": {"max_steps": 30_000, "max_minutes": None, "batch_size": 32, "lr": 1e-3,
+                           "eval_every": 2000, "checkpoint_every": 2000}},
     }
 
     # -- data -------------------------------------------------------------------------------------
@@ -558,7 +568,7 @@ def best_gain_sine(clip: ClipFeatures, sample_rate: int, hop: int) -> tuple[np.n
 
 def realtime_factor(model: DDSP, clips: Sequence[ClipFeatures], seconds: float, hop: int, sample_rate: int) -> float:
     """Seconds of audio rendered per second of wall time (decoder + synth, one batch of >= `seconds`),
-    the best of three timed runs after a warm-up."""
+    the best of five timed runs after a warm-up (the least disturbed by other work on the machine)."""
     n_frames = math.ceil(seconds * sample_rate / hop)
     reps = math.ceil(n_frames / sum(c.n_frames for c in clips))
     f0 = np.tile(np.concatenate([c.f0_hz for c in clips]), reps)[:n_frames]
@@ -568,7 +578,7 @@ def realtime_factor(model: DDSP, clips: Sequence[ClipFeatures], seconds: float, 
     f0_t, loud_t = _as_batch(f0, loud)
     model.render(f0_t[:, :500], loud_t[:, :500], None if mfcc is None else mfcc[:, :500])  # warm-up
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         started = time.perf_counter()
         model.render(f0_t, loud_t, mfcc)
         best = min(best, time.perf_counter() - started)
