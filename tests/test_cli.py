@@ -64,5 +64,6 @@ def test_demo_writes_a_report(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "val_loss" in html and "new_word_share" in html
     assert "grapheme-to-phoneme" in html and "wer" in html
-    assert "conditional GAN" in html and "control_accuracy" in html and html.count("data:image/png;base64,") >= 6
+    assert "conditional GAN" in html and "control_accuracy" in html and html.count("data:image/png;base64,") >= 9
+    assert "learned instrument" in html and "vocoder_mcd" in html and html.count("<audio") >= 2
     assert run_cli("demo", "--preset", "tiny", "--out", str(out)).returncode == 2
