@@ -87,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", metavar="RUN", help="start from another run's weights (transfer learning)")
     train.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                        help="freeze parameters whose names match this glob, e.g. 'blocks.0.*' (repeatable)")
+    train.add_argument("--skip-bad-files", action="store_true",
+                       help="leave unreadable files out of the data and count them (data.skip_bad_files=true)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
@@ -136,8 +138,9 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from muselab import api
 
+    overrides = [*args.overrides, *(["data.skip_bad_files=true"] if args.skip_bad_files else [])]
     result = api.train(args.recipe, args.data, args.out, preset=args.preset, config_file=args.config,
-                       overrides=args.overrides, seed=args.seed, max_steps=args.max_steps,
+                       overrides=overrides, seed=args.seed, max_steps=args.max_steps,
                        max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
                        init_from=args.init_from, freeze=args.freeze, quiet=args.quiet)
     val = f"; validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""

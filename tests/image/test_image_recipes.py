@@ -184,3 +184,20 @@ def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(ImageGANRecipe, "_draw", draw)
     result = api.load(gan_run).generate(1, seed=0, label="0", memorization="resample")
     assert calls == [1, 1] and not result.extra["notes"][0]["memorization"]["flagged"]
+
+
+def test_skip_bad_files_switch_trains_around_a_corrupt_picture(tmp_path: Path) -> None:
+    folder = tmp_path / "pictures"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 60 * i + (100 if cls == "b" else 0), dtype=np.uint8)).save(
+                folder / cls / f"{i}.png")
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    args = ("train", "image-vae", "--data", str(folder), "--preset", "tiny", "--max-steps", "2", "--quiet")
+    refused = run_cli(*args, "--out", str(tmp_path / "refused"), cwd=tmp_path)
+    assert refused.returncode == 2 and "broken.png" in refused.stderr and "--skip-bad-files" in refused.stderr
+    kept = run_cli(*args, "--out", str(tmp_path / "kept"), "--skip-bad-files", cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    data = json.loads((tmp_path / "kept" / "config.json").read_text())["data"]
+    assert data["skipped"] == ["a/broken.png"]
