@@ -13,30 +13,16 @@ second (decoder + synth, one batch, target >= 200) with the process's torch thre
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
-from pathlib import Path
 
 import torch
-from common import print_table, write_result
-
-from muselab import api
+from common import budget_arguments, print_table, train_and_evaluate, write_result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--name", default="ddsp")
+    budget_arguments(parser, minutes=10.0, name="ddsp")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-ddsp-")) / "run"
-    result = api.train("audio-ddsp", "builtin:tones", out, preset=args.preset, overrides=args.overrides,
-                       max_minutes=args.minutes, overwrite=True, quiet=not sys.stderr.isatty())
-    metrics = api.evaluate(out)
-    command = (f"python benchmarks/bench_ddsp.py --minutes {args.minutes:g} --preset {args.preset}"
-               + "".join(f" --set {o}" for o in args.overrides))
+    result, metrics, out, command = train_and_evaluate("audio-ddsp", "builtin:tones", args, "bench_ddsp.py")
     rows = [("mrstft", metrics["mrstft"]), ("mrstft sine baseline", metrics["mrstft_sine_baseline"]),
             ("mrstft ratio", metrics["mrstft_ratio"]), ("pitch within 20 cents", metrics["pitch_within_20_cents"]),
             ("pitch voiced share", metrics["pitch_voiced_share"]),

@@ -10,29 +10,15 @@ distance over phonemes divided by the reference length. Both greedy and beam-5 n
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
-from pathlib import Path
 
-from common import print_table, write_result
-
-from muselab import api
+from common import budget_arguments, print_table, train_and_evaluate, write_result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--name", default="g2p")
+    budget_arguments(parser, minutes=30.0, name="g2p")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-g2p-")) / "run"
-    result = api.train("text-seq2seq", "builtin:cmudict", out, preset=args.preset, overrides=args.overrides,
-                       max_minutes=args.minutes, overwrite=True, quiet=not sys.stderr.isatty())
-    metrics = api.evaluate(out)
-    command = (f"python benchmarks/bench_g2p.py --minutes {args.minutes:g} --preset {args.preset}"
-               + "".join(f" --set {o}" for o in args.overrides))
+    result, metrics, out, command = train_and_evaluate("text-seq2seq", "builtin:cmudict", args, "bench_g2p.py")
     rows = [("WER beam 5", metrics["wer_beam5"]), ("PER beam 5", metrics["per_beam5"]),
             ("WER greedy", metrics["wer_greedy"]), ("PER greedy", metrics["per_greedy"]),
             ("targets", "WER <= 0.30, PER <= 0.08"), ("test words", metrics["test_pairs"]),

@@ -12,30 +12,16 @@ Speed is seconds of audio made per wall-clock second on this machine's CPU threa
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
-from pathlib import Path
 
 import torch
-from common import print_table, write_result
-
-from muselab import api
+from common import budget_arguments, print_table, train_and_evaluate, write_result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=8.0)
-    parser.add_argument("--preset", default="default")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--name", default="vocoder")
+    budget_arguments(parser, minutes=8.0, name="vocoder")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-vocoder-")) / "run"
-    result = api.train("audio-vocoder", "builtin:tones", out, preset=args.preset, overrides=args.overrides,
-                       max_minutes=args.minutes, overwrite=True, quiet=not sys.stderr.isatty())
-    metrics = api.evaluate(out)
-    command = (f"python benchmarks/bench_vocoder.py --minutes {args.minutes:g} --preset {args.preset}"
-               + "".join(f" --set {o}" for o in args.overrides))
+    result, metrics, out, command = train_and_evaluate("audio-vocoder", "builtin:tones", args, "bench_vocoder.py")
 
     side_by_side = [("MRSTFT (lower is better)", metrics["mrstft"], metrics["mrstft_griffin_lim"]),
                     ("MCD dB (lower is better)", metrics["mcd"], metrics["mcd_griffin_lim"]),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,3 +43,27 @@ def print_table(rows: list[tuple[str, Any]]) -> None:
     for key, value in rows:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
+
+
+def budget_arguments(parser: argparse.ArgumentParser, minutes: float, name: str) -> None:
+    """The options of a "train the default preset under a budget, then evaluate" benchmark."""
+    parser.add_argument("--minutes", type=float, default=minutes)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--name", default=name)
+
+
+def train_and_evaluate(recipe: str, data: str, args: argparse.Namespace, script: str
+                       ) -> tuple[Any, dict[str, Any], Path, str]:
+    """Train `recipe` on `data` as the budget arguments say, evaluate it; returns the training result, the
+    metrics, the run directory and the command line that reproduces it."""
+    from muselab import api
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"bench-{args.name}-")) / "run"
+    result = api.train(recipe, data, out, preset=args.preset, overrides=args.overrides, max_minutes=args.minutes,
+                       overwrite=True, quiet=not sys.stderr.isatty())
+    metrics = api.evaluate(out)
+    command = (f"python benchmarks/{script} --minutes {args.minutes:g} --preset {args.preset}"
+               + "".join(f" --set {o}" for o in args.overrides))
+    return result, metrics, out, command
