@@ -155,6 +155,18 @@ def _vocos_init(module: nn.Module) -> None:
 Scores = tuple[list[Tensor], list[list[Tensor]]]  # a logit map per sub-discriminator, and its feature maps
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A discriminator body: leaky-ReLU convolutions, then the output layer; every layer's output is kept
+    for the feature-matching loss."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x, features
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN's period discriminator: the waveform folded into `period` interleaved sequences, each
     read by the same strided convolutions along time. Run as 1-D convolutions over B * period
@@ -174,12 +186,7 @@ class PeriodDiscriminator(nn.Module):
         pad = -length % self.period
         x = F.pad(wav, (0, pad), mode="reflect").view(batch, -1, self.period)
         x = x.transpose(1, 2).reshape(batch * self.period, 1, -1)  # [B * period, 1, T / period]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
+        x, features = _conv_stack(self.convs, self.post, x)
         return x.reshape(batch, -1), features
 
 
@@ -200,12 +207,7 @@ class ResolutionDiscriminator(nn.Module):
         # Scaled to unit window energy, so each resolution sees magnitudes of the same size
         scale = math.sqrt(3 * self.n_fft / 8)
         x = (magnitude(wav, self.n_fft, self.hop) / scale).transpose(1, 2).unsqueeze(1)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
+        x, features = _conv_stack(self.convs, self.post, x)
         return x.flatten(1), features
 
 

@@ -87,6 +87,7 @@ class ImageRecipe(Recipe):
     main_control = "n"
     needs_out = True
     default_data = "builtin:digits"
+    validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
 
     # -- data -------------------------------------------------------------------------------------
     def _load(self, cfg: BaseModel, spec: str) -> tuple[ImageDataset, ImageDataset]:
@@ -112,8 +113,6 @@ class ImageRecipe(Recipe):
         threshold = training_duplicate_distance(to_float(train.images)) if len(train) > 1 else 0.0
         assets = {"class_names": train.class_names, "data_spec": data, "memorization_threshold": threshold}
         return PreparedData(ImageStream(train), ImageStream(test) if self.validates else None, info, assets)
-
-    validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
 
     def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
         run.write_json(DATA_FILE, assets)
