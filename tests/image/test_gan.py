@@ -18,6 +18,7 @@ from muselab.core.rundir import RunDir
 from muselab.core.trainer import Trainer
 from muselab.image.gan import (
     GAN,
+    ClassBatchNorm2d,
     DownBlock,
     GANConfig,
     UpBlock,
@@ -138,8 +139,10 @@ def test_gradient_penalty_is_zero_for_a_1_lipschitz_critic_and_grows_with_the_sl
 @pytest.mark.parametrize("options", [dict(), dict(spectral_norm=False),
                                      dict(conditional=True, num_classes=3, conditioning="concat"),
                                      dict(conditional=True, num_classes=3, spectral_norm=False),
-                                     dict(diffaugment="color,translation,cutout")],
-                         ids=["sn", "bn", "concat", "projection-bn", "diffaugment"])
+                                     dict(diffaugment="color,translation,cutout"),
+                                     dict(conditional=True, num_classes=3, generator_conditioning="batchnorm",
+                                          aux_classifier=0.5)],
+                         ids=["sn", "bn", "concat", "projection-bn", "diffaugment", "classbn-aux"])
 def test_each_phase_gives_a_finite_loss_and_gradients_only_to_its_network(loss, options):
     gan = make_gan(loss=loss, **options)
     batch = make_batch()
@@ -158,6 +161,55 @@ def test_each_phase_gives_a_finite_loss_and_gradients_only_to_its_network(loss, 
     assert set(metrics) == expected and all(math.isfinite(v) for v in metrics.values())
     if loss == "wgan-gp":
         assert metrics["gp"] > 0
+
+
+def test_class_batchnorm_starts_as_batchnorm_and_gives_each_class_its_own_gain_and_bias():
+    torch.manual_seed(0)
+    norm, plain = ClassBatchNorm2d(4, 3), torch.nn.BatchNorm2d(4)
+    torch.nn.init.zeros_(norm.class_affine.weight)
+    x, labels = torch.randn(6, 4, 5, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.allclose(norm(x, labels), plain(x), atol=1e-6)
+    with torch.no_grad():
+        norm.class_affine.weight[1] = 0.5  # class 1: gain x1.5, bias +0.5
+    out, reference = norm(x, labels), plain(x)
+    assert torch.allclose(out[labels != 1], reference[labels != 1], atol=1e-6)
+    assert torch.allclose(out[labels == 1], reference[labels == 1] * 1.5 + 0.5, atol=1e-5)
+
+
+def test_generator_with_class_batchnorm_reads_the_label_in_every_block():
+    gan = make_gan(size=16, conditional=True, num_classes=3, generator_conditioning="batchnorm")
+    norms = [m for m in gan.generator.modules() if isinstance(m, ClassBatchNorm2d)]
+    assert len(norms) == len(gan.generator.blocks) == 2
+    with torch.no_grad():
+        for norm in norms:
+            norm.class_affine.weight.normal_(0, 0.5)
+        gan.generator.label_embed.weight.zero_()  # the input embedding says nothing: only the norms differ
+    z = gan.noise(4, torch.Generator().manual_seed(0))
+    a, b = gan.generate_from(z, torch.zeros(4, dtype=torch.long)), gan.generate_from(z, torch.ones(4, dtype=torch.long))
+    assert not torch.allclose(a, b)
+
+
+def test_aux_classifier_adds_the_weighted_cross_entropy_of_real_images_and_of_the_fakes():
+    gan = make_gan(conditional=True, num_classes=3, aux_classifier=0.5).eval()  # eval: spectral norm holds still
+    batch = make_batch(n=6)
+    real, labels = batch["image"], batch["label"]
+    torch.manual_seed(1)
+    d_loss = gan.training_step(batch, phase="discriminator")
+    g_loss = gan.training_step(batch, phase="generator")
+    torch.manual_seed(1)
+    fake = gan.generator(torch.randn(6, 8), labels)
+    with torch.no_grad():
+        logits, classes = gan.discriminator.logits(torch.cat((real, fake)), labels.repeat(2))
+    cross_entropy = torch.nn.functional.cross_entropy
+    expected_d = discriminator_loss("hinge", logits[:6], logits[6:]) + 0.5 * cross_entropy(classes[:6], labels)
+    expected_g = generator_loss("hinge", logits[6:]) + 0.5 * cross_entropy(classes[6:], labels)
+    assert d_loss.item() == pytest.approx(expected_d.item(), rel=1e-5)
+    assert g_loss.item() == pytest.approx(expected_g.item(), rel=1e-5)
+
+
+def test_aux_classifier_needs_a_conditional_model():
+    with pytest.raises(ConfigError, match="conditional"):
+        build_config(GANConfig, [{"aux_classifier": 1.0}])
 
 
 def test_unknown_phase_is_refused():
@@ -193,7 +245,7 @@ def test_one_generator_forward_per_step_and_a_fresh_one_for_another_batch():
 def test_diffaugment_transforms_real_and_fake_images_in_both_phases():
     gan = make_gan(diffaugment="cutout")
     seen = []
-    gan.discriminator.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    gan.discriminator.from_image.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
     batch = make_batch()
     gan.training_step(batch, phase="discriminator")
     gan.training_step(batch, phase="generator")

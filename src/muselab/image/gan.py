@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -69,6 +69,15 @@ class GANConfig(Section):
                                              "color ('' = off)")
     d_lr_scale: float = Field(1.0, gt=0, description="discriminator learning rate as a multiple of the "
                                                      "generator's (two-time-scale update rule)")
+    generator_conditioning: Literal["input", "batchnorm"] = Field(
+        "input", description="how the generator reads the label: a class embedding beside z at the input, "
+                             "or that plus class-conditional BatchNorm gains and biases in every block "
+                             "(as in SNGAN and BigGAN)")
+    aux_classifier: float = Field(0.0, ge=0, description="weight of an auxiliary classifier on the "
+                                                         "discriminator's features (AC-GAN, Odena et al. 2017; "
+                                                         "conditional only, 0 = off): the discriminator learns "
+                                                         "the classes of real images and the generator is "
+                                                         "rewarded for fakes it classifies as their label")
 
     @field_validator("size")
     @classmethod
@@ -79,6 +88,13 @@ class GANConfig(Section):
     @classmethod
     def _known_transforms(cls, value: str) -> str:
         return ",".join(parse_policy(value))
+
+    @model_validator(mode="after")
+    def _classifier_needs_labels(self) -> GANConfig:
+        if self.aux_classifier and not self.conditional:
+            raise ValueError("aux_classifier needs a conditional model: set model.conditional=true or "
+                             "model.aux_classifier=0")
+        return self
 
 
 # -- helpers shared with the VAE ----------------------------------------------------------------
@@ -158,12 +174,32 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class UpBlock(nn.Sequential):
-    """Double the resolution: transposed 4x4 conv (stride 2), BatchNorm, ReLU."""
+class ClassBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose gain and bias also depend on the class (de Vries et al. 2017): the shared affine
+    parameters plus a per-class offset, which starts at zero, so an untrained model is plain BatchNorm."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(channels)
+        self.class_affine = nn.Embedding(num_classes, 2 * channels)
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        gain, bias = self.class_affine(labels)[:, :, None, None].chunk(2, dim=1)
+        return super().forward(x) * (1.0 + gain) + bias
+
+
+class UpBlock(nn.Module):
+    """Double the resolution: transposed 4x4 conv (stride 2), BatchNorm (class-conditional when given the
+    number of classes), ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False)
+        self.norm = ClassBatchNorm2d(out_ch, num_classes) if num_classes else nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        x = self.conv(x)
+        x = self.norm(x, labels) if isinstance(self.norm, ClassBatchNorm2d) else self.norm(x)
+        return F.relu(x, inplace=True)
 
 
 class DownBlock(nn.Sequential):
@@ -189,14 +225,21 @@ class Generator(nn.Module):
         in_dim = cfg.latent_dim * (2 if cfg.conditional else 1)
         self.stem = nn.Sequential(nn.Linear(in_dim, chans[0] * 16, bias=False), nn.Unflatten(1, (chans[0], 4, 4)),
                                   nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(*(UpBlock(a, b) for a, b in zip(chans, chans[1:], strict=False)))
+        block_classes = cfg.num_classes if cfg.conditional and cfg.generator_conditioning == "batchnorm" else 0
+        self.blocks = nn.ModuleList(UpBlock(a, b, block_classes) for a, b in zip(chans, chans[1:], strict=False))
         self.to_image = nn.Conv2d(chans[-1], cfg.channels, 3, padding=1)
         self.apply(dcgan_init)
+        for module in self.modules():
+            if isinstance(module, ClassBatchNorm2d):
+                nn.init.zeros_(module.class_affine.weight)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.label_embed is not None:
             z = torch.cat((z, self.label_embed(labels)), dim=1)
-        return torch.tanh(self.to_image(self.blocks(self.stem(z))))
+        x = self.stem(z)
+        for block in self.blocks:
+            x = block(x, labels)
+        return torch.tanh(self.to_image(x))
 
 
 # -- discriminator ---------------------------------------------------------------------------------
@@ -215,6 +258,7 @@ class Discriminator(nn.Module):
         self.to_logit = nn.Linear(features, 1)
         projection = cfg.conditional and cfg.conditioning == "projection"
         self.label_embed = nn.Embedding(cfg.num_classes, features) if projection else None
+        self.classifier = nn.Linear(features, cfg.num_classes) if cfg.conditional and cfg.aux_classifier else None
         self.apply(dcgan_init)
         if cfg.spectral_norm:
             for module in self.modules():
@@ -223,6 +267,10 @@ class Discriminator(nn.Module):
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         """One logit per image, [B]."""
+        return self.logits(images, labels)[0]
+
+    def logits(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The real/fake logit [B] and, with an auxiliary classifier, the class logits [B, classes]."""
         x = images
         if self.label_map is not None:
             label_map = self.label_map(labels)[:, :, None, None].expand(-1, -1, *images.shape[2:])
@@ -231,7 +279,7 @@ class Discriminator(nn.Module):
         logit = self.to_logit(phi).squeeze(1)
         if self.label_embed is not None:
             logit = logit + (self.label_embed(labels) * phi).sum(1)
-        return logit
+        return logit, None if self.classifier is None else self.classifier(phi)
 
 
 # -- losses ----------------------------------------------------------------------------------------
@@ -310,8 +358,14 @@ class GAN(nn.Module):
     def _augment(self, images: Tensor) -> Tensor:
         return diff_augment(images, self.augment_policy) if self.augment_policy else images
 
-    def _discriminate(self, images: Tensor, labels: Tensor | None) -> Tensor:
-        return self.discriminator(self._augment(images), labels)
+    def _discriminate(self, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return self.discriminator.logits(self._augment(images), labels)
+
+    def _class_loss(self, class_logits: Tensor | None, labels: Tensor | None) -> Tensor | float:
+        """The auxiliary classifier's weighted cross-entropy (0 without one)."""
+        if class_logits is None:
+            return 0.0
+        return self.cfg.aux_classifier * F.cross_entropy(class_logits.float(), labels)
 
     def _discriminator_step(self, real: Tensor, labels: Tensor | None) -> Tensor:
         z = torch.randn(real.size(0), self.cfg.latent_dim, device=real.device)
@@ -322,11 +376,13 @@ class GAN(nn.Module):
         fake = fake.detach()
         if self.discriminator.batch_norm:
             # BatchNorm statistics of a mixed batch would tell real from fake: keep them apart
-            d_real, d_fake = self._discriminate(real, labels), self._discriminate(fake, labels)
+            (d_real, classes_real), (d_fake, _) = self._discriminate(real, labels), self._discriminate(fake, labels)
         else:
-            both = torch.cat((real, fake))
-            d_real, d_fake = self._discriminate(both, None if labels is None else labels.repeat(2)).chunk(2)
-        loss = discriminator_loss(self.cfg.loss, d_real, d_fake)
+            both, classes = self._discriminate(torch.cat((real, fake)), None if labels is None else labels.repeat(2))
+            d_real, d_fake = both.chunk(2)
+            classes_real = None if classes is None else classes[: real.size(0)]
+        # The classifier learns from real images only: fakes of the wrong class would teach it wrong
+        loss = discriminator_loss(self.cfg.loss, d_real, d_fake) + self._class_loss(classes_real, labels)
         metrics = {"d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
         if self.cfg.loss == "wgan-gp":
             gp = gradient_penalty(lambda x: self.discriminator(x, labels), self._augment(real), self._augment(fake))
@@ -344,7 +400,8 @@ class GAN(nn.Module):
             fake = self.generator(z, labels)
         # The discriminator's weights get no gradient from the generator's loss: skip computing it
         with frozen(self.discriminator):
-            return generator_loss(self.cfg.loss, self._discriminate(fake, labels))
+            d_fake, classes_fake = self._discriminate(fake, labels)
+            return generator_loss(self.cfg.loss, d_fake) + self._class_loss(classes_fake, labels)
 
     # -- sampling ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, truncation: float = 1.0) -> Tensor:
