@@ -207,9 +207,10 @@ def test_aux_classifier_adds_the_weighted_cross_entropy_of_real_images_and_of_th
     assert g_loss.item() == pytest.approx(expected_g.item(), rel=1e-5)
 
 
-def test_aux_classifier_needs_a_conditional_model():
-    with pytest.raises(ConfigError, match="conditional"):
-        build_config(GANConfig, [{"aux_classifier": 1.0}])
+def test_class_options_are_ignored_by_an_unconditional_model():
+    gan = make_gan(aux_classifier=1.0, generator_conditioning="batchnorm")
+    assert gan.discriminator.classifier is None
+    assert not any(isinstance(m, ClassBatchNorm2d) for m in gan.modules())
 
 
 def test_unknown_phase_is_refused():

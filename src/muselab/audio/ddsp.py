@@ -32,7 +32,7 @@ from muselab.core.config import Section
 Batch = dict[str, Tensor]  # "audio" [B, N], "f0_hz" [B, F], "loudness_db" [B, F], optional "mfcc" [B, F, C]
 NOISE_BIAS = -5.0  # DDSP's initial bias on the noise magnitudes: start nearly noiseless
 EVAL_SEED = 0  # eval_step's noise comes from this seed, so validation losses are comparable
-INAUDIBLE = 1e-5  # a harmonic's share of the amplitude below which render leaves it out (-100 dB)
+INAUDIBLE = 1e-4  # a harmonic's share of the amplitude below which render leaves it out (-80 dB)
 
 
 class DDSPConfig(Section):
@@ -142,14 +142,15 @@ class DDSP(nn.Module):
 
     @torch.inference_mode()
     def render(self, f0_hz: Tensor, loudness_db: Tensor, mfcc: Tensor | None = None, seed: int = 0,
-               chunk_frames: int = 125) -> Tensor:
+               chunk_frames: int = 125, synth_frames: int = 250) -> Tensor:
         """Generation: audio [B, F * hop] for f0 and loudness [B, F] (a [F] curve gives [F * hop]).
 
         The same seed gives the same noise, so the same audio. A long curve is decoded in chunks of
         `chunk_frames` (0.5 s at 250 frames/s, as long as the default training windows), each after a
         warm-up of a quarter chunk, batched together: the GRU never runs much longer than it was trained
-        to, and 10 s are one batch of 125 steps instead of 2,500 sequential ones. The oscillator bank runs
-        chunk by chunk too (phase-continuous), which keeps its large tensors in cache.
+        to, and 10 s are one batch of 156 steps instead of 2,500 sequential ones. The synthesiser runs
+        `synth_frames` at a time (phase-continuous): pieces of 1 s were the fastest measured on 2 CPU
+        cores, small enough to stay in cache and large enough for both cores to share each operation.
         """
         single = f0_hz.dim() == 1
         if single:
@@ -158,14 +159,16 @@ class DDSP(nn.Module):
         z = self.timbre(mfcc)
         raw = self._decode_chunked(f0_hz, loudness_db, z, chunk_frames)
         controls = self._controls_from_raw(f0_hz, raw)
-        # Harmonics 100 dB below the whole in every frame are inaudible: leave them out of the oscillator
-        # bank, whose cost grows with its size (this changes the level by less than 0.01 dB)
-        heard = (controls["harmonics"] > INAUDIBLE).flatten(0, 1).any(dim=0).nonzero()
+        # Harmonics 80 dB below the whole in every frame are inaudible: leave them out of the oscillator
+        # bank, whose cost grows with its size. A trained model pushes the harmonics it does not use to
+        # the exp-sigmoid's floor, so this halves the bank (55 to 29 harmonics on builtin:tones) and
+        # moves the level by at most 0.05 dB (60 harmonics under 1e-4 share under 0.6 % of the amplitude).
+        heard = (controls["harmonics"].amax(dim=(0, 1)) > INAUDIBLE).nonzero()
         n_heard = int(heard.max()) + 1 if len(heard) else 1
         controls["harmonics"] = controls["harmonics"][..., :n_heard]
         generator = torch.Generator(device=f0_hz.device).manual_seed(seed)
-        noise = self._noise_in_pieces(controls["noise"], generator, chunk_frames)
-        audio = self._harmonics_in_pieces(f0_hz, controls, chunk_frames) + noise
+        noise = self._noise_in_pieces(controls["noise"], generator, synth_frames)
+        audio = self._harmonics_in_pieces(f0_hz, controls, synth_frames) + noise
         audio = self.reverb(audio) if self.cfg.reverb else audio
         return audio[0] if single else audio
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -75,9 +75,9 @@ class GANConfig(Section):
                              "(as in SNGAN and BigGAN)")
     aux_classifier: float = Field(0.0, ge=0, description="weight of an auxiliary classifier on the "
                                                          "discriminator's features (AC-GAN, Odena et al. 2017; "
-                                                         "conditional only, 0 = off): the discriminator learns "
-                                                         "the classes of real images and the generator is "
-                                                         "rewarded for fakes it classifies as their label")
+                                                         "conditional models only, 0 = off): the discriminator "
+                                                         "learns the classes of real images and the generator "
+                                                         "is rewarded for fakes it classifies as their label")
 
     @field_validator("size")
     @classmethod
@@ -88,13 +88,6 @@ class GANConfig(Section):
     @classmethod
     def _known_transforms(cls, value: str) -> str:
         return ",".join(parse_policy(value))
-
-    @model_validator(mode="after")
-    def _classifier_needs_labels(self) -> GANConfig:
-        if self.aux_classifier and not self.conditional:
-            raise ValueError("aux_classifier needs a conditional model: set model.conditional=true or "
-                             "model.aux_classifier=0")
-        return self
 
 
 # -- helpers shared with the VAE ----------------------------------------------------------------
