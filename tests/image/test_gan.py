@@ -205,6 +205,9 @@ def test_aux_classifier_adds_the_weighted_cross_entropy_of_real_images_and_of_th
     expected_g = generator_loss("hinge", logits[6:]) + 0.5 * cross_entropy(classes[6:], labels)
     assert d_loss.item() == pytest.approx(expected_d.item(), rel=1e-5)
     assert g_loss.item() == pytest.approx(expected_g.item(), rel=1e-5)
+    # Spectral norm holds the real/fake layers but leaves the classifier's logits free to grow
+    assert torch.nn.utils.parametrize.is_parametrized(gan.discriminator.to_logit)
+    assert not torch.nn.utils.parametrize.is_parametrized(gan.discriminator.classifier)
 
 
 def test_class_options_are_ignored_by_an_unconditional_model():

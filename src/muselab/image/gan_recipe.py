@@ -16,10 +16,12 @@ from muselab.image.vae import slerp
 
 class GANRecipeConfig(Section):
     data: ImageDataConfig = ImageDataConfig()
-    # width 32: a 32x32 colour GAN takes about a second per step on 2 CPU cores (width 64: five)
-    model: GANConfig = GANConfig(width=32)
+    # Width 16: a 32x32 colour GAN runs 5 steps/s on 2 CPU cores (width 32: 2). With class-conditional
+    # BatchNorm and an auxiliary classifier (conditional models only) builtin:shapes reached 59 % control
+    # accuracy in 5 minutes where width 32 with the label at the input only reached 51 % in 15.
+    model: GANConfig = GANConfig(width=16, generator_conditioning="batchnorm", aux_classifier=1.0)
     # GAN practice: no warm-up or decay, Adam with little momentum, no clipping, an EMA generator for samples
-    train: TrainConfig = TrainConfig(max_steps=4000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.9, warmup_steps=0,
+    train: TrainConfig = TrainConfig(max_steps=5000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.9, warmup_steps=0,
                                      min_lr_ratio=1.0, weight_decay=0.0, grad_clip=0.0, ema_decay=0.999,
                                      eval_every=500, checkpoint_every=500)
     eval: ImageEvalConfig = ImageEvalConfig()
