@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from common import print_table, write_result
 
 from muselab import api
@@ -44,11 +45,17 @@ def plain_dcgan_images_per_s(cfg, stream: ImageStream, steps: int, warmup: int =
         real, labels = batch["image"], batch["label"] if conditional else None
         fake = generator(torch.randn(len(real), cfg.model.latent_dim), labels)
         opt_d.zero_grad(set_to_none=True)
-        d_loss = discriminator_loss(cfg.model.loss, discriminator(real, labels), discriminator(fake.detach(), labels))
+        (d_real, classes_real), (d_fake, _) = discriminator.logits(real, labels), discriminator.logits(fake.detach(), labels)
+        d_loss = discriminator_loss(cfg.model.loss, d_real, d_fake)
+        if classes_real is not None:  # the auxiliary classifier learns from real images
+            d_loss = d_loss + cfg.model.aux_classifier * F.cross_entropy(classes_real, labels)
         d_loss.backward()
         opt_d.step()
         opt_g.zero_grad(set_to_none=True)
-        g_loss = generator_loss(cfg.model.loss, discriminator(fake, labels))
+        d_fake, classes_fake = discriminator.logits(fake, labels)
+        g_loss = generator_loss(cfg.model.loss, d_fake)
+        if classes_fake is not None:
+            g_loss = g_loss + cfg.model.aux_classifier * F.cross_entropy(classes_fake, labels)
         g_loss.backward()
         opt_g.step()
     return steps * cfg.train.batch_size / (time.perf_counter() - start)
