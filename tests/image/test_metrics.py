@@ -109,7 +109,7 @@ def test_real_against_real_is_small_and_noise_is_far(net, bars):
 
 
 def test_fid_falls_as_generated_images_approach_the_data(net, bars):
-    """Stands in for 'the score falls as training goes on': real images under less and less noise."""
+    """The same as training goes on, with real images under less and less noise in place of a generator."""
     images = bars[0]
     reference = net.features(images[:300])
     noise = torch.from_numpy(np.random.default_rng(5).normal(size=(300, 1, 16, 16)).astype(np.float32))
@@ -117,6 +117,34 @@ def test_fid_falls_as_generated_images_approach_the_data(net, bars):
               for level in (1.0, 0.5, 0.25, 0.1, 0.0)]
     assert all(later < earlier for earlier, later in zip(scores, scores[1:], strict=False)), scores
     assert scores[0] > 20 * scores[-1]
+
+
+def test_fid_falls_as_a_gan_trains(net, bars):
+    """The score of a real (small) GAN, measured as it trains: far lower after training than at the start."""
+    from muselab.image.gan import GAN, GANConfig
+
+    images = bars[0]
+    reference = net.features(images[:300])
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(size=16, channels=1, width=8, latent_dim=16))
+    phases = {phase.name: torch.optim.Adam([p for n, p in gan.named_parameters() if n.startswith(phase.prefixes)],
+                                           lr=1e-3, betas=(0.0, 0.9)) for phase in gan.optimizer_phases()}
+    batches = torch.Generator().manual_seed(1)
+
+    def score() -> float:
+        fakes = gan.sample(300, generator=torch.Generator().manual_seed(2))
+        return frechet_distance(reference, net.features(fakes))
+
+    scores = [score()]
+    for step in range(1, 201):
+        batch = {"image": images[torch.randint(0, 600, (64,), generator=batches)]}
+        for name, optimizer in phases.items():
+            optimizer.zero_grad(set_to_none=True)
+            gan.training_step(batch, phase=name).backward()
+            optimizer.step()
+        if step in (100, 200):
+            scores.append(score())
+    assert scores[1] < scores[0] and scores[2] < scores[0] / 3, scores
 
 
 # --- kernel distance -------------------------------------------------------------------------------------
