@@ -157,7 +157,9 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 # -- blocks ----------------------------------------------------------------------------------------
 def dcgan_init(module: nn.Module) -> None:
-    """N(0, 0.02) weights and zero biases (Radford et al. 2016); BatchNorm scales N(1, 0.02)."""
+    """N(0, 0.02) weights and zero biases (Radford et al. 2016); BatchNorm scales N(1, 0.02); class
+    BatchNorm's per-class offsets zero (`Module.apply` reaches a module after its children, so this
+    overrides its embedding's normal draw)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if getattr(module, "bias", None) is not None:
@@ -165,6 +167,8 @@ def dcgan_init(module: nn.Module) -> None:
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+        if isinstance(module, ClassBatchNorm2d):
+            nn.init.zeros_(module.class_affine.weight)
 
 
 class ClassBatchNorm2d(nn.BatchNorm2d):
@@ -187,11 +191,12 @@ class UpBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, num_classes: int = 0) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=False)
-        self.norm = ClassBatchNorm2d(out_ch, num_classes) if num_classes else nn.BatchNorm2d(out_ch)
+        self.reads_labels = num_classes > 0
+        self.norm = ClassBatchNorm2d(out_ch, num_classes) if self.reads_labels else nn.BatchNorm2d(out_ch)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         x = self.conv(x)
-        x = self.norm(x, labels) if isinstance(self.norm, ClassBatchNorm2d) else self.norm(x)
+        x = self.norm(x, labels) if self.reads_labels else self.norm(x)
         return F.relu(x, inplace=True)
 
 
@@ -222,9 +227,6 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(UpBlock(a, b, block_classes) for a, b in zip(chans, chans[1:], strict=False))
         self.to_image = nn.Conv2d(chans[-1], cfg.channels, 3, padding=1)
         self.apply(dcgan_init)
-        for module in self.modules():
-            if isinstance(module, ClassBatchNorm2d):
-                nn.init.zeros_(module.class_affine.weight)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.label_embed is not None:

@@ -17,8 +17,8 @@ from muselab.image.vae import slerp
 class GANRecipeConfig(Section):
     data: ImageDataConfig = ImageDataConfig()
     # Width 16: a 32x32 colour GAN runs 5 steps/s on 2 CPU cores (width 32: 2). With class-conditional
-    # BatchNorm and an auxiliary classifier (conditional models only) builtin:shapes reached 59 % control
-    # accuracy in 5 minutes where width 32 with the label at the input only reached 51 % in 15.
+    # BatchNorm and an auxiliary classifier (conditional models only) builtin:shapes reached 83 % control
+    # accuracy in 15 minutes, where width 32 with the label at the input only reached 51 %.
     model: GANConfig = GANConfig(width=16, generator_conditioning="batchnorm", aux_classifier=1.0)
     # GAN practice: no warm-up or decay, Adam with little momentum, no clipping, an EMA generator for samples
     train: TrainConfig = TrainConfig(max_steps=5000, batch_size=64, lr=2e-4, beta1=0.0, beta2=0.9, warmup_steps=0,
