@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 
 def error_message(err: pytest.ExceptionInfo) -> str:
@@ -22,3 +24,21 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8", newline="")
     return path
+
+
+class HandWrittenLoop:
+    """A plain training loop for a model with optimizer phases (a GAN): one Adam per phase at lr x the
+    phase's scale, and each step runs the phases in order on the same batch, as the Trainer does."""
+
+    def __init__(self, model: nn.Module, lr: float, betas: tuple[float, float]) -> None:
+        self.model = model
+        self.optimizers = {
+            phase.name: torch.optim.Adam([p for n, p in model.named_parameters() if n.startswith(phase.prefixes)],
+                                         lr=lr * phase.lr_scale, betas=betas)
+            for phase in model.optimizer_phases()}
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        for name, optimizer in self.optimizers.items():
+            optimizer.zero_grad(set_to_none=True)
+            self.model.training_step(batch, phase=name).backward()
+            optimizer.step()

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
-from helpers import error_message
+from helpers import HandWrittenLoop, error_message
 from muselab.core.errors import ConfigError, DataError
 from muselab.image.features import FeatureNet, train_feature_net
 from muselab.image.metrics import (
@@ -127,8 +127,7 @@ def test_fid_falls_as_a_gan_trains(net, bars):
     reference = net.features(images[:300])
     torch.manual_seed(0)
     gan = GAN(GANConfig(size=16, channels=1, width=8, latent_dim=16))
-    phases = {phase.name: torch.optim.Adam([p for n, p in gan.named_parameters() if n.startswith(phase.prefixes)],
-                                           lr=1e-3, betas=(0.0, 0.9)) for phase in gan.optimizer_phases()}
+    loop = HandWrittenLoop(gan, lr=1e-3, betas=(0.0, 0.9))
     batches = torch.Generator().manual_seed(1)
 
     def score() -> float:
@@ -137,11 +136,7 @@ def test_fid_falls_as_a_gan_trains(net, bars):
 
     scores = [score()]
     for step in range(1, 201):
-        batch = {"image": images[torch.randint(0, 600, (64,), generator=batches)]}
-        for name, optimizer in phases.items():
-            optimizer.zero_grad(set_to_none=True)
-            gan.training_step(batch, phase=name).backward()
-            optimizer.step()
+        loop.step({"image": images[torch.randint(0, 600, (64,), generator=batches)]})
         if step in (100, 200):
             scores.append(score())
     assert scores[1] < scores[0] and scores[2] < scores[0] / 3, scores

@@ -58,7 +58,7 @@ class Seq2SeqRecipeConfig(Section):
     # Little dropout: in 30 CPU minutes the model underfits (dropout 0.2 gave WER 33.1 %, 0.05 gave 31.2 %);
     # label smoothing 0.1 with batches of 256 then gave 29.8-30.2 % over four runs. No better at this budget:
     # dropout 0 (30.0 %), an EMA of the weights (+0.01 points), Luong-general attention (35.3 %, unstable
-    # at this learning rate), beam length penalties (-0.05 points)
+    # at this learning rate), beam length penalties (at most 0.08 points)
     model: Seq2SeqConfig = Seq2SeqConfig(dropout=0.05, label_smoothing=0.1)
     # About 27 minutes on 2 CPU cores: ~10 passes over CMUdict's 112k training words. Batches of 256 run
     # 1.5x more words per second than 128 here (the decoder's per-step cost is mostly fixed).
