@@ -58,7 +58,7 @@ class Seq2SeqRecipeConfig(Section):
     # Little dropout: in 30 CPU minutes the model underfits (dropout 0.2 gave WER 33.1 %, 0.05 gave 31.2 %);
     # label smoothing 0.1 with batches of 256 then gave 29.8-30.2 % over four runs. Coverage (past attention
     # in the scores: G2P alignments are monotonic) costs little per step and tells the model which letters it
-    # has read: 29.4-29.9 % over three runs, in fewer steps (3,761-4,268 against 4,275-4,948 on a host that
+    # has read: 29.4-29.9 % over four runs, in fewer steps (3,736-4,268 against 4,275-4,948 on a host that
     # was slower those days). No better at this budget: dropout 0 (30.0 %), an EMA of the weights
     # (+0.01 points), Luong-general attention (35.3 %, unstable at this learning rate), beam length
     # penalties (at most 0.08 points).
