@@ -63,8 +63,8 @@ class Seq2SeqRecipeConfig(Section):
     # (+0.01 points), Luong-general attention (35.3 %, unstable at this learning rate), beam length
     # penalties (at most 0.08 points).
     model: Seq2SeqConfig = Seq2SeqConfig(dropout=0.05, label_smoothing=0.1, coverage=True)
-    # 27-35 minutes on 2 CPU cores (the shared host's speed varies; under --max-minutes the schedule fits
-    # the clock): ~8-10 passes over CMUdict's 112k training words. Batches of 256 run 1.5x more words per
+    # 27-36 minutes on 2 CPU cores (2.1-2.8 steps/s: the shared host's speed varies; under --max-minutes
+    # the schedule fits the clock): ~8-10 passes over CMUdict's 112k training words. Batches of 256 run 1.5x more words per
     # second than 128 here (the decoder's per-step cost is mostly fixed).
     train: TrainConfig = TrainConfig(max_steps=4600, batch_size=256, lr=4e-3, warmup_steps=300, min_lr_ratio=0.02,
                                      weight_decay=0.0, grad_clip=1.0, eval_every=1000, eval_batches=0,
