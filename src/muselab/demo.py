@@ -93,15 +93,17 @@ def _image_section(out: Path, preset: str) -> Section:
     walk = run.generate(interpolate=["1", "2"], steps=8, label="3")
     strip = run_dir / "interpolation.png"
     Image.fromarray(walk.extra["grid"]).save(strip)
-    keep = {"fid", "kid", "precision", "recall", "control_accuracy", "classifier_test_accuracy", "memorization_share"}
+    keep = {"fd_muselab", "kid_muselab", "precision", "recall", "control_accuracy", "classifier_test_accuracy",
+            "memorization_share"}
     return Section(
         title="Images: a class-conditional GAN draws the digit you ask for",
         text=(f"A conditional DCGAN ({run.model.num_parameters():,} parameters) trained for "
               f"{result.elapsed_s / 60:.1f} minutes on {IMAGE_DATA} (scikit-learn's 8x8 handwritten digits). "
               "Each row of the grid is one requested digit. Control accuracy is the share of 1,000 samples per "
               "digit that a separate classifier, trained by muselab on the data alone, reads as the digit asked "
-              "for; FID, KID and precision/recall use that classifier's features. The strip walks through the "
-              "latent space between two seeds for the digit 3."),
+              "for; the Fréchet distance (fd_muselab), kernel distance (kid_muselab) and precision/recall use "
+              "that classifier's features, not Inception's, so they are not comparable with published FID or "
+              "KID. The strip walks through the latent space between two seeds for the digit 3."),
         metrics={k: v for k, v in metrics.items() if k in keep},
         images=[(run_dir / "samples.png", "samples, one row per digit"), (strip, "interpolation between two seeds"),
                 (run_dir / "memorization.png", "the samples closest to a training image"),

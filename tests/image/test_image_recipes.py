@@ -124,14 +124,14 @@ def test_gan_evaluation_reports_offline_metrics(gan_run: Path, tmp_path: Path) -
     run_dir = tmp_path / "gan"
     shutil.copytree(gan_run, run_dir)
     metrics = api.evaluate(run_dir)
-    for key in ("fid", "kid", "precision", "recall", "memorization_share", "control_accuracy",
+    for key in ("fd_muselab", "kid_muselab", "precision", "recall", "memorization_share", "control_accuracy",
                 "classifier_test_accuracy"):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert metrics["classifier_test_accuracy"] > 0.9  # the judge itself is good
     assert metrics["samples"] == 10 * 20
     for picture in ("samples.png", "memorization.png"):
         assert (run_dir / picture).is_file()
-    assert json.loads((run_dir / "eval.json").read_text())["fid"] == metrics["fid"]
+    assert json.loads((run_dir / "eval.json").read_text())["fd_muselab"] == metrics["fd_muselab"]
 
 
 @pytest.mark.slow
