@@ -131,7 +131,44 @@ def test_ema_weights_are_saved(tmp_path):
     assert math.isclose(float(saved["fc.weight"]), float(raw["fc.weight"]), abs_tol=0.5)
 
 
-def test_gradient_accumulation_runs(tmp_path):
+class RecordingLine(Line):
+    """A Line without dropout that keeps every training batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop.p = 0.0
+        self.seen = []
+
+    def training_step(self, batch):
+        self.seen.append(batch)
+        return super().training_step(batch)
+
+
+def test_gradient_accumulation_gives_the_large_batch_gradient(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = RecordingLine()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def record_then_clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        grads.append([p.grad.clone() for p in params])
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record_then_clip)
+    make(tmp_path, model=model, grad_accum=2, batch_size=8, max_steps=1).fit()
+    assert len(model.seen) == 2 and len(grads) == 1
+    # the same 16 samples as one batch, from the same starting weights
+    big = RecordingLine()
+    big.load_state_dict(start)
+    x, y = (torch.cat(parts) for parts in zip(*model.seen, strict=True))
+    big.training_step((x, y)).backward()
+    for accumulated, param in zip(grads[0], big.parameters(), strict=True):
+        torch.testing.assert_close(accumulated, param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_learns(tmp_path):
     result = make(tmp_path, grad_accum=2, batch_size=8).fit()
     assert result.val_loss < 0.1
 
