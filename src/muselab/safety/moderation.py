@@ -27,7 +27,7 @@ edge of a word ("bas * tard"). Lookarounds make every word whole: "ass" never ma
 "assassin" or "bass", "cunt" never "Scunthorpe"; real words joined by punctuation still have to spell a
 listed word exactly ("Shih-tzu", "s/he", "e.g." pass). A plain blank is where prose separates words,
 so it never joins pieces of two or more letters ("as sure as s"); letters spelled out across blanks
-("b a d", "s * h * i * t", "s.h. i.t", chunks in which no two letters touch) are found by a second pass
+("b a d", "s * h * i * t", "s.h. i.t", chunks in which no two different letters touch) are found by a second pass
 that removes the blanks of such runs and searches them without word boundaries. Patterns (personal
 data) run on the NFKC text with zero-width characters removed.
 
@@ -124,13 +124,13 @@ _PLURAL_ES = r"(?:[e3]?[s5$])?"  # after s, x, z, ch, sh: "asses", "bitches", bu
 _TAIL = rf"{_WORD}*"  # `word*`: any continuation
 _HEAD = rf"{_WORD}*?"  # `*word`: any beginning
 _LEET_SYMBOLS = "@$!|+"  # leetspeak forms that are not letters or digits
-# Spelled-out letters: two or more blank-separated chunks in which no two letters or digits touch ("b a d",
+# Spelled-out letters: two or more blank-separated chunks in which no two different letters touch ("b a d",
 # "s * h * i * t", "s.h. i.t", "b a\nd"); a chunk of symbols alone ("*", "--") also counts. Such a run
 # cannot be a sequence of real words (a word has two letters in a row, bar "a" and "I"), so its blanks
 # are removed and it is searched without word boundaries ("what a b a d" runs "a" into "bad").
-_SPELLED_CHUNK = rf"(?:{_WORD}(?!{_WORD})|{_SYMBOL})+"
 _BLANKS = r"(?:[ \t]{1,4}|[ \t]{0,4}\r?\n[ \t]{0,4})"
-_SPELLED = re.compile(rf"(?<!\S){_SPELLED_CHUNK}(?:{_BLANKS}{_SPELLED_CHUNK})+(?!\S)")
+_SPELLED = re.compile(  # a letter may repeat ("ss h i t"): group 1 and 2 are the last letters of the chunks
+    rf"(?<!\S)(?:({_WORD})\1*(?!{_WORD})|{_SYMBOL})+(?:{_BLANKS}(?:({_WORD})\2*(?!{_WORD})|{_SYMBOL})+)+(?!\S)")
 _WORDLIKE = re.compile(rf"[^\W\d_]|[{re.escape(_LEET_SYMBOLS)}*]")  # "455" is a number, not a word
 
 
