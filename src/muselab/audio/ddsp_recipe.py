@@ -38,6 +38,7 @@ from muselab.data.audio_features import (
     extract_features,
     is_cached,
 )
+from muselab.data.split import hold_out
 
 BUILTIN_TONES = "builtin:tones"
 TONE_SECONDS = 4.0
@@ -110,12 +111,10 @@ def _cut(name: str, audio: np.ndarray, piece: int) -> list[RawClip]:
     return [RawClip(f"{name}#{i + 1}", audio[a:b]) for i, (a, b) in enumerate(pairwise(bounds))]
 
 
-def _split(clips: Sequence[Any], share: float) -> tuple[list[Any], list[Any]]:
-    """Evenly spaced held-out clips (every 1/share-th); at least one when there are two or more."""
-    test_index = {i for i in range(len(clips)) if math.floor((i + 1) * share) > math.floor(i * share)}
-    if not test_index and len(clips) >= 2:
-        test_index = {len(clips) - 1}
-    return ([c for i, c in enumerate(clips) if i not in test_index], [c for i, c in enumerate(clips) if i in test_index])
+def _split(clips: Sequence[RawClip], share: float) -> tuple[list[RawClip], list[RawClip]]:
+    """Held-out clips chosen by the shared stable-hash rule on their names; at least one when there are two."""
+    held = hold_out([c.name for c in clips], share)
+    return ([c for c, h in zip(clips, held, strict=True) if not h], [c for c, h in zip(clips, held, strict=True) if h])
 
 
 def _raw_clips(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[RawClip], list[RawClip], str]:
