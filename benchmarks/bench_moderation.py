@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, print_table, write_result
+from common import SHARED_DATA, Timer, print_table, time_call, write_result
 
 from muselab.safety.moderation import load_policy, moderate
 from muselab.text.bans import build_ban_processor
@@ -40,14 +39,14 @@ def false_positives(lines: list[str], policy_path: str | None) -> dict:
     per_category: Counter[str] = Counter()
     words: Counter[str] = Counter()
     flagged = 0
-    start = time.perf_counter()
+    clock = Timer()
     for line in lines:
         verdict = moderate(line, policy)
         if verdict.matches:
             flagged += 1
             per_category.update(verdict.categories)
             words.update(m.text.lower() for m in verdict.matches)
-    seconds = time.perf_counter() - start
+    seconds = clock.stop()
     return {
         "lines": len(lines),
         "flagged_lines": flagged,
@@ -61,18 +60,16 @@ def false_positives(lines: list[str], policy_path: str | None) -> dict:
 def ban_step_cost(text: str, kind: str, vocab_size: int, batch: int = 8, steps: int = 200) -> dict:
     """Mean seconds per processor call while decoding random rows of real text, one token at a time."""
     tokenizer = train_tokenizer(kind, text, vocab_size)
-    start = time.perf_counter()
-    processor = build_ban_processor(BANNED, tokenizer)
-    build_s = time.perf_counter() - start
+    build_s, processor = time_call(lambda: build_ban_processor(BANNED, tokenizer))
     ids = tokenizer.encode(text[:200_000], strict=False)
     rng = random.Random(0)
     offsets = [rng.randrange(len(ids) - steps - 64) for _ in range(batch)]
     rows = torch.tensor([ids[o : o + 64 + steps] for o in offsets])
     scores = torch.randn(batch, tokenizer.vocab_size)
-    start = time.perf_counter()
+    clock = Timer()
     for t in range(steps):
         processor(rows[:, : 64 + t], scores)
-    per_step = (time.perf_counter() - start) / steps
+    per_step = clock.stop() / steps
     return {"tokenizer": kind, "vocab_size": tokenizer.vocab_size, "words": len(BANNED), "batch": batch,
             "build_s": build_s, "step_ms": per_step * 1e3}
 
