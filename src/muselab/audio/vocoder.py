@@ -36,7 +36,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude, mel_filterbank
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
-from muselab.image.gan import frozen  # no parameter gradients inside the block
+from muselab.nn import frozen  # no parameter gradients inside the block
 
 MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
 

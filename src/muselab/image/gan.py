@@ -18,8 +18,7 @@ discriminator, losses, the GAN module.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -32,6 +31,7 @@ from muselab.core.config import Section
 from muselab.core.errors import ControlError
 from muselab.core.trainer import OptimizerPhase, PhaseCarry
 from muselab.image.augment import diff_augment, parse_policy
+from muselab.nn import evaluating, frozen
 
 Batch = dict[str, Tensor]  # "image" float [B, C, H, W] in [-1, 1], "label" int64 [B] (zeros if unlabelled)
 
@@ -101,19 +101,6 @@ def check_conditioning(cfg: GANConfig | Section) -> None:
                          "use labelled data or train unconditionally")
 
 
-@contextmanager
-def evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode (running BatchNorm statistics) and no gradients inside the block; the module's mode is
-    restored afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
 def resolve_labels(labels: Tensor | int | None, n: int, cfg: GANConfig | Section,
                    device: torch.device) -> Tensor | None:
     """Check the labels given for sampling against the model: one label for all n, or one per item."""
@@ -131,19 +118,6 @@ def resolve_labels(labels: Tensor | int | None, n: int, cfg: GANConfig | Section
     if bool(((labels < 0) | (labels >= cfg.num_classes)).any()):
         raise ControlError(f"labels must be from 0 to {cfg.num_classes - 1}, got {sorted(set(labels.tolist()))}")
     return labels
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Compute no parameter gradients for `module` inside the block (inputs still get theirs)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 # -- blocks ----------------------------------------------------------------------------------------
