@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +39,8 @@ from muselab.core.errors import ControlError, DataError
 from muselab.core.registry import Generated, PreparedData, Recipe
 from muselab.core.rundir import RunDir
 from muselab.data.split import hold_out
+
+logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
 SAMPLE_RATE = MEL.sr
 MEL_DESCRIPTION = (f"{MEL.sr:,} Hz, n_fft {MEL.n_fft}, hop {MEL.hop}, {MEL.n_mels} mels, fmax {MEL.fmax:g}, "
@@ -155,9 +157,9 @@ def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[
     train = [w for w, h in zip(wavs, held, strict=True) if not h]
     test = [w for w, h in zip(wavs, held, strict=True) if h]
     if changed.get("resampled"):
-        print(f"note: resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz", file=sys.stderr)
+        logger.info(f"resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz")
     if changed.get("mixed"):
-        print(f"note: mixed {changed['mixed']} of {len(files)} files down to mono", file=sys.stderr)
+        logger.info(f"mixed {changed['mixed']} of {len(files)} files down to mono")
     return train, test, {"source": f"audio folder '{root}'", "files": len(files), "fingerprint": digest.hexdigest()}
 
 
@@ -296,7 +298,7 @@ class VocoderRecipe(Recipe):
 
             wav, _, notes = load_audio(controls.wav, sr=SAMPLE_RATE)
             for note in notes:
-                print(f"note: {controls.wav}: {note}", file=sys.stderr)
+                logger.info(f"{controls.wav}: {note}")
             mel, length = log_mel(torch.from_numpy(wav)), len(wav)
         else:
             mel = read_mel(controls.mel)
