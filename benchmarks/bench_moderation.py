@@ -26,16 +26,14 @@ benchmarks/results/moderation.json, with the CPU model and thread count.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import SHARED_DATA, print_table, write_result
+from common import SHARED_DATA, Timer, cpu_model, print_table, time_call, write_result
 
 from muselab.safety.moderation import Policy, load_policy, moderate
 from muselab.text.bans import build_ban_processor
@@ -371,14 +369,14 @@ def labelled(policy: Policy) -> dict:
     missed: list[str] = []
     per_kind: Counter[str] = Counter()
     caught_kind: Counter[str] = Counter()
-    start = time.perf_counter()
+    clock = Timer()
     for category, kind, text in cases:
         per_kind[kind] += 1
         if category in moderate(text, policy).categories:
             caught_kind[kind] += 1
         else:
             missed.append(text)
-    seconds = time.perf_counter() - start
+    seconds = clock.stop()
     false = [text for text in INNOCENT if moderate(text, policy).matches]
     return {
         "obfuscated": len(cases),
@@ -393,17 +391,6 @@ def labelled(policy: Policy) -> dict:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name (platform.processor() is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def false_positives(lines: list[str], policy_path: str | None, passes: int = 3) -> dict:
     """Flag rate per line; lines/s is the best of `passes` passes (the machine is shared, so one pass is noisy)."""
     policy = load_policy(policy_path)
@@ -413,14 +400,14 @@ def false_positives(lines: list[str], policy_path: str | None, passes: int = 3) 
         per_category: Counter[str] = Counter()
         words: Counter[str] = Counter()
         flagged = 0
-        start = time.perf_counter()
+        clock = Timer()
         for line in lines:
             verdict = moderate(line, policy)
             if verdict.matches:
                 flagged += 1
                 per_category.update(verdict.categories)
                 words.update(m.text.lower() for m in verdict.matches)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock.stop())
     return {
         "lines": len(lines),
         "flagged_lines": flagged,
@@ -434,18 +421,16 @@ def false_positives(lines: list[str], policy_path: str | None, passes: int = 3) 
 def ban_step_cost(text: str, kind: str, vocab_size: int, batch: int = 8, steps: int = 200) -> dict:
     """Mean seconds per processor call while decoding random rows of real text, one token at a time."""
     tokenizer = train_tokenizer(kind, text, vocab_size)
-    start = time.perf_counter()
-    processor = build_ban_processor(BANNED, tokenizer)
-    build_s = time.perf_counter() - start
+    build_s, processor = time_call(lambda: build_ban_processor(BANNED, tokenizer))
     ids = tokenizer.encode(text[:200_000], strict=False)
     rng = random.Random(0)
     offsets = [rng.randrange(len(ids) - steps - 64) for _ in range(batch)]
     rows = torch.tensor([ids[o : o + 64 + steps] for o in offsets])
     scores = torch.randn(batch, tokenizer.vocab_size)
-    start = time.perf_counter()
+    clock = Timer()
     for t in range(steps):
         processor(rows[:, : 64 + t], scores)
-    per_step = (time.perf_counter() - start) / steps
+    per_step = clock.stop() / steps
     return {"tokenizer": kind, "vocab_size": tokenizer.vocab_size, "words": len(BANNED), "batch": batch,
             "build_s": build_s, "step_ms": per_step * 1e3}
 

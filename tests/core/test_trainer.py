@@ -9,7 +9,7 @@ from muselab.core.checkpoint import load_tensors
 from muselab.core.config import TrainConfig
 from muselab.core.errors import TrainingDiverged
 from muselab.core.rundir import RunDir
-from muselab.core.trainer import OptimizerPhase, Trainer, lr_at
+from muselab.core.trainer import OptimizerPhase, PhaseCarry, Trainer, lr_at
 
 
 class Regression:
@@ -188,19 +188,20 @@ class TwoPlayers(nn.Module):
         self.first = nn.Linear(1, 1)
         self.second = nn.Linear(1, 1)
         self.lr_scale, self.phases_seen, self.interrupt_at_call = lr_scale, [], interrupt_at_call
-        self.last_metrics = {}
+        self.carries_seen = []
 
     def optimizer_phases(self):
         return [OptimizerPhase("first", ("first.",)), OptimizerPhase("second", ("second.",), self.lr_scale)]
 
-    def training_step(self, batch, phase):
+    def training_step(self, batch, phase, carry):
         self.phases_seen.append(phase)
+        self.carries_seen.append(carry)
         if len(self.phases_seen) == self.interrupt_at_call:
             raise KeyboardInterrupt
         x, y = batch
         if phase == "first":
             loss = ((self.first(x) - y) ** 2).mean()
-            self.last_metrics = {"first_bias": float(self.first.bias.detach())}
+            carry.metrics["first_bias"] = self.first.bias.detach()
             return loss
         return ((self.second(self.first(x).detach()) - 2 * y) ** 2).mean()
 
@@ -218,6 +219,15 @@ def test_phases_step_their_own_parameters_in_order(tmp_path):
     assert result.val_loss < 0.2
     record = next(r for r in RunDir(tmp_path).read_metrics() if "loss_first" in r)
     assert {"loss_first", "loss_second", "first_bias"} <= set(record) and "loss" not in record
+
+
+def test_the_phases_of_a_micro_batch_share_one_fresh_carry(tmp_path):
+    model = TwoPlayers()
+    make(tmp_path, model=model, lr=0.1, max_steps=2, grad_accum=2).fit()
+    seen = model.carries_seen  # per step: first phase on micro-batches 0, 1, then the second phase on both
+    assert len(seen) == 8 and all(isinstance(c, PhaseCarry) for c in seen)
+    assert seen[0] is seen[2] and seen[1] is seen[3] and seen[4] is seen[6] and seen[5] is seen[7]
+    assert len({id(c) for c in seen}) == 4  # nothing is carried from one micro-batch or step to the next
 
 
 def test_phase_lr_scale_applies_to_its_optimizer(tmp_path):
