@@ -130,7 +130,7 @@ class OwnedFolder:
 
     # -- claiming --------------------------------------------------------------------------------------
     def claim(self, overwrite: bool) -> None:
-        """Make the folder ready for a new {WHAT}: delete what an earlier one recorded, never anything else."""
+        """Make the folder ready to be written afresh: delete what an earlier one recorded, never anything else."""
         where = f"--out '{self.path}'"
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"{where} is a file; choose a directory path")
