@@ -57,13 +57,14 @@ class Run:
 
     def evaluate(self, data: str | None = None) -> dict[str, Any]:
         spec = data or self.saved.get("data", {}).get("spec")
-        with torch.no_grad():
-            result = self.recipe.evaluate(self.model, self.config, self.assets, RunDir(self.path), spec)
         run = RunDir(self.path)
+        run.reopen()  # what evaluation writes joins the run's record (runs from before the record stay as they are)
+        with torch.no_grad():
+            result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
         run.write_json(files.EVAL, {**result["metrics"], "data": spec})
         if result.get("samples"):
             provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
-            writer = ArtifactWriter(provenance, self.path / files.SAMPLES / "eval_samples.jsonl", overwrite=True)
+            writer = ArtifactWriter(provenance, run / files.SAMPLES / "eval_samples.jsonl", overwrite=True)
             writer.write_texts(result["samples"], result.get("controls", {}), result.get("notes"))
         state = _read_state(run)
         write_model_card(run, self.saved, state, result["metrics"])
@@ -189,7 +190,8 @@ def train(
         if not resume:
             if dist.is_main:
                 run.claim(overwrite)
-                the_recipe.save_assets(assets, run)
+                with run.writing():  # recipes save assets through their own writers (tokenizer, vocabularies)
+                    the_recipe.save_assets(assets, run)
                 run.write_json(files.CONFIG, {
                     "recipe": the_recipe.name, "preset": preset, "config": json.loads(cfg.model_dump_json()),
                     "data": prepared.info, "init_from": str(init_from) if init_from else None,
@@ -199,6 +201,7 @@ def train(
                 })
             dist.barrier()
         elif dist.is_main:
+            run.reopen()
             saved["config"] = json.loads(cfg.model_dump_json())
             run.write_json(files.CONFIG, saved)
         hook = the_recipe.validation_hook(model, cfg, assets, run) if dist.is_main else None
