@@ -517,6 +517,8 @@ class Frontend:
 
     def phonemize(self, text: str) -> Phonemized:
         """One utterance (no sentence splitting): its phonemes, ending with a pause."""
+        if not text.strip():
+            raise ControlError("the text is empty; give some words to speak")
         results = self._phonemize_many([clean_text(text)])
         if not results[0].words:
             raise ControlError(_nothing_speakable(text))
