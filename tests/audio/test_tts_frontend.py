@@ -76,6 +76,12 @@ def test_saint_and_street(frontend: Frontend) -> None:
     ("the U.S.A. is big", "the u s a is big <lp>"),
     ("agent 007", "agent zero zero seven <lp>"),
     ("café naïve", "cafe naive <lp>"),
+    ("met on Jan. 5th at 3:45 p.m. today", "met on january fifth at three forty five p m today <lp>"),
+    ("AT&T and IBM", "a t and t and ibm <lp>"),  # IBM: one word, spelled (see the acronym test)
+    ("See fig. 3, No. 7 on p. 12", "see figure three <sp> number seven on page twelve <lp>"),
+    ("3/4 cup, 1/2 and 2/3", "three quarters cup <sp> one half and two thirds <lp>"),
+    ("v2.0.1 at bob@example.com", "v two point zero point one at bob at example dot com <lp>"),
+    ("x = 5 + 3", "x equals five plus three <lp>"),
 ])
 def test_normalisation(frontend: Frontend, text: str, expected: str) -> None:
     assert said(frontend, text) == expected

@@ -65,8 +65,10 @@ ABBREVIATIONS: dict[str, str] = {
     "inc": "incorporated", "ltd": "limited", "corp": "corporation", "jan": "january", "feb": "february",
     "mar": "march", "apr": "april", "jun": "june", "jul": "july", "aug": "august", "sep": "september",
     "sept": "september", "oct": "october", "nov": "november", "dec": "december", "e.g": "for example",
-    "i.e": "that is", "a.m": "a m", "p.m": "p m",
+    "i.e": "that is", "a.m": "a m", "p.m": "p m", "fig": "figure",
 }
+# Read so only before a number: "No. 5", "p. 12".
+BEFORE_NUMBER: dict[str, str] = {"no": "number", "p": "page", "pp": "pages"}
 # Read by their neighbours: a title before a capitalised name, a street type otherwise.
 CONTEXT_ABBREVIATIONS: dict[str, tuple[str, str]] = {"st": ("saint", "street"), "dr": ("doctor", "drive")}
 # Titles never end a sentence ("Dr. Smith"), so the sentence splitter does not cut after them.
@@ -91,6 +93,8 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _TOKEN = re.compile(
     rf"(?P<money>[$£€]\s?{_NUMBER}(?:\s?(?:thousand|million|billion|trillion|bn|[kKmMbB])\b)?)"
     r"|(?P<date>\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b)"
+    r"|(?P<version>(?<![\d.])\d+(?:\.\d+){2,}(?!\.?\d))"
+    r"|(?P<fraction>\b\d{1,3}/\d{1,3}\b)"
     r"|(?P<time>\b\d{1,2}:\d{2}\b(?:\s?(?:[aApP]\.?[mM]\b\.?))?)"
     r"|(?P<decade>(?:\b\d{2}|')?\d0'?s\b)"
     r"|(?P<ordinal>\b\d{1,3}(?:,\d{3})*(?:st|nd|rd|th)\b)"
@@ -182,10 +186,12 @@ def split_sentences(text: str, max_words: int = DEFAULT_MAX_WORDS) -> list[tuple
         before = text[start:match.start()]
         title = _TITLE_BEFORE.search(before)
         # "Dr. Smith", "J. Smith", "e.g. this": a title or an initial before a single period is no end.
+        next_char = text[match.end():match.end() + 1]
+        if match.group(1) == "." and (next_char.islower() or next_char.isdigit()):
+            continue  # "Jan. 5", "etc. and": a sentence starts with a capital
         if match.group(1) == "." and title:
             word = title.group(1)
-            next_lower = text[match.end():match.end() + 1].islower()
-            if word.lower() in TITLES or len(word) == 1 or ("." in word and next_lower):
+            if word.lower() in TITLES or len(word) == 1:
                 continue
         pieces.append((start, text[start:match.end(2)]))
         start = match.end()
@@ -313,6 +319,19 @@ def _date(text: str, day_first: bool) -> list[str] | None:
     return [MONTHS[month - 1], *numbers.ordinal(day), *year_words]
 
 
+def _fraction(text: str) -> list[str]:
+    """3/4 -> three quarters, 1/2 -> one half, 2/3 -> two thirds, 5/0 -> five over zero."""
+    top, bottom = (int(p) for p in text.split("/"))
+    if bottom < 2:
+        return [*numbers.cardinal(top), "over", *numbers.cardinal(bottom)]
+    named = {2: ("half", "halves"), 4: ("quarter", "quarters")}
+    if bottom in named:
+        unit = named[bottom][top != 1]
+        return [*numbers.cardinal(top), unit]
+    words = numbers.ordinal(bottom)
+    return [*numbers.cardinal(top), *words[:-1], numbers.plural_word(words[-1]) if top != 1 else words[-1]]
+
+
 def _decade(text: str) -> list[str]:
     digits = text.strip("'s")
     return numbers.decade(int(digits))
@@ -342,6 +361,13 @@ def normalize_tokens(sentence: str, day_first: bool = False) -> list[_Item]:
                 for w in timed:
                     w.char_start, w.char_end = start, end
                 items += timed
+        elif kind == "version":  # 2.0.1
+            words = []
+            for n, group in enumerate(text.split(".")):
+                words += (["point"] if n else []) + _number_words(group)
+            items += _words(words, start, end)
+        elif kind == "fraction":
+            items += _words(_fraction(text), start, end)
         elif kind == "decade":
             items += _words(_decade(text), start, end)
         elif kind == "ordinal":
@@ -371,9 +397,14 @@ def normalize_tokens(sentence: str, day_first: bool = False) -> list[_Item]:
                 ends = _is_place(text, expansion) and after is not None and after[1][:1].isupper()
                 if followed_by_period and i + 2 < len(tokens) and not ends:
                     skip = 1
+            elif text.isupper() and any(t and t[1] == "&" and (t[2] == end or t[3] == start) for t in (prev, nxt)):
+                items += [_Word(c, "letters", start, end) for c in text.lower()]  # AT&T
             else:
                 items += _word_items(text, start, end)
         elif kind == "pause":
+            if text == "." and prev and nxt and prev[3] == start and nxt[2] == end and nxt[0] == "word":
+                items += _words(["dot"], start, end)  # example.com
+                continue
             if text == "-" and prev and nxt and prev[3] == start and nxt[2] == end:
                 # joined by a hyphen: well-known (no pause), 1990-2000 (to)
                 if prev[0] in ("number", "ordinal", "decade") and nxt[0] in ("number", "ordinal", "decade"):
@@ -409,8 +440,8 @@ def _abbreviation(text: str, period: bool, prev: tuple | None, after: tuple | No
     if key in ABBREVIATIONS and (period or (key in TITLES and text[:1].isupper() and capital_after
                                             and text != text.upper())):
         return ABBREVIATIONS[key].split()
-    if key == "no" and period and after is not None and after[0] == "number":
-        return ["number"]
+    if key in BEFORE_NUMBER and period and after is not None and after[0] == "number":
+        return [BEFORE_NUMBER[key]]
     return None
 
 
