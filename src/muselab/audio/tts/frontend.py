@@ -8,9 +8,9 @@ A text goes through four steps:
    sentences again at ; : , and finally every `max_words` words, so 10,000 characters become a batch
    of short utterances.
 3. **Normalisation**: tokens become spoken words: money ($3.50), times (10:30), dates (12/5/2024,
-   2024-12-05), percentages, ordinals (21st), decades (the 1990s), years (1990), numbers (10,000,
-   3.14, -5), abbreviations (Dr., Mr., St., etc.), "&", and punctuation becomes pause symbols of three
-   lengths (comma; semicolon, colon and dashes; . ? !).
+   2024-12-05), percentages, fractions (3/4), ordinals (21st), decades (the 1990s), years (1990),
+   numbers (10,000, 3.14, -5, 2.0.1), abbreviations (Dr., Mr., St., etc.), "&" and a few symbols, and
+   punctuation becomes pause symbols of three lengths (comma; semicolon, colon and dashes; . ? !).
 4. **Pronunciation**: each word is looked up in CMUdict (first pronunciation). An all-capital word
    that CMUdict lacks is an acronym and is spelled letter by letter; one it has ("NASA") is said as a
    word. Other unknown words go to the G2P callable when there is one (a trained `text-seq2seq` run:
