@@ -14,7 +14,9 @@ A text goes through four steps:
 4. **Pronunciation**: each word is looked up in CMUdict (first pronunciation). An all-capital word
    that CMUdict lacks is an acronym and is spelled letter by letter; one it has ("NASA") is said as a
    word. Other unknown words go to the G2P callable when there is one (a trained `text-seq2seq` run:
-   `lambda words: muselab.load(run).generate(words)`), and are otherwise spelled out and reported.
+   `g2p = muselab.load(run); Frontend(g2p=lambda words: g2p.generate(words).items)`), and are
+   otherwise spelled out and reported. A G2P's output outside ARPAbet is not trusted: that word is
+   spelled too. With `stress=True`, a vowel the G2P left unmarked gets primary stress.
 
 The result keeps, for every spoken word, the range of phonemes it became and the characters of the
 input it came from, so word timestamps can be written after synthesis.
