@@ -208,3 +208,28 @@ def test_any_text_gives_inventory_phonemes_or_a_one_line_error(text: str) -> Non
         assert all(0 <= w.start < w.end <= len(result.phonemes) for w in result.words)
         assert result.phonemes[-1].startswith("<")
         assert set(PHONES) >= {p.rstrip("012") for p in result.phonemes if not p.startswith("<")}
+
+
+
+@pytest.mark.slow
+def test_a_trained_g2p_run_plugs_in(tmp_path: Path) -> None:
+    from muselab import api
+
+    # Made-up consonant-vowel-consonant words -> ARPAbet, so the tiny model's outputs are phonemes.
+    consonants = {"b": "B", "d": "D", "f": "F", "g": "G", "k": "K", "l": "L", "m": "M", "n": "N", "p": "P",
+                  "t": "T", "v": "V", "z": "Z"}
+    vowels = {"a": "AE1", "i": "IH1", "o": "AA1", "u": "AH1", "e": "EH1"}
+    rows = [f"{a}{v}{b}\t{consonants[a]} {vowels[v]} {consonants[b]}\n"
+            for a in consonants for v in vowels for b in consonants]
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(rows))
+    api.train("text-seq2seq", str(data), tmp_path / "g2p", preset="tiny", max_steps=40, quiet=True)
+    run = api.load(tmp_path / "g2p")
+    frontend = Frontend(g2p=lambda words: run.generate(words).items, stress=True)
+    result = frontend.phonemize("The zuv met a vefs")  # neither is in CMUdict
+    guessed = [w for w in result.words if w.word in ("zuv", "vefs")]
+    assert len(guessed) == 2
+    assert all(w.how in ("g2p", "spelled") for w in guessed)
+    assert set(result.unknown) == {w.word for w in guessed if w.how == "spelled"}
+    assert all(p in frontend.inventory for p in result.phonemes)
+    assert any(w.how == "g2p" for w in guessed)  # the model's phonemes were taken (the tiny one's are poor)
