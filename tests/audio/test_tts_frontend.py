@@ -233,3 +233,13 @@ def test_a_trained_g2p_run_plugs_in(tmp_path: Path) -> None:
     assert set(result.unknown) == {w.word for w in guessed if w.how == "spelled"}
     assert all(p in frontend.inventory for p in result.phonemes)
     assert any(w.how == "g2p" for w in guessed)  # the model's phonemes were taken (the tiny one's are poor)
+
+
+def test_every_builtin_speech_sentence_is_in_cmudict(frontend: Frontend) -> None:
+    from muselab.data.speech import builtin_sentences
+
+    # builtin:speech trains the acoustic model: none of its words may fall back to spelling.
+    results = [frontend.phonemize(s) for s in builtin_sentences()]
+    assert [r.text for r in results if r.unknown] == []
+    covered = {p for r in results for p in r.phonemes}
+    assert covered >= set(PHONES) | {LONG_PAUSE}  # every phone is heard in training
