@@ -4,9 +4,11 @@ Pre-norm blocks, causal self-attention through `scaled_dot_product_attention`, r
 embeddings, weight tying between the token embedding and the output layer, dropout, and a key/value
 cache for generation. Read top to bottom: config, cache, modules, model, loss.
 
-Rotary embeddings make attention depend on relative positions only, so the cache can slide: once it
-holds `block_size` tokens the oldest drop out and generation continues past the training context.
-Within the context window, cached and uncached decoding compute the same thing.
+The cache holds at most `block_size` tokens. Past the context window, generation continues by
+recomputing the last `block_size` tokens every step: a cache that merely dropped its oldest entries
+would keep keys and values that layers above the first computed while the dropped tokens were still in
+view, so its output would drift from the model's on the window. Cached decoding is therefore exact
+everywhere, fast inside the window, and past it costs what recomputing costs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class GPTConfig(Section):
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of sequences, sliding once full."""
+    """Keys and values of every layer for a batch of sequences, up to `block_size` tokens."""
 
     def __init__(self, cfg: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         head_dim = cfg.n_embd // cfg.n_head
@@ -41,16 +43,10 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.capacity = cfg.block_size
-        self.length = 0  # filled slots
-        self.position = 0  # absolute position of the next token
+        self.length = 0  # filled slots, which is also the position of the next token
 
-    def make_room(self, n_new: int) -> None:
-        overflow = self.length + n_new - self.capacity
-        if overflow > 0:
-            keep = self.length - overflow
-            self.k[:, :, :, :keep] = self.k[:, :, :, overflow:self.length].clone()
-            self.v[:, :, :, :keep] = self.v[:, :, :, overflow:self.length].clone()
-            self.length = keep
+    def fits(self, n_new: int) -> bool:
+        return self.length + n_new <= self.capacity
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.size(2)
@@ -60,7 +56,6 @@ class KVCache:
 
     def advance(self, n_new: int) -> None:
         self.length += n_new
-        self.position += n_new
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,11 +165,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         B, T = idx.shape
-        start = cache.position if cache is not None else 0
-        if cache is None and T > self.cfg.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.cfg.block_size}")
-        if cache is not None:
-            cache.make_room(T)
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:  # a cache never slides: see the module docstring
+            held = f" after {start} cached" if cache is not None else ""
+            raise ValueError(f"{T} tokens{held} exceed block_size {self.cfg.block_size}")
         positions = torch.arange(start, start + T, device=idx.device)
         cos, sin = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
         x = self.drop(self.wte(idx))
@@ -200,13 +194,22 @@ class GPT(nn.Module):
 
     # -- what decoding calls ----------------------------------------------------------------------
     def cached_step(self, batch_size: int, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A step function for `decoding.generate_tokens` that keeps a KV cache."""
+        """A step function for `decoding.generate_tokens` that keeps a KV cache while the context fits the
+        window, then recomputes the last `block_size` tokens each step, exactly as `uncached_step` does."""
         weight = self.wte.weight
-        cache = KVCache(self.cfg, batch_size, weight.device, dtype or weight.dtype)
+        block = self.cfg.block_size
+        cache: KVCache | None = KVCache(self.cfg, batch_size, weight.device, dtype or weight.dtype)
+        window = torch.empty(batch_size, 0, dtype=torch.long, device=weight.device)
 
         def step(new_ids: torch.Tensor) -> torch.Tensor:
-            new_ids = new_ids[:, -self.cfg.block_size:]
-            return self(new_ids, cache=cache, last_only=True)[:, -1, :].float()
+            nonlocal cache, window
+            window = torch.cat((window, new_ids.to(window.device)), dim=1)[:, -block:]
+            if cache is not None and cache.fits(new_ids.size(1)):
+                return self(new_ids, cache=cache, last_only=True)[:, -1, :].float()
+            # Past the window every layer above the first must see only the window, so nothing cached
+            # stays valid: recompute, and free the cache for good.
+            cache = None
+            return self(window, last_only=True)[:, -1, :].float()
 
         return step
 
