@@ -164,8 +164,10 @@ def test_memorization_guard_flags_copies_of_training_images(gan_run: Path, monke
     monkeypatch.setattr(ImageGANRecipe, "_draw", lambda self, model, n, labels, controls, generator: copies[:n].clone())
     flagged = run.generate(3, seed=0, label="0")
     assert all(note["memorization"]["flagged"] for note in flagged.notes)
-    assert "3 of 3 images" in flagged.warnings[0]
-    assert run.generate(3, seed=0, label="0", memorization="off").notes == [{}, {}, {}]
+    assert len(flagged.warnings) == 3 and "image 1 is as close to a training image" in flagged.warnings[0]
+    unchecked = run.generate(3, seed=0, label="0", memorization="off")
+    assert [n["memorization"] for n in unchecked.notes] == [{"checked": False, "reason": "turned off"}] * 3
+    assert not unchecked.warnings
 
 
 def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
