@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from common import print_table, write_result
+from common import print_table, time_call, write_result
 
 from muselab import api
 from muselab.data.pairs import load_pairs
@@ -65,12 +64,10 @@ def main() -> int:
     controls = Seq2SeqControls(input=words, beam=args.beam)
     recipe, vocab = run.recipe, run.assets["source_vocab"]
     with torch.no_grad():
-        start = time.perf_counter()
-        batched = [h[0].tokens for h in recipe.transduce(run.model, run.assets, words, controls)]
-        batched_s = time.perf_counter() - start
-        start = time.perf_counter()
-        single = [one_at_a_time(run.model, vocab.encode(w), args.beam, 2 * len(w) + 10) for w in words]
-        single_s = time.perf_counter() - start
+        batched_s, batched = time_call(
+            lambda: [h[0].tokens for h in recipe.transduce(run.model, run.assets, words, controls)])
+        single_s, single = time_call(
+            lambda: [one_at_a_time(run.model, vocab.encode(w), args.beam, 2 * len(w) + 10) for w in words])
     agree = sum(a == b for a, b in zip(batched, single, strict=True)) / len(words)
     rows = [("words", len(words)), ("beam", args.beam), ("batched seconds", batched_s),
             ("one-at-a-time seconds", single_s), ("speed-up", single_s / batched_s),

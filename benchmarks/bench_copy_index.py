@@ -14,8 +14,9 @@ import argparse
 import platform
 import random
 import sys
-import time
 from pathlib import Path
+
+from common import time_call
 
 from muselab.core.io import atomic_write_json
 from muselab.text.metrics import CopyIndex
@@ -77,18 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     text = args.text.read_text(encoding="utf-8")
     samples = make_samples(text, args.samples, args.chars)
 
-    t0 = time.perf_counter()
-    index = CopyIndex(text)
-    build_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    results = [index.longest_copy(s) for s in samples]
-    query_s = time.perf_counter() - t0
+    build_s, index = time_call(lambda: CopyIndex(text))
+    query_s, results = time_call(lambda: [index.longest_copy(s) for s in samples])
 
     n_base = min(args.baseline_samples, len(samples))
-    t0 = time.perf_counter()
-    base_results = [baseline_longest_copy(s, text) for s in samples[:n_base]]
-    base_s = time.perf_counter() - t0
+    base_s, base_results = time_call(lambda: [baseline_longest_copy(s, text) for s in samples[:n_base]])
     if base_results != results[:n_base]:
         print(f"MISMATCH: CopyIndex {results[:n_base]} vs baseline {base_results}", file=sys.stderr)
         return 1

@@ -15,12 +15,11 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import print_table, write_result
+from common import Timer, print_table, write_result
 
 from muselab import api
 from muselab.core.config import build_config, parse_overrides
@@ -40,7 +39,7 @@ def plain_dcgan_images_per_s(cfg, stream: ImageStream, steps: int, warmup: int =
     conditional = cfg.model.conditional
     for step in range(steps + warmup):
         if step == warmup:
-            start = time.perf_counter()
+            clock = Timer()
         batch = stream.sample(cfg.train.batch_size, batches)
         real, labels = batch["image"], batch["label"] if conditional else None
         fake = generator(torch.randn(len(real), cfg.model.latent_dim), labels)
@@ -58,7 +57,7 @@ def plain_dcgan_images_per_s(cfg, stream: ImageStream, steps: int, warmup: int =
             g_loss = g_loss + cfg.model.aux_classifier * F.cross_entropy(classes_fake, labels)
         g_loss.backward()
         opt_g.step()
-    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+    return steps * cfg.train.batch_size / clock.stop()
 
 
 def recipe_images_per_s(data: str, overrides: list[str], steps: int, warmup: int = 10) -> float:

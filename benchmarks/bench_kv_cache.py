@@ -10,10 +10,9 @@ the context window.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from common import print_table, write_result
+from common import print_table, time_call, write_result
 
 from muselab import api
 from muselab.core.config import build_config
@@ -31,9 +30,7 @@ def preset_model(preset: str, vocab: int = 65) -> GPT:
 
 def timed(step_fn, prompt: torch.Tensor, tokens: int) -> tuple[float, list[list[int]]]:
     controls = TextGenerationControls(max_new_tokens=tokens, temperature=0)
-    start = time.perf_counter()
-    out = generate_tokens(step_fn, prompt, controls)
-    return time.perf_counter() - start, out
+    return time_call(lambda: generate_tokens(step_fn, prompt, controls))
 
 
 def measure(name: str, model: GPT, tokens: int) -> list[tuple[str, object]]:

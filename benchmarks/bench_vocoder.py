@@ -3,7 +3,8 @@ score both on the held-out clips from the same mels.
 
     python benchmarks/bench_vocoder.py [--minutes 8] [--set model.adversarial=true ...]
 
-Held-out clips: every tenth clip of each instrument (muselab.data.tones.tones_split), 60 s scored.
+Held-out clips: a tenth of each instrument's clips, chosen by the shared stable-hash rule (muselab.data.tones.tones_split),
+60 s scored.
 MRSTFT is the multi-resolution STFT distance to the original (6 resolutions, spectral convergence +
 log magnitude), MCD the mel cepstral distortion in dB (24 coefficients); lower is better for both.
 Speed is seconds of audio made per wall-clock second on this machine's CPU threads (x real time).

@@ -18,13 +18,12 @@ import io
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from common import print_table, write_result
+from common import best_of, print_table, time_call, write_result
 from PIL import Image
 
 from muselab.safety import watermark as wm
@@ -223,9 +222,8 @@ def run_images(count: int, null_count: int, rng: np.random.Generator) -> tuple[l
     psnrs, embed_s, scores = [], [], {name: [] for name in attacks}
     for _ in range(count):
         image = make_image(photos, rng)
-        start = time.perf_counter()
-        marked, embedded = wm.embed_image(image)
-        embed_s.append(time.perf_counter() - start)
+        seconds, (marked, embedded) = time_call(lambda image=image: wm.embed_image(image))
+        embed_s.append(seconds)
         assert embedded
         psnrs.append(psnr(image, marked))
         for name, attack in attacks.items():
@@ -235,8 +233,8 @@ def run_images(count: int, null_count: int, rng: np.random.Generator) -> tuple[l
     null = image_null(photos, null_count, rng)
     square = make_image(photos, rng)[:256, :256]
     square = np.asarray(Image.fromarray(square).resize((256, 256)))
-    timing = min(_time(lambda: wm.embed_image(square)) for _ in range(5))
-    detect_timing = min(_time(lambda: wm.detect_image(square)) for _ in range(5))
+    timing = best_of(lambda: wm.embed_image(square), 5)
+    detect_timing = best_of(lambda: wm.detect_image(square), 5)
     rows = [(f"image {name}", _rate(hits[name], count, scores[name])) for name in attacks]
     calibrated = calibrate(null)
     rows += [
@@ -273,8 +271,8 @@ def run_audio(count: int, null_count: int, rng: np.random.Generator) -> tuple[li
     null = audio_null(null_count, rng)
     four_s = make_clip(rng)
     four_s = np.resize(four_s, 4 * SR)
-    timing = min(_time(lambda: wm.embed_audio(four_s, SR)) for _ in range(5))
-    detect_timing = min(_time(lambda: wm.detect_audio(four_s, SR)) for _ in range(5))
+    timing = best_of(lambda: wm.embed_audio(four_s, SR), 5)
+    detect_timing = best_of(lambda: wm.detect_audio(four_s, SR), 5)
     rows = [(f"audio {name}", _rate(hits[name], count, scores[name])) for name in attacks]
     if not lame:
         rows.append(("audio mp3 128k", "skipped: no `lame` encoder installed"))
@@ -300,12 +298,6 @@ def run_audio(count: int, null_count: int, rng: np.random.Generator) -> tuple[li
 
 def _rate(hits: int, count: int, scores: list[float]) -> str:
     return f"{100 * hits / count:5.1f} %  (z p5 {np.percentile(scores, 5):4.1f}, median {np.median(scores):4.1f})"
-
-
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> int:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from muselab.core.trainer import PhaseCarry
+
 
 def error_message(err: pytest.ExceptionInfo) -> str:
     """The message of a raised user error, checked to be one line (the CLI prints it as one)."""
@@ -38,7 +40,8 @@ class HandWrittenLoop:
             for phase in model.optimizer_phases()}
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
+        carry = PhaseCarry()  # what the phases of this batch share (its generated images)
         for name, optimizer in self.optimizers.items():
             optimizer.zero_grad(set_to_none=True)
-            self.model.training_step(batch, phase=name).backward()
+            self.model.training_step(batch, phase=name, carry=carry).backward()
             optimizer.step()

@@ -7,7 +7,6 @@ import pytest
 from conftest import run_cli
 from helpers import write
 from muselab import api
-from muselab.safety.moderation import PolicyViolation
 
 VERDICT_KEYS = {"allowed", "categories", "matches", "redacted", "warnings"}
 

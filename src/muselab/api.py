@@ -94,14 +94,17 @@ class Run:
     def evaluate(self, data: str | None = None) -> dict[str, Any]:
         spec = data or self.saved.get("data", {}).get("spec")
         run = RunDir(self.path)
+        run.reopen()  # what evaluation writes joins the run's record (runs from before the record stay as they are)
         with torch.no_grad():
             result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
         run.write_json(files.EVAL, {**result.metrics, "data": spec})
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
-        samples = self.path / files.SAMPLES
+        samples = run / files.SAMPLES
         if result.samples:
+            # evaluation samples are outputs too: moderated before they are written
+            texts, notes = pipeline.moderate_texts(result.samples)
             writer = ArtifactWriter(provenance, samples / "eval_samples.jsonl", overwrite=True)
-            writer.write_texts(result.samples, result.sample_controls, result.sample_notes)
+            writer.write_texts(texts, result.sample_controls, notes)
         for sound in result.audio:
             samples.mkdir(exist_ok=True)
             ArtifactWriter(provenance, samples / sound.name, overwrite=True).write_audio(
@@ -230,7 +233,8 @@ def train(
         if not resume:
             if dist.is_main:
                 run.claim(overwrite)
-                the_recipe.save_assets(assets, run)
+                with run.writing():  # recipes save assets through their own writers (tokenizer, vocabularies)
+                    the_recipe.save_assets(assets, run)
                 run.write_json(files.CONFIG, {
                     "recipe": the_recipe.name, "preset": preset, "config": json.loads(cfg.model_dump_json()),
                     "data": prepared.info, "init_from": str(init_from) if init_from else None,
@@ -240,6 +244,7 @@ def train(
                 })
             dist.barrier()
         elif dist.is_main:
+            run.reopen()
             saved["config"] = json.loads(cfg.model_dump_json())
             run.write_json(files.CONFIG, saved)
         hook = the_recipe.validation_hook(model, cfg, assets, run) if dist.is_main else None

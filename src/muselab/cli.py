@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import types
 from collections.abc import Sequence
@@ -310,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
                 "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo}
+    # The library logs its notes (resampled input, skipped clips...); the CLI shows them on stderr
+    notes = logging.StreamHandler(sys.stderr)
+    notes.setFormatter(logging.Formatter("muselab: note: %(message)s"))
+    library, level = logging.getLogger("muselab"), logging.getLogger("muselab").level
+    library.addHandler(notes)
+    library.setLevel(logging.INFO)
     try:
         if args.command == "generate":
             return _cmd_generate(args, rest)
@@ -324,3 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("muselab: interrupted (a training run keeps its last checkpoint; continue it with --resume)",
               file=sys.stderr)
         return 130
+    finally:
+        library.removeHandler(notes)
+        library.setLevel(level)

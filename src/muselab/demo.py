@@ -5,13 +5,12 @@ Each modality adds a section here; the whole demo stays under ten minutes on a 2
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from PIL import Image
 
 from muselab import api
-from muselab.core.errors import RunExistsError
+from muselab.core.owned import OwnedFolder
 from muselab.core.rundir import RunDir
 from muselab.data.text import load_text_corpus
 from muselab.report.html import Section, write_report
@@ -28,17 +27,22 @@ DEMO_PHRASE = "C4:0.5 E4:0.5 G4:0.5 C5:1.5 R:0.5 G4:0.5 E4:0.5 C4:2"
 G2P_WORDS = ["muselab", "generative", "symphony", "xylophone", "quixotic", "brexit"]
 
 
-def _claim(out: Path, overwrite: bool) -> None:
-    if (out / "report.html").exists() or (out / "text-lm").exists():
-        if not overwrite:
-            raise RunExistsError(f"'{out}' already holds a demo; pass --overwrite or choose another --out")
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()):
-        raise RunExistsError(f"'{out}' is a non-empty folder; choose a new or empty --out")
-    out.mkdir(parents=True, exist_ok=True)
+class DemoFolder(OwnedFolder):
+    """The demo's --out: `.muselab-demo.json` lists what the demo wrote, so --overwrite removes only that."""
+
+    MARKER = ".muselab-demo.json"
+    WHAT = "demo"
+    LEGACY_NAMES = ("report.html",)
 
 
-def _text_section(out: Path, preset: str) -> Section:
+def _into_run(run_dir: Path, name: str) -> Path:
+    """A file the demo adds to one of its runs joins that run's record of muselab's files."""
+    run = RunDir(run_dir)
+    run.reopen()
+    return run / name
+
+
+def _text_section(out: DemoFolder, preset: str) -> Section:
     run_dir = out / "text-lm"
     result = api.train("text-lm", TEXT_DATA, run_dir, preset=preset, max_minutes=TEXT_MINUTES.get(preset))
     run = api.load(run_dir)
@@ -62,13 +66,13 @@ def _text_section(out: Path, preset: str) -> Section:
     )
 
 
-def _g2p_section(out: Path, preset: str) -> Section:
+def _g2p_section(out: DemoFolder, preset: str) -> Section:
     run_dir = out / "g2p"
     result = api.train("text-seq2seq", "builtin:cmudict", run_dir, preset=preset,
                        max_minutes=G2P_MINUTES.get(preset))
     run = api.load(run_dir)
     metrics = run.evaluate()
-    picture = run_dir / "attention.png"
+    picture = _into_run(run_dir, "attention.png")
     lines = run.generate(input=G2P_WORDS, beam=5, attention_plot=str(picture)).lines()
     return Section(
         title="Text: spelling to pronunciation (grapheme-to-phoneme)",
@@ -83,24 +87,26 @@ def _g2p_section(out: Path, preset: str) -> Section:
     )
 
 
-def _image_section(out: Path, preset: str) -> Section:
+def _image_section(out: DemoFolder, preset: str) -> Section:
     run_dir = out / "image-gan"
     result = api.train("image-gan", IMAGE_DATA, run_dir, preset=preset, overrides=["model.conditional=true"],
                        max_minutes=IMAGE_MINUTES.get(preset))
     run = api.load(run_dir)
     metrics = run.evaluate()
     walk = run.generate(interpolate=["1", "2"], steps=8, label="3")
-    strip = run_dir / "interpolation.png"
+    strip = _into_run(run_dir, "interpolation.png")
     Image.fromarray(walk.grid).save(strip)
-    keep = {"fid", "kid", "precision", "recall", "control_accuracy", "classifier_test_accuracy", "memorization_share"}
+    keep = {"fd_muselab", "kid_muselab", "precision", "recall", "control_accuracy", "classifier_test_accuracy",
+            "memorization_share"}
     return Section(
         title="Images: a class-conditional GAN draws the digit you ask for",
         text=(f"A conditional DCGAN ({run.model.num_parameters():,} parameters) trained for "
               f"{result.elapsed_s / 60:.1f} minutes on {IMAGE_DATA} (scikit-learn's 8x8 handwritten digits). "
               "Each row of the grid is one requested digit. Control accuracy is the share of 1,000 samples per "
               "digit that a separate classifier, trained by muselab on the data alone, reads as the digit asked "
-              "for; FID, KID and precision/recall use that classifier's features. The strip walks through the "
-              "latent space between two seeds for the digit 3."),
+              "for; the Fréchet distance (fd_muselab), kernel distance (kid_muselab) and precision/recall use "
+              "that classifier's features, not Inception's, so they are not comparable with published FID or "
+              "KID. The strip walks through the latent space between two seeds for the digit 3."),
         metrics={k: v for k, v in metrics.items() if k in keep},
         images=[(run_dir / "samples.png", "samples, one row per digit"), (strip, "interpolation between two seeds"),
                 (run_dir / "memorization.png", "the samples closest to a training image"),
@@ -108,12 +114,13 @@ def _image_section(out: Path, preset: str) -> Section:
     )
 
 
-def _audio_section(out: Path, preset: str) -> Section:
+def _audio_section(out: DemoFolder, preset: str) -> Section:
     ddsp_dir, vocoder_dir = out / "audio-ddsp", out / "audio-vocoder"
     ddsp = api.train("audio-ddsp", AUDIO_DATA, ddsp_dir, preset=preset, max_minutes=AUDIO_MINUTES.get(preset))
     run = api.load(ddsp_dir)
     ddsp_metrics = run.evaluate()
-    (phrase_file,) = run.generate(DEMO_PHRASE, seed=0).save(out / "phrase.wav", overwrite=True)
+    with out.writing():  # the sound and its manifest
+        (phrase_file,) = run.generate(DEMO_PHRASE, seed=0).save(out / "phrase.wav", overwrite=True)
     vocoder = api.train("audio-vocoder", AUDIO_DATA, vocoder_dir, preset=preset,
                         max_minutes=AUDIO_MINUTES.get(preset))
     vocoder_metrics = api.load(vocoder_dir).evaluate()
@@ -140,8 +147,10 @@ def _audio_section(out: Path, preset: str) -> Section:
 
 
 def run_demo(out: Path, preset: str = "default", overwrite: bool = False) -> Path:
-    _claim(out, overwrite)
-    sections = [_text_section(out, preset), _g2p_section(out, preset), _image_section(out, preset),
-                _audio_section(out, preset)]
+    folder = DemoFolder(out)
+    folder.claim(overwrite)
+    sections = [_text_section(folder, preset), _g2p_section(folder, preset), _image_section(folder, preset),
+                _audio_section(folder, preset)]
+    folder.record("report.html")
     return write_report(out, "muselab demo", sections,
                         footer=f"Runs are in {out}; inspect one with `muselab info {out / 'text-lm'}`.")

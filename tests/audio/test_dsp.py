@@ -210,6 +210,45 @@ def test_mel_cepstral_distortion_is_zero_for_identical_audio_and_grows_with_nois
     assert 0 < slightly < very
 
 
+def test_mcd_formula_matches_a_hand_computation():
+    # frame 1 differs by 1 in one coefficient, frame 2 by 3: (10 / ln 10) * sqrt(2) * (1 + 3) / 2
+    ref, syn = np.array([[1.0, 2.0], [0.0, 0.0]]), np.array([[1.0, 1.0], [0.0, 3.0]])
+    assert dsp.mel_cepstral_distance_db(ref, syn) == pytest.approx(2 * math.sqrt(2) * 10 / math.log(10))
+    assert dsp.mel_cepstral_distance_db(ref, syn) == pytest.approx(12.2837, abs=1e-4)
+
+
+def test_mel_cepstrum_describes_the_frame_spectrum_on_the_all_pass_warped_axis():
+    # A short minimum-phase filter's impulse at a frame centre: its log spectrum is smooth, so 100
+    # mel-cepstral coefficients describe it exactly: log|X(w)| = sum_m c~_m cos(m beta(w)), beta the
+    # phase of the all-pass z~^-1 = (z^-1 - alpha) / (1 - alpha z^-1)
+    n_fft, hop, alpha, order = 1024, 256, 0.455, 100
+    wav = np.zeros(4 * n_fft)
+    centre = 8 * hop
+    wav[centre:centre + 3] = [1.0, 0.5, 0.25]
+    cepstra = dsp.mel_cepstrum(wav, 22050, order, n_fft, hop, alpha)
+    frame = np.blackman(n_fft) * wav[centre - n_fft // 2:centre + n_fft // 2]
+    log_amplitude = np.log(np.abs(np.fft.rfft(frame)))
+    w = np.linspace(0, np.pi, n_fft // 2 + 1)
+    beta = w + 2 * np.arctan(alpha * np.sin(w) / (1 - alpha * np.cos(w)))
+    rebuilt = np.cos(np.outer(beta, np.arange(order + 1))) @ cepstra[8]
+    np.testing.assert_allclose(rebuilt, log_amplitude, atol=1e-6)
+    # without warping it is the plain cepstrum: c0 the mean log amplitude
+    plain = dsp.mel_cepstrum(wav, 22050, order, n_fft, hop, alpha=0.0)
+    np.testing.assert_allclose(np.cos(np.outer(w, np.arange(order + 1))) @ plain[8], log_amplitude, atol=1e-6)
+
+
+def test_mel_cepstral_distortion_leaves_out_energy_and_uses_the_usual_alpha():
+    assert dsp.mel_cepstrum_alpha(16000) == pytest.approx(0.42)
+    assert dsp.mel_cepstrum_alpha(22050) == pytest.approx(0.455)
+    # a little noise keeps the spectrum above the analysis floor, as in any recording
+    clean = harmonic_tone() + 1e-3 * np.random.default_rng(0).standard_normal(8000)
+    c, c_louder = dsp.mel_cepstrum(clean, 16000), dsp.mel_cepstrum(2 * clean, 16000)
+    np.testing.assert_allclose(c_louder[:, 0] - c[:, 0], math.log(2), atol=1e-4)  # energy: c0 only
+    louder = dsp.mel_cepstral_distortion(clean, 2 * clean, 16000)
+    duller = dsp.mel_cepstral_distortion(clean, np.convolve(clean, [0.5, 0.5], "same"), 16000)
+    assert louder < 0.01 and duller > 1.0
+
+
 def test_mel_cepstral_distortion_aligns_different_lengths_by_dtw():
     clean = harmonic_tone(seconds=0.5)
     delayed = np.concatenate([np.zeros(800, np.float32), clean])  # 50 ms of silence in front

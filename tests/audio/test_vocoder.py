@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from muselab.audio.vocoder import MEL, Discriminators, Generator, Vocoder, VocoderConfig
-from muselab.core.trainer import SINGLE_PHASE, _phase_parameters
+from muselab.core.trainer import SINGLE_PHASE, PhaseCarry, _phase_parameters
 
 TINY = {"dim": 32, "intermediate": 64, "layers": 2, "disc_channels": 4}
 
@@ -92,13 +92,14 @@ def test_gan_phases_give_finite_losses_and_the_generator_phase_leaves_the_discri
     torch.manual_seed(0)
     model = Vocoder(VocoderConfig(**TINY, adversarial=True))
     batch = _tone_batch()
-    d_loss = model.training_step(batch, phase="discriminator")
+    carry = PhaseCarry()
+    d_loss = model.training_step(batch, phase="discriminator", carry=carry)
     d_loss.backward()
-    assert torch.isfinite(d_loss) and set(model.last_metrics) == {"d_real", "d_fake"}
+    assert torch.isfinite(d_loss) and set(carry.metrics) == {"d_real", "d_fake"}
     model.zero_grad(set_to_none=True)
-    g_loss = model.training_step(batch, phase="generator")
+    g_loss = model.training_step(batch, phase="generator", carry=carry)
     g_loss.backward()
-    assert torch.isfinite(g_loss) and "mel_l1" in model.last_metrics
+    assert torch.isfinite(g_loss) and "mel_l1" in carry.metrics
     assert all(p.grad is None for p in model.discriminators.parameters())
     assert all(p.grad is not None for p in model.generator.parameters())
     with pytest.raises(ValueError, match="unknown phase"):
@@ -129,3 +130,21 @@ def test_config_refuses_even_kernels_and_short_periods() -> None:
         VocoderConfig(kernel_size=4)
     with pytest.raises(ValidationError, match="2 or more"):
         VocoderConfig(periods=[1, 2])
+
+
+def test_an_adversarial_phase_depends_on_its_batch_and_carry_not_on_the_phases_called_before() -> None:
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(**TINY, adversarial=True))
+    a, b = _tone_batch(), _tone_batch(batch=3)
+    attributes = dict(vars(model))
+    carry = PhaseCarry()
+    d_first = model.training_step(a, phase="discriminator", carry=carry).item()
+    expected = model.training_step(a, phase="generator", carry=carry).item()
+    carry = PhaseCarry()
+    model.training_step(a, phase="discriminator", carry=carry)
+    model.training_step(b, phase="discriminator", carry=PhaseCarry())  # another batch in between
+    assert model.training_step(a, phase="generator", carry=carry).item() == expected
+    swapped = PhaseCarry()  # the generator phase first
+    assert model.training_step(a, phase="generator", carry=swapped).item() == expected
+    assert model.training_step(a, phase="discriminator", carry=swapped).item() == d_first
+    assert vars(model).keys() == attributes.keys() and all(vars(model)[k] is v for k, v in attributes.items())

@@ -4,6 +4,7 @@ Griffin-Lim baseline, one-line errors, and evaluation's metrics, picture and sam
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,15 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generate_from_a_recording_resamples_it_and_keeps_its_length(vocoder_run: Path, recording: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="muselab")
     result = api.load(vocoder_run).generate(str(recording), seed=3)
     (audio,) = result.items
     assert result.kind == "audio" and result.sample_rate == MEL.sr == 22050
     assert audio.dtype == np.float32 and audio.shape == (22050,) and np.isfinite(audio).all()
     assert result.notes[0]["method"] == "vocoder"
     assert result.notes[0]["input_changes"] == ["resampled 16000 Hz -> 22050 Hz"]
-    assert "resampled 16000 Hz -> 22050 Hz" in capsys.readouterr().err
+    assert "resampled 16000 Hz -> 22050 Hz" in caplog.text  # a logged note, which the CLI prints
     assert result.controls["wav"] == str(recording)
 
 
@@ -149,13 +151,14 @@ def test_read_mel_accepts_a_batch_of_one() -> None:
 
 
 def test_a_folder_is_split_by_whole_files_with_a_note_on_resampling(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="muselab")
     for i, sr in enumerate((16000, 22050, 44100)):
         _write_tone(tmp_path / f"clip_{i}.wav", sr=sr, pitch=55.0 + i)
     clips = load_clips(str(tmp_path), VocoderDataConfig(test_share=0.25))
     assert (len(clips.train), len(clips.test)) == (2, 1)
     assert all(len(c) == 22050 for c in clips.train + clips.test)
-    assert "resampled 2 of 3 files to 22050 Hz" in capsys.readouterr().err
+    assert "resampled 2 of 3 files to 22050 Hz" in caplog.text
     assert clips.info["fingerprint"] == load_clips(str(tmp_path), VocoderDataConfig(test_share=0.25)).info["fingerprint"]
 
 

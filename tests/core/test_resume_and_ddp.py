@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +84,22 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path, corpus_file
     fingerprints = state["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
     assert fingerprints[0] == weights_fingerprint(load_tensors(out / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_train_on_different_batches(tmp_path):
+    # Data parallelism only helps when each rank draws its own samples: every micro-batch of every step
+    # must differ between the ranks (and the two ranks still end with the same weights)
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"batches_rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3 * 2  # steps x micro-batches
+    assert all(len(batch) == 4 for batches in ranks for batch in batches)
+    seen_by_rank0 = {tuple(batch) for batch in ranks[0]}
+    assert not seen_by_rank0 & {tuple(batch) for batch in ranks[1]}
+    assert len(seen_by_rank0) == len(ranks[0])  # and micro-batches differ within a rank
+    fingerprints = json.loads((tmp_path / "trainer_state.json").read_text())["rank_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]

@@ -9,7 +9,7 @@ from muselab.core.checkpoint import load_tensors
 from muselab.core.config import TrainConfig
 from muselab.core.errors import TrainingDiverged
 from muselab.core.rundir import RunDir
-from muselab.core.trainer import OptimizerPhase, Trainer, lr_at
+from muselab.core.trainer import OptimizerPhase, PhaseCarry, Trainer, lr_at
 
 
 class Regression:
@@ -131,7 +131,44 @@ def test_ema_weights_are_saved(tmp_path):
     assert math.isclose(float(saved["fc.weight"]), float(raw["fc.weight"]), abs_tol=0.5)
 
 
-def test_gradient_accumulation_runs(tmp_path):
+class RecordingLine(Line):
+    """A Line without dropout that keeps every training batch it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop.p = 0.0
+        self.seen = []
+
+    def training_step(self, batch):
+        self.seen.append(batch)
+        return super().training_step(batch)
+
+
+def test_gradient_accumulation_gives_the_large_batch_gradient(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = RecordingLine()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def record_then_clip(params, max_norm, *args, **kwargs):
+        params = list(params)
+        grads.append([p.grad.clone() for p in params])
+        return clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record_then_clip)
+    make(tmp_path, model=model, grad_accum=2, batch_size=8, max_steps=1).fit()
+    assert len(model.seen) == 2 and len(grads) == 1
+    # the same 16 samples as one batch, from the same starting weights
+    big = RecordingLine()
+    big.load_state_dict(start)
+    x, y = (torch.cat(parts) for parts in zip(*model.seen, strict=True))
+    big.training_step((x, y)).backward()
+    for accumulated, param in zip(grads[0], big.parameters(), strict=True):
+        torch.testing.assert_close(accumulated, param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_learns(tmp_path):
     result = make(tmp_path, grad_accum=2, batch_size=8).fit()
     assert result.val_loss < 0.1
 
@@ -151,19 +188,20 @@ class TwoPlayers(nn.Module):
         self.first = nn.Linear(1, 1)
         self.second = nn.Linear(1, 1)
         self.lr_scale, self.phases_seen, self.interrupt_at_call = lr_scale, [], interrupt_at_call
-        self.last_metrics = {}
+        self.carries_seen = []
 
     def optimizer_phases(self):
         return [OptimizerPhase("first", ("first.",)), OptimizerPhase("second", ("second.",), self.lr_scale)]
 
-    def training_step(self, batch, phase):
+    def training_step(self, batch, phase, carry):
         self.phases_seen.append(phase)
+        self.carries_seen.append(carry)
         if len(self.phases_seen) == self.interrupt_at_call:
             raise KeyboardInterrupt
         x, y = batch
         if phase == "first":
             loss = ((self.first(x) - y) ** 2).mean()
-            self.last_metrics = {"first_bias": float(self.first.bias.detach())}
+            carry.metrics["first_bias"] = self.first.bias.detach()
             return loss
         return ((self.second(self.first(x).detach()) - 2 * y) ** 2).mean()
 
@@ -181,6 +219,15 @@ def test_phases_step_their_own_parameters_in_order(tmp_path):
     assert result.val_loss < 0.2
     record = next(r for r in RunDir(tmp_path).read_metrics() if "loss_first" in r)
     assert {"loss_first", "loss_second", "first_bias"} <= set(record) and "loss" not in record
+
+
+def test_the_phases_of_a_micro_batch_share_one_fresh_carry(tmp_path):
+    model = TwoPlayers()
+    make(tmp_path, model=model, lr=0.1, max_steps=2, grad_accum=2).fit()
+    seen = model.carries_seen  # per step: first phase on micro-batches 0, 1, then the second phase on both
+    assert len(seen) == 8 and all(isinstance(c, PhaseCarry) for c in seen)
+    assert seen[0] is seen[2] and seen[1] is seen[3] and seen[4] is seen[6] and seen[5] is seen[7]
+    assert len({id(c) for c in seen}) == 4  # nothing is carried from one micro-batch or step to the next
 
 
 def test_phase_lr_scale_applies_to_its_optimizer(tmp_path):

@@ -122,7 +122,7 @@ def test_other_sample_rates():
 def test_split_is_disjoint_deterministic_and_covers_every_instrument():
     clips = make_tones(n_clips=24, seconds=0.5)
     train, test = tones_split(clips, test_share=0.25)
-    assert len(train) + len(test) == 24 and len(test) == 4
+    assert len(train) + len(test) == 24 and len(test) == 8  # round(6 * 0.25) of each instrument
     assert not {id(c) for c in train} & {id(c) for c in test}
     assert {c.instrument for c in train} == {c.instrument for c in test} == set(tone_instruments())
     again_train, again_test = tones_split(clips, test_share=0.25)

@@ -15,7 +15,7 @@ from muselab.core.checkpoint import load_into, load_tensors
 from muselab.core.config import TrainConfig, build_config
 from muselab.core.errors import ConfigError, ControlError
 from muselab.core.rundir import RunDir
-from muselab.core.trainer import Trainer
+from muselab.core.trainer import PhaseCarry, Trainer
 from muselab.image.gan import (
     GAN,
     ClassBatchNorm2d,
@@ -147,16 +147,17 @@ def test_each_phase_gives_a_finite_loss_and_gradients_only_to_its_network(loss, 
     gan = make_gan(loss=loss, **options)
     batch = make_batch()
     d_params, g_params = list(gan.discriminator.parameters()), list(gan.generator.parameters())
+    carry = PhaseCarry()
     for phase, trained, untouched in (("discriminator", d_params, g_params), ("generator", g_params, d_params)):
         gan.zero_grad(set_to_none=True)
-        loss_value = gan.training_step(batch, phase=phase)
+        loss_value = gan.training_step(batch, phase=phase, carry=carry)
         assert loss_value.dim() == 0 and torch.isfinite(loss_value)
         loss_value.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
         assert sum(float(p.grad.abs().sum()) for p in trained) > 0
         assert all(p.grad is None for p in untouched)
     assert all(p.requires_grad for p in gan.parameters()), "the discriminator is unfrozen after the G phase"
-    metrics = gan.last_metrics
+    metrics = {name: float(value) for name, value in carry.metrics.items()}
     expected = {"d_real", "d_fake"} | ({"gp"} if loss == "wgan-gp" else set())
     assert set(metrics) == expected and all(math.isfinite(v) for v in metrics.values())
     if loss == "wgan-gp":
@@ -194,8 +195,9 @@ def test_aux_classifier_adds_the_weighted_cross_entropy_of_real_images_and_of_th
     batch = make_batch(n=6)
     real, labels = batch["image"], batch["label"]
     torch.manual_seed(1)
-    d_loss = gan.training_step(batch, phase="discriminator")
-    g_loss = gan.training_step(batch, phase="generator")
+    carry = PhaseCarry()  # the generator phase scores the discriminator phase's fakes
+    d_loss = gan.training_step(batch, phase="discriminator", carry=carry)
+    g_loss = gan.training_step(batch, phase="generator", carry=carry)
     torch.manual_seed(1)
     fake = gan.generator(torch.randn(6, 8), labels)
     with torch.no_grad():
@@ -234,14 +236,14 @@ def test_one_generator_forward_per_step_and_a_fresh_one_for_another_batch():
     gan = make_gan()
     calls = []
     gan.generator.register_forward_hook(lambda *_: calls.append(1))
-    batch = make_batch()
-    gan.training_step(batch, phase="discriminator").backward()
+    batch, carry = make_batch(), PhaseCarry()
+    gan.training_step(batch, phase="discriminator", carry=carry).backward()
     gan.zero_grad(set_to_none=True)
-    gan.training_step(batch, phase="generator").backward()
+    gan.training_step(batch, phase="generator", carry=carry).backward()
     assert len(calls) == 1
     assert all(p.grad is not None for p in gan.generator.parameters())
     gan.zero_grad(set_to_none=True)
-    gan.training_step(make_batch(seed=1), phase="generator").backward()  # no D phase for this batch
+    gan.training_step(make_batch(seed=1), phase="generator").backward()  # a new batch without a carry
     assert len(calls) == 2
     assert all(p.grad is not None for p in gan.generator.parameters())
 
@@ -365,3 +367,27 @@ def test_the_trainer_runs_both_phases_and_its_saved_ema_weights_sample(tmp_path)
     images = fresh.sample(4, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(images).all()
     assert torch.equal(images, fresh.sample(4, generator=torch.Generator().manual_seed(0)))
+
+
+def test_a_phase_depends_on_its_batch_and_carry_not_on_the_phases_called_before() -> None:
+    gan = make_gan().eval()  # eval: spectral norm's power iteration holds still between calls
+    a, b = make_batch(seed=0), make_batch(seed=1)
+    attributes = dict(vars(gan))
+    torch.manual_seed(1)
+    carry = PhaseCarry()
+    d_first = gan.training_step(a, phase="discriminator", carry=carry).item()
+    expected = gan.training_step(a, phase="generator", carry=carry).item()
+    # Another batch's discriminator phase in between (as with gradient accumulation) changes nothing
+    torch.manual_seed(1)
+    carry = PhaseCarry()
+    gan.training_step(a, phase="discriminator", carry=carry)
+    gan.training_step(b, phase="discriminator", carry=PhaseCarry())
+    assert gan.training_step(a, phase="generator", carry=carry).item() == expected
+    # Either phase may go first: the first one makes the batch's images, the other reuses them
+    torch.manual_seed(1)
+    swapped = PhaseCarry()
+    assert gan.training_step(a, phase="generator", carry=swapped).item() == expected
+    assert gan.training_step(a, phase="discriminator", carry=swapped).item() == d_first
+    assert torch.equal(swapped.values["fake"], carry.values["fake"])
+    # The model kept nothing from the calls
+    assert vars(gan).keys() == attributes.keys() and all(vars(gan)[k] is v for k, v in attributes.items())

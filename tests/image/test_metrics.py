@@ -207,7 +207,7 @@ def test_control_accuracy_refuses_a_rotation_net_and_mismatched_labels(net, bars
 def test_quality_report_ties_the_scores_together(net, bars):
     images, labels = bars
     report = image_quality_report(net, images[:300], images[600:], fake_labels=labels[600:])
-    assert set(report) == {"fid", "kid", "kid_std", "precision", "recall", "control_accuracy"}
+    assert set(report) == {"fd_muselab", "kid_muselab", "kid_muselab_std", "precision", "recall", "control_accuracy"}
     assert all(isinstance(v, float) and np.isfinite(v) for v in report.values())
     assert report["precision"] > 0.8 and report["control_accuracy"] > 0.9
     assert "control_accuracy" not in image_quality_report(net, images[:300], images[600:])

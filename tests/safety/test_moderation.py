@@ -2,8 +2,11 @@
 policy files edit the shipped policy with one-line errors."""
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import error_message, write
 from muselab.core.errors import ConfigError, DataError
@@ -82,6 +85,86 @@ def test_words_with_double_letters_need_them() -> None:
 
 def test_skeleton_maps_lookalikes_case_and_invisibles() -> None:
     assert skeleton("ＨéＬ\u200bＬо") == "hello"  # fullwidth, accent, zero-width, Cyrillic o
+
+
+# ------------------------------------------------------------------- separators of every kind (property)
+
+# The shipped one-word entries of every word category, letters only ("*fuck*" -> "fuck").
+LISTED = sorted({(c.name, w.strip("*")) for c in default_policy().categories.values() for w in c.words
+                 if re.fullmatch(r"\*?[a-z]+\*?", w)})
+SYMBOLS = "*._-|+~/"
+GLUE = "*_-|+~"  # symbols whose neighbouring blanks may stand inside a word
+
+
+@st.composite
+def separators(draw: st.DrawFn, symbols: str = SYMBOLS, spaces: bool = True) -> str:
+    """One to three symbols, mixed and repeated, with or without blanks around them."""
+    core = draw(st.text(st.sampled_from(symbols), min_size=1, max_size=3))
+    if not spaces:
+        return core
+    return " " * draw(st.integers(0, 2)) + core + " " * draw(st.integers(0, 2))
+
+
+@st.composite
+def obfuscated(draw: st.DrawFn) -> tuple[str, str]:
+    """(category, text) with a listed word hidden by random case, repeats and separators in a sentence."""
+    category, word = draw(st.sampled_from(LISTED))
+    letters = [c.upper() if draw(st.booleans()) else c for c in word]
+    letters = [c * draw(st.integers(1, 2)) if draw(st.integers(0, 4)) == 0 else c for c in letters]
+    gaps = len(letters) - 1
+    how = draw(st.sampled_from(["every letter", "some letters", "glue with blanks", "line break"]))
+    if how == "every letter":  # "s * h * i * t", "s.-h_i||t", "s* h. i t"
+        seps = [draw(separators(spaces=draw(st.booleans()))) for _ in range(gaps)]
+    elif how == "some letters":  # "sh-*it", "bas..tard"
+        seps = [draw(separators(spaces=False)) if draw(st.booleans()) else "" for _ in range(gaps)]
+    elif how == "glue with blanks":  # "sh * it", "bas _tard"
+        cut = draw(st.integers(0, gaps - 1))
+        seps = [draw(separators(GLUE)) if k == cut else "" for k in range(gaps)]
+    else:  # "bas-\ntard", "bas\n  tard"
+        cut = draw(st.integers(0, gaps - 1))
+        brk = draw(st.sampled_from(["\n", "-\n", "\n  ", " -\n"]))
+        seps = [brk if k == cut else "" for k in range(gaps)]
+    hidden = letters[0] + "".join(sep + c for sep, c in zip(seps, letters[1:], strict=True))
+    before, after = draw(st.sampled_from([("", ""), ("you are a ", " indeed."), ("Well, ", "!"), ("(", ")")]))
+    return category, before + hidden + after
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=obfuscated())
+def test_listed_words_are_caught_through_any_separator(case: tuple[str, str]) -> None:
+    category, text = case
+    assert category in flagged(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "s*h*i*t", "s * h * i * t", "s|h|i|t", "s+h+i+t", "s.-h_-i**t", "sh-it", "fu.ck", "s.h. i.t",
+    "bas-\ntard", "bas\ntard", "bas -\n  tard", "bas * tard", "sh |it", "b\na\ns\nt\na\nr\nd",
+    "s *_* h *_* i *_* t", "f . u . c . k", "son of a b-i-t-c-h", "what a b4$t4rd",
+])
+def test_examples_of_separators_are_caught(text: str) -> None:
+    assert flagged(text) == ["profanity"], text
+
+
+# Real words next to each other, joined by punctuation, blanks or line breaks, with look-alike substrings.
+INNOCENT = [
+    "Her Shih-tzu barked at the assassin.", "as s/he said, the class was over", "e.g. the grapes, i.e. the vines",
+    "J. R. R. Tolkien and C. S. Lewis met in Oxford.", "Pour 3.5 litres into the cocktail shaker.",
+    "The well-known therapist moved to Sussex.", "a kitchen-cum-diner in Middlesex", "See https://example.com/a-b/c.",
+    "Dickens wrote of the analysis of a bass-heavy tune.", "an up-to-date, state-of-the-art compass",
+    "The pass\nwas closed by snow.", "as\nsoon as the grass\ngrew", "We met at 10.30 a.m. in St. Albans.",
+    "The grass-\nhopper leapt.", "The sun - as usual - rose.", "the shell-shocked crew", "a cock-a-hoop mood",
+    "Mr. Butts and Mrs. Cockburn", "his/her class/course", "Q&A: the Scunthorpe match", "Arsenal's assistant",
+    "She's a therapist; he's an analyst.", "the pen is mightier", "as sure as s", "Titanic's titbits",
+    "Hancock's cockpit log", "a peacock-blue scrapbook", "Matsushita and Yamashita", "the rapeseed oil",
+    "x + y = z, and C++ is fast", "the 1-2-3 of it", "Sextant, sexton and Essex", "cum laude in 2019",
+    "a| b | c", "snake_case and kebab-case", "mass-market paperbacks", "Hello -- is it me?",
+    "U.S. and U.K. assets", "pi = 3.14159", "the passage to Assisi", "Penistone's shiitake farm",
+]
+
+
+@pytest.mark.parametrize("text", INNOCENT)
+def test_innocent_sentences_pass(text: str) -> None:
+    assert flagged(text) == [], text
 
 
 # -------------------------------------------------------------------------------- actions and output

@@ -10,8 +10,8 @@ notes and controls, the recipe (generation, evaluation).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +38,9 @@ from muselab.data.audio_features import (
     extract_features,
     is_cached,
 )
+from muselab.data.split import hold_out
+
+logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
 BUILTIN_TONES = "builtin:tones"
 TONE_SECONDS = 4.0
@@ -97,10 +100,6 @@ class RawClip:
     f0_labels: np.ndarray | None = None
 
 
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
-
-
 def _cut(name: str, audio: np.ndarray, piece: int) -> list[RawClip]:
     """A recording cut into pieces of `piece` samples; a short remainder joins the last piece."""
     count = max(1, len(audio) // piece)
@@ -110,12 +109,10 @@ def _cut(name: str, audio: np.ndarray, piece: int) -> list[RawClip]:
     return [RawClip(f"{name}#{i + 1}", audio[a:b]) for i, (a, b) in enumerate(pairwise(bounds))]
 
 
-def _split(clips: Sequence[Any], share: float) -> tuple[list[Any], list[Any]]:
-    """Evenly spaced held-out clips (every 1/share-th); at least one when there are two or more."""
-    test_index = {i for i in range(len(clips)) if math.floor((i + 1) * share) > math.floor(i * share)}
-    if not test_index and len(clips) >= 2:
-        test_index = {len(clips) - 1}
-    return ([c for i, c in enumerate(clips) if i not in test_index], [c for i, c in enumerate(clips) if i in test_index])
+def _split(clips: Sequence[RawClip], share: float) -> tuple[list[RawClip], list[RawClip]]:
+    """Held-out clips chosen by the shared stable-hash rule on their names; at least one when there are two."""
+    held = hold_out([c.name for c in clips], share)
+    return ([c for c, h in zip(clips, held, strict=True) if not h], [c for c, h in zip(clips, held, strict=True) if h])
 
 
 def _raw_clips(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[RawClip], list[RawClip], str]:
@@ -149,7 +146,7 @@ def _raw_clips(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[RawClip], list[Ra
         name = str(path.relative_to(root)) if root.is_dir() else path.name
         clips += _cut(name, audio, round(cfg.data.clip_seconds * sr))
     for note, count in changes.items():
-        _note(f"{note} ({count} file{'s' if count > 1 else ''}): audio-ddsp works at {sr} Hz")
+        logger.info(f"{note} ({count} file{'s' if count > 1 else ''}): audio-ddsp works at {sr} Hz")
     train, test = _split(clips, cfg.data.test_share)
     return train, test, f"audio files under {root}"
 
@@ -162,12 +159,12 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
     todo = [c for c in every if c.f0_labels is None and not is_cached(c.audio, settings)]
     if todo:
         minutes = sum(len(c.audio) for c in todo) / settings.sample_rate / 60
-        _note(f"tracking pitch with pYIN in {len(todo)} clips ({minutes:.1f} min of audio; cached for next time)")
+        logger.info(f"tracking pitch with pYIN in {len(todo)} clips ({minutes:.1f} min of audio; cached for next time)")
     started = time.monotonic()
     train = [extract_features(c.audio, settings, c.name, c.f0_labels) for c in train_raw]
     test = [extract_features(c.audio, settings, c.name, c.f0_labels) for c in test_raw]
     if todo:
-        _note(f"pitch tracking took {time.monotonic() - started:.0f} s")
+        logger.info(f"pitch tracking took {time.monotonic() - started:.0f} s")
     unpitched = [c.name for c in train + test if not c.pitched]
     train = [c for c in train if c.pitched]
     test = [c for c in test if c.pitched]
@@ -175,9 +172,9 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
         raise DataError(f"no pitched sound found in '{spec}': audio-ddsp learns monophonic pitched instruments "
                         "(a voice, a flute, a violin...), not noise, drums or silence")
     if unpitched:
-        _note(f"left out {len(unpitched)} clip(s) with no pitched sound, e.g. {unpitched[0]}")
+        logger.warning(f"left out {len(unpitched)} clip(s) with no pitched sound, e.g. {unpitched[0]}")
     if not test:
-        _note("every clip is used for training (one clip, or none pitched among the held-out ones): "
+        logger.warning("every clip is used for training (one clip, or none pitched among the held-out ones): "
               "the evaluation scores training audio")
         test = train[-1:]
     f0_source = "labels" if train_raw and train_raw[0].f0_labels is not None else "pyin"

@@ -35,8 +35,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude, mel_filterbank
 from muselab.core.config import Section
-from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase
-from muselab.image.gan import frozen  # no parameter gradients inside the block
+from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
+from muselab.nn import frozen  # no parameter gradients inside the block
 
 MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
 
@@ -260,9 +260,6 @@ class Vocoder(nn.Module):
         self.discriminators = Discriminators(cfg) if cfg.adversarial else None
         self.mel = MelSpectrogram(MEL)
         self.stft_loss = MultiResolutionSTFTLoss()
-        self._metrics: dict[str, Tensor] = {}
-        # The discriminator phase's output, with the generator's graph, reused by the generator phase
-        self._fake: tuple[Tensor, Tensor] | None = None
 
     def num_parameters(self, part: str = "generator") -> int:
         return sum(p.numel() for p in getattr(self, part).parameters())
@@ -273,11 +270,6 @@ class Vocoder(nn.Module):
             return [OptimizerPhase(SINGLE_PHASE, ("",))]
         return [OptimizerPhase("discriminator", ("discriminators.",), self.cfg.d_lr_scale),
                 OptimizerPhase("generator", ("generator.",))]
-
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        """Numbers logged beside the phases' losses: the mel L1 and the discriminators' mean scores."""
-        return {name: float(value) for name, value in self._metrics.items()}
 
     def input_mel(self, audio: Tensor) -> Tensor:
         """The mel frames the generator sees for a segment of S samples: S / hop of them, so the output
@@ -292,32 +284,40 @@ class Vocoder(nn.Module):
             total = total + self.cfg.stft_weight * self.stft_loss(fake, real)
         return total, mel_l1
 
-    def training_step(self, batch: Batch, phase: str = SINGLE_PHASE) -> Tensor:
+    def training_step(self, batch: Batch, phase: str = SINGLE_PHASE, carry: PhaseCarry | None = None) -> Tensor:
+        """The phase's loss on one batch. The adversarial phases share the batch's generated audio through
+        `carry`, whichever runs first, and log the discriminators' mean scores (d_real, d_fake) and the
+        mel L1 in `carry.metrics`."""
+        carry = carry if carry is not None else PhaseCarry()
         real = batch["audio"]
         if phase == SINGLE_PHASE:
             loss, mel_l1 = self.reconstruction_loss(self.generator(self.input_mel(real)), real)
-            self._metrics = {"mel_l1": mel_l1.detach()}
+            carry.metrics["mel_l1"] = mel_l1.detach()
             return loss
         if phase == "discriminator":
-            return self._discriminator_step(real)
+            return self._discriminator_step(real, carry)
         if phase == "generator":
-            return self._generator_step(real)
+            return self._generator_step(real, carry)
         raise ValueError(f"unknown phase '{phase}'")
 
-    def _discriminator_step(self, real: Tensor) -> Tensor:
-        fake = self.generator(self.input_mel(real))
-        self._fake = (real, fake) if fake.requires_grad else None
+    def _fake(self, real: Tensor, carry: PhaseCarry) -> Tensor:
+        """This batch's generated audio, with the generator's graph while gradients are on: made by the
+        first phase that needs it and handed to the other in `carry`."""
+        fake = carry.values.get("fake")
+        if fake is None or (torch.is_grad_enabled() and not fake.requires_grad):
+            fake = carry.values["fake"] = self.generator(self.input_mel(real))
+        return fake
+
+    def _discriminator_step(self, real: Tensor, carry: PhaseCarry) -> Tensor:
+        fake = self._fake(real, carry)
         d_real, _ = self.discriminators(real)
         d_fake, _ = self.discriminators(fake.detach())
-        self._metrics = {"d_real": torch.stack([x.mean() for x in d_real]).mean().detach(),
-                         "d_fake": torch.stack([x.mean() for x in d_fake]).mean().detach()}
+        carry.metrics.update(d_real=torch.stack([x.mean() for x in d_real]).mean().detach(),
+                             d_fake=torch.stack([x.mean() for x in d_fake]).mean().detach())
         return discriminator_loss(d_real, d_fake)
 
-    def _generator_step(self, real: Tensor) -> Tensor:
-        if self._fake is not None and self._fake[0] is real and torch.is_grad_enabled():
-            fake, self._fake = self._fake[1], None
-        else:  # gradient accumulation: not the batch the discriminator phase generated for
-            fake = self.generator(self.input_mel(real))
+    def _generator_step(self, real: Tensor, carry: PhaseCarry) -> Tensor:
+        fake = self._fake(real, carry)
         loss, mel_l1 = self.reconstruction_loss(fake, real)
         with frozen(self.discriminators):
             with torch.no_grad():
@@ -325,7 +325,7 @@ class Vocoder(nn.Module):
             d_fake, features_fake = self.discriminators(fake)
         loss = (loss + self.cfg.adv_weight * generator_loss(d_fake)
                 + self.cfg.fm_weight * feature_matching_loss(features_real, features_fake))
-        self._metrics["mel_l1"] = mel_l1.detach()
+        carry.metrics["mel_l1"] = mel_l1.detach()
         return loss
 
     @torch.no_grad()

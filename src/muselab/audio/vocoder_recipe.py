@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +38,9 @@ from muselab.core.errors import ControlError, DataError
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
+from muselab.data.split import hold_out
+
+logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
 SAMPLE_RATE = MEL.sr
 MEL_DESCRIPTION = (f"{MEL.sr:,} Hz, n_fft {MEL.n_fft}, hop {MEL.hop}, {MEL.n_mels} mels, fmax {MEL.fmax:g}, "
@@ -111,11 +114,6 @@ def _render_tones(clips: int, seconds: float) -> tuple[Any, ...]:
     return tuple(make_tones(clips, seconds, sample_rate=SAMPLE_RATE, hop=MEL.hop))
 
 
-def _held_out(index: int, share: float) -> bool:
-    """Clip `index` (in sorted order) is held out when the running count of held-out clips steps up."""
-    return math.floor((index + 1) * share) > math.floor(index * share)
-
-
 def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
     """builtin:tones, or a folder of at least two audio files, as whole clips."""
     if spec == "builtin:tones":
@@ -143,21 +141,25 @@ def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[
         raise DataError(f"'{root}' holds {len(files)} audio file; the vocoder needs at least 2 (whole files are "
                         "held out for evaluation): add more recordings or split a long one")
     digest = hashlib.sha256()
-    train, test, changed = [], [], {}
-    for index, path in enumerate(files):
+    wavs, keys, changed = [], [], {}
+    for path in files:
         wav, _, notes = load_audio(path, sr=SAMPLE_RATE, min_seconds=0.1)
         for note in notes:
             kind = note.split(" ")[0]  # "resampled", "mixed"
             changed[kind] = changed.get(kind, 0) + 1
-        digest.update(path.relative_to(root).as_posix().encode() if path != root else path.name.encode())
+        name = path.relative_to(root).as_posix() if path != root else path.name
+        digest.update(name.encode())
         digest.update(wav.tobytes())
-        (test if _held_out(index, test_share) else train).append(wav)
-    if not test:  # a small folder: hold out the last file so there is something to evaluate on
-        test.append(train.pop())
+        wavs.append(wav)
+        keys.append(name)
+    # Whole files are held out by the shared stable-hash rule on their path (at least one).
+    held = hold_out(keys, test_share)
+    train = [w for w, h in zip(wavs, held, strict=True) if not h]
+    test = [w for w, h in zip(wavs, held, strict=True) if h]
     if changed.get("resampled"):
-        print(f"note: resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz", file=sys.stderr)
+        logger.info(f"resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz")
     if changed.get("mixed"):
-        print(f"note: mixed {changed['mixed']} of {len(files)} files down to mono", file=sys.stderr)
+        logger.info(f"mixed {changed['mixed']} of {len(files)} files down to mono")
     return train, test, {"source": f"audio folder '{root}'", "files": len(files), "fingerprint": digest.hexdigest()}
 
 
@@ -293,7 +295,7 @@ class VocoderRecipe(Recipe):
 
             wav, _, changes = load_audio(controls.wav, sr=SAMPLE_RATE)
             for change in changes:
-                print(f"note: {controls.wav}: {change}", file=sys.stderr)
+                logger.info(f"{controls.wav}: {change}")
             mel, length = log_mel(torch.from_numpy(wav)), len(wav)
         else:
             mel = read_mel(controls.mel)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from muselab.core.errors import CheckpointError, RunExistsError
+from muselab.core.errors import CheckpointError
 from muselab.core.io import atomic_write_json, atomic_write_text
+from muselab.core.owned import OwnedFolder
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -18,39 +18,32 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 CARD = "MODEL_CARD.md"
 SAMPLES = "samples"
+MARKER = ".muselab-run.json"
 
 
-class RunDir:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+class RunDir(OwnedFolder):
+    """A run directory. While it records (after `claim`, or `reopen` to resume or evaluate), every name taken
+    with `run / name` or written by the methods below is listed in `.muselab-run.json`; loading a run to
+    generate records nothing, and needs no marker."""
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
-    def __str__(self) -> str:
-        return str(self.path)
+    MARKER = MARKER
+    WHAT = "run"
+    KEEP_HINT = "pass --overwrite to replace it, --resume to continue it, or choose another --out"
+    LEGACY_HINT = "--resume still continues it; to start afresh delete or move it by hand, or choose another --out"
 
     # -- state of the directory -------------------------------------------------------------
-    def holds_run(self) -> bool:
-        return (self.path / CONFIG).is_file() or (self.path / MODEL).is_file()
+    def looks_legacy(self) -> bool:
+        """A run from before the marker: muselab's three main files, and a config.json muselab wrote."""
+        if not all((self.path / n).is_file() for n in (CONFIG, MODEL, TRAINER_STATE_JSON)):
+            return False
+        try:
+            saved = json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(saved, dict) and "recipe" in saved and "config" in saved
 
     def has_checkpoint(self) -> bool:
         return (self.path / TRAINER_STATE).is_file()
-
-    def claim(self, overwrite: bool) -> None:
-        """Make the directory ready for a new run without ever deleting a user's other files."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunExistsError(f"--out '{self.path}' is a file; choose a directory path")
-        if self.holds_run():
-            if not overwrite:
-                raise RunExistsError(
-                    f"--out '{self.path}' already holds a run; pass --overwrite to replace it, "
-                    "--resume to continue it, or choose another --out")
-            shutil.rmtree(self.path)
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            raise RunExistsError(f"--out '{self.path}' is a non-empty directory that is not a muselab run; "
-                                 "choose an empty or new directory")
-        self.path.mkdir(parents=True, exist_ok=True)
 
     # -- files --------------------------------------------------------------------------------
     def read_json(self, name: str) -> dict[str, Any]:
@@ -75,10 +68,10 @@ class RunDir:
         return data
 
     def write_json(self, name: str, data: Any) -> Path:
-        return atomic_write_json(self.path / name, data)
+        return atomic_write_json(self / name, data)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / METRICS).open("a", encoding="utf-8") as handle:
+        with (self / METRICS).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -96,4 +89,4 @@ class RunDir:
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop log lines written after the checkpoint we continue from."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
-        atomic_write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self / METRICS, "".join(json.dumps(r) + "\n" for r in kept))

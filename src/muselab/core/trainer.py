@@ -6,7 +6,9 @@ data-parallel training under torchrun.
 
 Most models have one optimizer. A model with several (a GAN's discriminator and generator) lists them
 in `optimizer_phases()`; each step then runs the phases in order on the same batch, each with its own
-loss (`training_step(batch, phase=name)`), gradient clipping and AdamW.
+loss (`training_step(batch, phase=name, carry=carry)`), gradient clipping and AdamW. What the phases of
+one micro-batch share (a GAN's generated images) travels in a `PhaseCarry` made fresh for that
+micro-batch, never on the model, so a phase's result depends only on its explicit inputs.
 
 Exact resume rests on one rule: nothing random depends on history. The batch drawn at step s and the
 dropout masks of step s come from generators seeded by (seed, step, micro-batch, rank), so a run resumed
@@ -20,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -67,6 +69,17 @@ class OptimizerPhase:
 SINGLE_PHASE = "main"
 
 
+@dataclass
+class PhaseCarry:
+    """What the optimizer phases of one micro-batch hand each other within one step, and the numbers they
+    log beside the losses (a GAN's mean scores on real and fake images). `values` holds e.g. a GAN's
+    generated images, made by whichever phase needs them first and reused by the others. The Trainer
+    makes a fresh one for every micro-batch of every step; a phase called without one gets its own."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def optimizer_phases(model: nn.Module) -> list[OptimizerPhase]:
     if hasattr(model, "optimizer_phases"):
         return list(model.optimizer_phases())
@@ -80,10 +93,12 @@ class _TrainingStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: Any, phase: str = SINGLE_PHASE) -> torch.Tensor:
+    def forward(self, batch: Any, phase: str = SINGLE_PHASE, carry: PhaseCarry | None = None) -> torch.Tensor:
+        # The carry is passed by reference (DDP copies only tensors and containers) and never returned, so
+        # DDP looks for used parameters in the loss's graph alone.
         if phase == SINGLE_PHASE:
             return self.model.training_step(batch)
-        return self.model.training_step(batch, phase=phase)
+        return self.model.training_step(batch, phase=phase, carry=carry)
 
 
 @torch.no_grad()
@@ -293,15 +308,17 @@ class Trainer:
             raise ConfigError("train.tensorboard=true needs TensorBoard: pip install 'muselab[tensorboard]'") from None
         self._tb = SummaryWriter(log_dir=str(self.run / "tensorboard"))
 
-    def _train_step(self, step: int) -> tuple[dict[str, float], float, bool]:
-        """One optimizer step per phase, all on the same micro-batches. Returns the loss of each phase,
-        the largest gradient norm, and whether a phase was skipped for a non-finite loss or gradient."""
+    def _train_step(self, step: int) -> tuple[dict[str, float], dict[str, float], float, bool]:
+        """One optimizer step per phase, all on the same micro-batches. Returns the loss of each phase, the
+        phases' metrics on the last micro-batch, the largest gradient norm, and whether a phase was skipped
+        for a non-finite loss or gradient."""
         cfg = self.cfg
         torch.manual_seed(derive_seed(cfg.seed, "dropout", step, self.dist.rank))
         batches = [to_device(self.train_data.sample(cfg.batch_size, make_generator(cfg.seed, "batch", step, micro,
                                                                                    self.dist.rank)), self.device)
                    for micro in range(cfg.grad_accum)]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        carries = [PhaseCarry() for _ in batches]
         losses: dict[str, float] = {}
         norms: list[float] = []
         any_bad = False
@@ -311,7 +328,7 @@ class Trainer:
                 sync = micro == len(batches) - 1 or not self.dist.enabled
                 with nullcontext() if sync else self.step_module.no_sync():
                     with autocast(self.device, cfg.precision):
-                        loss = self.step_module(batch, phase.name)
+                        loss = self.step_module(batch, phase.name, carries[micro])
                     (loss / cfg.grad_accum).backward()
                 total_loss += float(loss.detach()) / cfg.grad_accum
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.phase_params[phase.name], max_norm))
@@ -325,15 +342,14 @@ class Trainer:
             any_bad = any_bad or bad
         if not any_bad and self.ema is not None:
             self._update_ema(step)
-        return losses, max(norms), any_bad
+        metrics = {name: float(value) for name, value in carries[-1].metrics.items()}
+        return losses, metrics, max(norms), any_bad
 
-    def _loss_record(self, losses: dict[str, float]) -> dict[str, float]:
+    def _loss_record(self, losses: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
         if len(losses) == 1:
             return {"loss": next(iter(losses.values()))}
-        record = {f"loss_{phase}": value for phase, value in losses.items()}
         # Numbers a multi-phase model wants watched (a GAN's scores on real and fake images)
-        record.update(getattr(self.model, "last_metrics", {}))
-        return record
+        return {**{f"loss_{phase}": value for phase, value in losses.items()}, **metrics}
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -370,7 +386,7 @@ class Trainer:
                     for phase in self.phases:
                         for group in self.optimizers[phase.name].param_groups:
                             group["lr"] = lr * phase.lr_scale
-                    losses, grad_norm, bad = self._train_step(step)
+                    losses, metrics, grad_norm, bad = self._train_step(step)
                     self.step = step  # only a finished step counts: an interrupt mid-step saves the one before
                     self.elapsed = base_elapsed + time.monotonic() - started
                     window_steps += 1
@@ -387,7 +403,7 @@ class Trainer:
                         continue
                     self.bad_in_row = 0
                     rate = window_steps / max(1e-9, time.monotonic() - window_start)
-                    loss_record = self._loss_record(losses)
+                    loss_record = self._loss_record(losses, metrics)
                     progress.update(self.step, "  ".join(f"{k} {v:.4f}" for k, v in loss_record.items()
                                                          if k.startswith("loss")), rate)
                     if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageOps
 from muselab.core.checkpoint import load_tensors, read_metadata, save_tensors
 from muselab.core.errors import CheckpointError, ConfigError, DataError
 from muselab.core.io import sha256_json
+from muselab.data.split import hold_out
 
 BUILTIN_PREFIX = "builtin:"
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
@@ -523,18 +524,6 @@ def load_images(spec: str | os.PathLike[str], *, size: int, channels: int, skip_
 # --- splitting -----------------------------------------------------------------------------------------
 
 
-def _stratified_test_rows(labels: np.ndarray, n_test: int, rng: np.random.Generator) -> np.ndarray:
-    """`n_test` rows drawn from each class in proportion to its size (largest remainders get the rest)."""
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = n_test * counts / counts.sum()
-    take = np.floor(quota).astype(np.int64)
-    # Leftover places go to the largest remainders, but first to classes that still keep an image for training.
-    order = np.lexsort((-(quota - take), take + 1 >= counts))
-    take[order[: n_test - int(take.sum())]] += 1
-    picks = [rng.permutation(np.flatnonzero(labels == cls))[:k] for cls, k in zip(classes, take, strict=True)]
-    return np.concatenate(picks)
-
-
 def _subset(data: ImageDataset, rows: np.ndarray, part: str, test_share: float, seed: int) -> ImageDataset:
     index = torch.from_numpy(rows)
     labels = data.labels[index] if data.labels is not None else None
@@ -545,20 +534,19 @@ def _subset(data: ImageDataset, rows: np.ndarray, part: str, test_share: float, 
 
 
 def split_images(data: ImageDataset, test_share: float = 0.1, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test): a deterministic split, stratified by class when labelled; both parts keep the original order."""
+    """(train, test): a deterministic split, stratified by class when labelled; both parts keep the original order.
+
+    Images are held out in the order of a stable hash of `seed` and their pixels (`muselab.data.split`), so
+    an image lands on the same side whatever its position in the set, and copies of one image stay together."""
     if isinstance(test_share, bool) or not isinstance(test_share, int | float) or not 0 < test_share < 1:
         raise ConfigError(f"test_share must be a number between 0 and 1 (exclusive), got {test_share!r}")
     n = len(data)
     if n < 2:
         raise DataError(f"{n} image(s) cannot be split into non-empty train and test parts; add images")
-    n_test = min(max(round(n * test_share), 1), n - 1)
-    rng = np.random.default_rng(seed)
-    if data.labels is None:
-        test_rows = rng.permutation(n)[:n_test]
-    else:
-        test_rows = _stratified_test_rows(data.labels.numpy(), n_test, rng)
-    is_test = np.zeros(n, dtype=bool)
-    is_test[test_rows] = True
+    salt = f"{seed}:".encode()
+    pixels = data.images.numpy()
+    keys = [salt + pixels[i].tobytes() for i in range(n)]
+    is_test = np.array(hold_out(keys, test_share, data.labels.tolist() if data.labels is not None else None))
     return (_subset(data, np.flatnonzero(~is_test), "train", test_share, seed),
             _subset(data, np.flatnonzero(is_test), "test", test_share, seed))
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from muselab.core.errors import ConfigError, DataError
+from muselab.data.split import bucket_split_of, split_of
 
 # Shared with data/text.py so both loaders report bad bytes alike.
 from muselab.data.text import read_text_file
@@ -70,11 +71,6 @@ class PairCorpus:
 
 def _known_builtins() -> str:
     return ", ".join(f"{BUILTIN_PREFIX}{name}" for name in BUILTIN_PAIR_SOURCES)
-
-
-def _md5_int(key: str) -> int:
-    # surrogatepass: a JSONL string may hold a lone surrogate; valid text hashes as plain UTF-8.
-    return int(hashlib.md5(key.encode("utf-8", "surrogatepass")).hexdigest(), 16)
 
 
 def _fingerprint(train: list[Pair], val: list[Pair], test: list[Pair]) -> str:
@@ -163,15 +159,9 @@ def _split_user_pairs(
     train: list[Pair] = []
     val: list[Pair] = []
     test: list[Pair] = []
+    parts = {"train": train, "val": val, "test": test}
     for pair in pairs:
-        # The top 52 bits of md5 as a uniform number in [0, 1), exact in a float.
-        u = (_md5_int(pair[0].lower()) >> 76) / 2**52
-        if u < test_fraction:
-            test.append(pair)
-        elif u < test_fraction + val_fraction:
-            val.append(pair)
-        else:
-            train.append(pair)
+        parts[split_of(pair[0].lower(), val_fraction, test_fraction)].append(pair)
     return train, val, test
 
 
@@ -244,12 +234,7 @@ def _cmudict_entries() -> tuple[tuple[tuple[str, tuple[str, ...]], ...], int]:
 
 def cmudict_split_of(word: str) -> str:
     """The split ("train", "val" or "test") that the published CMUdict rule puts ``word`` in."""
-    bucket = _md5_int(word.lower()) % CMUDICT_SPLIT_MODULUS
-    if bucket == CMUDICT_TEST_BUCKET:
-        return "test"
-    if bucket == CMUDICT_VAL_BUCKET:
-        return "val"
-    return "train"
+    return bucket_split_of(word.lower(), CMUDICT_SPLIT_MODULUS, CMUDICT_TEST_BUCKET, CMUDICT_VAL_BUCKET)
 
 
 @cache

@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from muselab.core.errors import ConfigError, DataError
+from muselab.data.split import tail_cut
 
 BUILTIN_PREFIX = "builtin:"
 DOC_SEPARATOR = "\n\n"
@@ -175,11 +176,11 @@ def split_train_val(text: str, val_fraction: float) -> tuple[str, str]:
     """Split ``text`` into (train, validation): the last ``val_fraction`` of its characters validate."""
     if not (isinstance(val_fraction, int | float) and math.isfinite(val_fraction) and 0 < val_fraction < 1):
         raise ConfigError(f"val_fraction must be a number between 0 and 1 (exclusive), got {val_fraction!r}")
-    n_val = round(len(text) * val_fraction)
-    if n_val == 0 or n_val == len(text):
+    # Text is one stream, so the held-out part is its end rather than hashed pieces (muselab.data.split).
+    cut = tail_cut(len(text), val_fraction)
+    if cut in (0, len(text)):
         raise DataError(
             f"text of {len(text)} characters is too short to hold out val_fraction={val_fraction} "
             "with both parts non-empty; add more text or change val_fraction"
         )
-    cut = len(text) - n_val
     return text[:cut], text[cut:]

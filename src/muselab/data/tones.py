@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from muselab.core.errors import ConfigError
+from muselab.data.split import hold_out
 
 TONES_VERSION = 1  # bump when the generator changes, so fingerprints of the data change with it
 DEFAULT_CLIPS = 200  # 200 x 4 s = 13 minutes of audio: enough for the default DDSP preset
@@ -310,32 +311,21 @@ def _make_clip(index: int, instrument: str, seconds: float, sample_rate: int, ho
 
 
 def tones_split(clips: Sequence[ToneClip], test_share: float = 0.1) -> tuple[list[ToneClip], list[ToneClip]]:
-    """(train, test): a share of each instrument's clips, evenly spaced, is held out.
+    """(train, test): `round(share * count)` of each instrument's clips are held out, at least one.
 
-    The choice depends only on each clip's position among its instrument's clips, so a larger set
-    from the same seed keeps the held-out clips of a smaller one. An instrument with two or more clips
+    Each clip is keyed by its instrument and position among that instrument's clips and placed by the
+    shared stable-hash rule (`muselab.data.split.hold_out`). An instrument with two or more clips
     appears in both parts; one with a single clip goes to training only.
     """
     if not 0.0 < test_share < 1.0:
         raise ConfigError(f"test_share must be between 0 and 1 (got {test_share})")
-    train: list[ToneClip] = []
-    test: list[ToneClip] = []
-    seen: dict[str, int] = {}
-    for clip in clips:
-        seen[clip.instrument] = seen.get(clip.instrument, 0) + 1
-    position: dict[str, int] = {}
-    held: dict[str, int] = {}
-    for clip in clips:
-        j = position.get(clip.instrument, 0)
-        position[clip.instrument] = j + 1
-        total = seen[clip.instrument]
-        # Test when the running count of held-out clips steps up: floor((j + 1) * share) > floor(j * share).
-        chosen = math.floor((j + 1) * test_share) > math.floor(j * test_share)
-        # With few clips no step may come: hold out the last one so the instrument is tested.
-        last_chance = j == total - 1 and held.get(clip.instrument, 0) == 0 and total >= 2
-        if (chosen and total >= 2) or last_chance:
-            held[clip.instrument] = held.get(clip.instrument, 0) + 1
-            test.append(clip)
-        else:
-            train.append(clip)
-    return train, test
+    rows: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        rows.setdefault(clip.instrument, []).append(i)
+    held = [False] * len(clips)
+    for instrument, members in rows.items():
+        keys = [f"tones:{instrument}:{j}" for j in range(len(members))]
+        for i, is_held in zip(members, hold_out(keys, test_share), strict=True):
+            held[i] = is_held
+    return ([c for c, h in zip(clips, held, strict=True) if not h],
+            [c for c, h in zip(clips, held, strict=True) if h])

@@ -1,9 +1,11 @@
 """The metric network: a small CNN trained on the dataset itself, whose features the image metrics compare.
 
-FID, KID and precision/recall need an image feature extractor. The usual one, Inception-v3 trained on
-ImageNet, cannot be downloaded here and knows nothing about 8x8 digits anyway, so muselab trains its own
-on the training images (Kynkäänniemi et al. 2023 and the torch-fidelity docs both warn that scores from
-different feature networks are not comparable: compare runs only under the same cached net).
+The Fréchet and kernel distances (FID's and KID's formulas) and precision/recall need an image feature
+extractor. The usual one, Inception-v3 trained on ImageNet, cannot be downloaded here and knows nothing
+about 8x8 digits anyway, so muselab trains its own on the training images (Kynkäänniemi et al. 2023 and
+the torch-fidelity docs both warn that scores from different feature networks are not comparable: compare
+runs only under the same cached net). That is why the scores are named `fd_muselab` and `kid_muselab`,
+not FID and KID.
 
 With labels, the net is a classifier; without, it learns to tell by how much an image was rotated
 (0/90/180/270 degrees, Gidaris et al. 2018), which needs the same shapes, strokes and layout a

@@ -18,9 +18,7 @@ discriminator, losses, the GAN module.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -31,16 +29,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from muselab.core.config import Section
 from muselab.core.errors import ControlError
+from muselab.core.trainer import OptimizerPhase, PhaseCarry
 from muselab.image.augment import diff_augment, parse_policy
-
-try:
-    from muselab.core.trainer import OptimizerPhase
-except ImportError:
-    @dataclass(frozen=True)
-    class OptimizerPhase:  # type: ignore[no-redef]
-        name: str
-        prefixes: tuple[str, ...]
-        lr_scale: float = 1.0
+from muselab.nn import evaluating, frozen
 
 Batch = dict[str, Tensor]  # "image" float [B, C, H, W] in [-1, 1], "label" int64 [B] (zeros if unlabelled)
 
@@ -110,19 +101,6 @@ def check_conditioning(cfg: GANConfig | Section) -> None:
                          "use labelled data or train unconditionally")
 
 
-@contextmanager
-def evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode (running BatchNorm statistics) and no gradients inside the block; the module's mode is
-    restored afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
-
-
 def resolve_labels(labels: Tensor | int | None, n: int, cfg: GANConfig | Section,
                    device: torch.device) -> Tensor | None:
     """Check the labels given for sampling against the model: one label for all n, or one per item."""
@@ -140,19 +118,6 @@ def resolve_labels(labels: Tensor | int | None, n: int, cfg: GANConfig | Section
     if bool(((labels < 0) | (labels >= cfg.num_classes)).any()):
         raise ControlError(f"labels must be from 0 to {cfg.num_classes - 1}, got {sorted(set(labels.tolist()))}")
     return labels
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Compute no parameter gradients for `module` inside the block (inputs still get theirs)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 # -- blocks ----------------------------------------------------------------------------------------
@@ -317,10 +282,6 @@ class GAN(nn.Module):
         # NHWC convolution weights: a training step measured ~14% faster on the CPU (oneDNN prefers it)
         self.to(memory_format=torch.channels_last)
         self.augment_policy = parse_policy(cfg.diffaugment)
-        self._metrics: dict[str, Tensor] = {}
-        # The discriminator phase's fakes, with the generator's graph, kept for the generator phase of the
-        # same batch: one generator forward per step, as in the classic DCGAN loop
-        self._fakes: tuple[Tensor, Tensor] | None = None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -334,22 +295,19 @@ class GAN(nn.Module):
         return [OptimizerPhase("discriminator", ("discriminator.",), self.cfg.d_lr_scale),
                 OptimizerPhase("generator", ("generator.",))]
 
-    @property
-    def last_metrics(self) -> dict[str, float]:
-        """The latest discriminator phase's numbers to log beside the phases' losses: d_real and d_fake
-        (mean logits on real and generated images) and, with wgan-gp, gp (the penalty before its weight).
-        Kept as tensors until read, so a step never waits for them."""
-        return {name: float(value) for name, value in self._metrics.items()}
-
-    def training_step(self, batch: Batch, phase: str) -> Tensor:
-        """The phase's loss on one real batch: "discriminator" first, then "generator" on the same batch
-        (which reuses the discriminator phase's fakes). Random numbers come from torch's global RNG."""
+    def training_step(self, batch: Batch, phase: str, carry: PhaseCarry | None = None) -> Tensor:
+        """The phase's loss on one real batch. The phases of one batch share its generated images through
+        `carry` (one generator forward per step, as in the classic DCGAN loop), whichever runs first; the
+        discriminator phase also logs d_real and d_fake (mean logits on real and generated images) and,
+        with wgan-gp, gp (the penalty before its weight) in `carry.metrics`. Random numbers come from
+        torch's global RNG."""
+        carry = carry if carry is not None else PhaseCarry()
         real = batch["image"]
         labels = batch["label"] if self.cfg.conditional else None
         if phase == "discriminator":
-            return self._discriminator_step(real, labels)
+            return self._discriminator_step(real, labels, carry)
         if phase == "generator":
-            return self._generator_step(real, labels)
+            return self._generator_step(real, labels, carry)
         raise ValueError(f"unknown phase '{phase}'; a GAN trains in phases {', '.join(self.PHASES)}")
 
     def _augment(self, images: Tensor) -> Tensor:
@@ -364,13 +322,17 @@ class GAN(nn.Module):
             return 0.0
         return self.cfg.aux_classifier * F.cross_entropy(class_logits.float(), labels)
 
-    def _discriminator_step(self, real: Tensor, labels: Tensor | None) -> Tensor:
-        z = torch.randn(real.size(0), self.cfg.latent_dim, device=real.device)
-        # With gradients on, the generator's graph is kept for the generator phase; the discriminator
-        # only ever sees the fakes detached.
-        fake = self.generator(z, labels)
-        self._fakes = (real, fake) if fake.requires_grad else None
-        fake = fake.detach()
+    def _fakes(self, real: Tensor, labels: Tensor | None, carry: PhaseCarry) -> Tensor:
+        """This batch's generated images, with the generator's graph while gradients are on: made by the
+        first phase that needs them and handed to the other in `carry`."""
+        fake = carry.values.get("fake")
+        if fake is None or (torch.is_grad_enabled() and not fake.requires_grad):
+            z = torch.randn(real.size(0), self.cfg.latent_dim, device=real.device)
+            fake = carry.values["fake"] = self.generator(z, labels)
+        return fake
+
+    def _discriminator_step(self, real: Tensor, labels: Tensor | None, carry: PhaseCarry) -> Tensor:
+        fake = self._fakes(real, labels, carry).detach()  # the discriminator never trains the generator
         if self.discriminator.batch_norm:
             # BatchNorm statistics of a mixed batch would tell real from fake: keep them apart
             (d_real, classes_real), (d_fake, _) = self._discriminate(real, labels), self._discriminate(fake, labels)
@@ -385,16 +347,11 @@ class GAN(nn.Module):
             gp = gradient_penalty(lambda x: self.discriminator(x, labels), self._augment(real), self._augment(fake))
             loss = loss + self.cfg.gp_weight * gp
             metrics["gp"] = gp.detach()
-        self._metrics = metrics
+        carry.metrics.update(metrics)
         return loss
 
-    def _generator_step(self, real: Tensor, labels: Tensor | None) -> Tensor:
-        if self._fakes is not None and self._fakes[0] is real and torch.is_grad_enabled():
-            fake, self._fakes = self._fakes[1], None
-        else:
-            # Not the discriminator phase's last batch (gradient accumulation) or no graph kept: draw anew
-            z = torch.randn(real.size(0), self.cfg.latent_dim, device=real.device)
-            fake = self.generator(z, labels)
+    def _generator_step(self, real: Tensor, labels: Tensor | None, carry: PhaseCarry) -> Tensor:
+        fake = self._fakes(real, labels, carry)
         # The discriminator's weights get no gradient from the generator's loss: skip computing it
         with frozen(self.discriminator):
             d_fake, classes_fake = self._discriminate(fake, labels)

@@ -1,10 +1,11 @@
 """Image quality and memorization metrics, on features of muselab's own metric network.
 
-Quality: Fréchet distance (FID's formula, Heusel et al. 2017), kernel distance (KID, Bińkowski et al.
-2018), k-NN precision and recall (Kynkäänniemi et al. 2019) and, for conditional models, how often a
-classifier sees the requested class. The features come from `muselab.image.features.FeatureNet` trained
-on the dataset, not Inception, so the numbers compare runs on the same data under the same cached net,
-never with published FIDs.
+Quality: Fréchet distance (FID's formula, Heusel et al. 2017), kernel distance (KID's estimator,
+Bińkowski et al. 2018), k-NN precision and recall (Kynkäänniemi et al. 2019) and, for conditional models,
+how often a classifier sees the requested class. The features come from `muselab.image.features.FeatureNet`
+trained on the dataset, not Inception-v3, so these are not FID or KID: the report calls them `fd_muselab`
+and `kid_muselab`. They compare runs on the same data under the same cached net, never with published
+FID or KID values (which are on Inception's 2048-d pool features of 299x299 images).
 
 Memorization: how close each generated image lies to its nearest training image in pixel space, and the
 share that lies as close as the training set's own near-duplicates do.
@@ -164,13 +165,17 @@ def control_accuracy(net: FeatureNet, images: Any, requested_labels: Any) -> flo
 
 def image_quality_report(net: FeatureNet, real: Any, fake: Any, fake_labels: Any = None,
                          k: int = 3) -> dict[str, float]:
-    """fid, kid, kid_std, precision and recall of `fake` against `real` (images [N, C, H, W] in [-1, 1])
-    on `net`'s features, plus control_accuracy when the labels the fakes were generated for are given."""
+    """fd_muselab, kid_muselab, kid_muselab_std, precision and recall of `fake` against `real` (images
+    [N, C, H, W] in [-1, 1]) on `net`'s features, plus control_accuracy when the labels the fakes were
+    generated for are given.
+
+    `fd_muselab` is the Fréchet distance and `kid_muselab` the kernel distance on muselab's own feature
+    network, not Inception: named so that nobody reads them as FID or KID."""
     real_feats, fake_feats = net.features(real).numpy(), net.features(fake).numpy()
     kid, kid_std = kernel_distance(real_feats, fake_feats)
     precision, recall = precision_recall(real_feats, fake_feats, k=k)
-    report = {"fid": frechet_distance(real_feats, fake_feats), "kid": kid, "kid_std": kid_std,
-              "precision": precision, "recall": recall}
+    report = {"fd_muselab": frechet_distance(real_feats, fake_feats), "kid_muselab": kid,
+              "kid_muselab_std": kid_std, "precision": precision, "recall": recall}
     if fake_labels is not None:
         report["control_accuracy"] = control_accuracy(net, fake, fake_labels)
     return report

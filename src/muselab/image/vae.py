@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from muselab.core.config import Section
 from muselab.core.errors import ControlError
-from muselab.image.gan import check_conditioning, check_size, evaluating, resolve_labels, stage_channels
+from muselab.image.gan import check_conditioning, check_size, resolve_labels, stage_channels
+from muselab.nn import evaluating
 
 Batch = dict[str, Tensor]  # "image" float [B, C, H, W] in [-1, 1], "label" int64 [B] (zeros if unlabelled)
 

@@ -33,7 +33,7 @@ from muselab.safety.moderation import (
     raise_if_blocked,
 )
 
-__all__ = ["OnRefused", "RefusedError", "generate"]
+__all__ = ["OnRefused", "RefusedError", "generate", "moderate_texts"]
 
 OnRefused = Literal["skip", "fail"]
 
@@ -206,6 +206,18 @@ def _merge(*per_item: Sequence[dict[str, Any]], count: int) -> list[dict[str, An
         for index, note in enumerate(notes[:count]):
             merged[index].update(note)
     return merged
+
+
+def moderate_texts(texts: Sequence[str], policy: Policy | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts made outside a request (evaluation samples) moderated for saving: redacted, a blocked one
+    withheld, and each one's manifest note."""
+    policy = policy or load_policy(None)
+    shown, notes = [], []
+    for text in texts:
+        verdict = moderate(text, policy)
+        shown.append(verdict.redacted if verdict.allowed else "[withheld: blocked by the moderation policy]")
+        notes.append({"moderation": {"policy": _policy_label(policy), "sample": moderation_summary(verdict)}})
+    return shown, notes
 
 
 def _policy_label(policy: Policy) -> str:

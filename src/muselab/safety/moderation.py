@@ -20,11 +20,16 @@ look-alikes. Every skeleton character remembers the original characters it came 
 reported and redacted at its original offsets. Each category's words are compiled into one regex (a
 trie of per-letter pieces, so shared prefixes are tried once) in which a letter also accepts its
 leetspeak forms (4 @ for a, 3 for e, 1 ! | for i, 0 for o, 5 $ for s, 7 + for t, ...; * for a vowel),
-a run of one letter matches any longer run ("baaad" is "bad", but "as" is not "ass"), and up to two of
-`. _ - ~` may stand between letters ("b.a.d"). Lookarounds make every word whole: "ass" never matches
-"class", "assassin" or "bass", "cunt" never "Scunthorpe". Letters spaced out with blanks ("b a d") are
-found by a second pass that joins runs of single characters and searches them without word
-boundaries. Patterns (personal data) run on the NFKC text with zero-width characters removed.
+a run of one letter matches any longer run ("baaad" is "bad", but "as" is not "ass"), and separators
+may stand between letters (see `_SEP`): up to four symbols of any kind ("b.a.d", "b*|*a-d", "sh--it"),
+one line break ("bas-\\ntard", "bas\\ntard"), and blanks only beside a symbol prose does not put at the
+edge of a word ("bas * tard"). Lookarounds make every word whole: "ass" never matches "class",
+"assassin" or "bass", "cunt" never "Scunthorpe"; real words joined by punctuation still have to spell a
+listed word exactly ("Shih-tzu", "s/he", "e.g." pass). A plain blank is where prose separates words,
+so it never joins pieces of two or more letters ("as sure as s"); letters spelled out across blanks
+("b a d", "s * h * i * t", "s.h. i.t", chunks in which no two different letters touch) are found by a second pass
+that removes the blanks of such runs and searches them without word boundaries. Patterns (personal
+data) run on the NFKC text with zero-width characters removed.
 
 Redaction masks: a word is replaced by as many `*` as it has non-blank characters (the layout stays);
 a pattern match by `[name]` (`[email]`, `[phone]`, `[card]`), which keeps the sentence readable and
@@ -32,7 +37,8 @@ says what was removed.
 
 Known limits: a word list cannot understand context ("I will kill you" in a play is flagged like a
 real threat; words with an innocent sense are therefore left out of the shipped lists); spelled-out
-innocent words that contain a listed word ("c l a s s") are flagged by the spaced-letter pass.
+innocent words that contain a listed word ("c l a s s") are flagged by the spelled-out pass, and so
+are real words that punctuation joins into a listed word exactly ("as-s", "mass-acre").
 """
 
 from __future__ import annotations
@@ -104,16 +110,27 @@ _LEET = {"a": "4@*", "b": "8", "e": "3*", "g": "9", "i": "1!|*", "l": "1|", "o":
 _WORD = r"[^\W_]"  # a letter or digit of any script
 _START = rf"(?<!{_WORD})"
 _END = rf"(?!{_WORD})"
-_SEP = r"[._~\-]{0,2}"  # separators tolerated between the letters of one word
+_SYMBOL = r"(?:[^\w\s]|_)"  # punctuation or a symbol: neither a letter, a digit nor a blank
+# Symbols prose does not put at the edge of a word; blanks beside them may stand inside one ("bas * tard").
+_GLUE = r"[*_~|+=^#\\-]"
+# What may stand between the letters of one word: up to four symbols ("b.a.d", "b*|*a", "b--__a"), blanks
+# only where they touch a glue symbol, and one line break ("bas-\ntard", "bas\ntard"). A plain blank is
+# where prose separates words, so it never joins multi-letter pieces ("as sure as s", "pen is").
+_SEP = (rf"(?:(?=[\W_])(?:[ \t]{{1,3}}(?={_GLUE}))?{_SYMBOL}{{0,4}}"
+        rf"(?:(?<={_GLUE})[ \t]{{1,3}}|[ \t]{{0,3}}\r?\n[ \t]{{0,3}})?)?")
 _GAP = r"[\W_]{0,3}"  # what may stand between the words of a phrase
 _PLURAL_S = r"(?:[s5$])?"  # plural of most words: only "s", so "spic" does not match "spices"
 _PLURAL_ES = r"(?:[e3]?[s5$])?"  # after s, x, z, ch, sh: "asses", "bitches", but not "assess"
 _TAIL = rf"{_WORD}*"  # `word*`: any continuation
 _HEAD = rf"{_WORD}*?"  # `*word`: any beginning
 _LEET_SYMBOLS = "@$!|+"  # leetspeak forms that are not letters or digits
-_SINGLE = rf"(?:{_WORD}|[{re.escape(_LEET_SYMBOLS)}])"
-# Runs of at least three single characters separated by blanks or separators: "b a d", "b. a. d".
-_SPACED_RUN = re.compile(rf"{_START}{_SINGLE}(?:[ \t._~/\-]{{1,3}}{_SINGLE}){{2,}}{_END}")
+# Spelled-out letters: two or more blank-separated chunks in which no two different letters touch ("b a d",
+# "s * h * i * t", "s.h. i.t", "b a\nd"); a chunk of symbols alone ("*", "--") also counts. Such a run
+# cannot be a sequence of real words (a word has two letters in a row, bar "a" and "I"), so its blanks
+# are removed and it is searched without word boundaries ("what a b a d" runs "a" into "bad").
+_BLANKS = r"(?:[ \t]{1,4}|[ \t]{0,4}\r?\n[ \t]{0,4})"
+_SPELLED = re.compile(  # a letter may repeat ("ss h i t"): group 1 and 2 are the last letters of the chunks
+    rf"(?<!\S)(?:({_WORD})\1*(?!{_WORD})|{_SYMBOL})+(?:{_BLANKS}(?:({_WORD})\2*(?!{_WORD})|{_SYMBOL})+)+(?!\S)")
 _WORDLIKE = re.compile(rf"[^\W\d_]|[{re.escape(_LEET_SYMBOLS)}*]")  # "455" is a number, not a word
 
 
@@ -489,20 +506,29 @@ def _passes(check: str | None, matched: str) -> bool:
 
 
 @dataclass(frozen=True)
-class _Spaced:
-    joined: str  # the single characters of a spaced run, separators removed
-    positions: list[int]  # their skeleton offsets
+class _Spelled:
+    joined: str  # the spelled-out runs with their blanks removed, joined by _RUN_FILL
+    positions: list[int]  # skeleton offset of each character (-1 for the filler)
 
 
-def _spaced_runs(text: str) -> list[_Spaced]:
-    runs = []
-    for m in _SPACED_RUN.finditer(text):
-        positions = [m.start() + k for k, ch in enumerate(m.group()) if ch.isalnum() or ch in _LEET_SYMBOLS]
-        runs.append(_Spaced("".join(text[p] for p in positions), positions))
-    return runs
+_RUN_FILL = "\n" * 4  # no word, phrase gap or separator crosses it
 
 
-def _word_hits(compiled: _Compiled, skel: _View, runs: list[_Spaced],
+def _spelled_runs(text: str) -> _Spelled | None:
+    """All spelled-out runs of the text in one string, so that each category searches them in one call."""
+    parts: list[str] = []
+    positions: list[int] = []
+    for m in _SPELLED.finditer(text):
+        if parts:
+            parts.append(_RUN_FILL)
+            positions.extend([-1] * len(_RUN_FILL))
+        for chunk in re.finditer(r"\S+", m.group()):
+            parts.append(chunk.group())
+            positions.extend(range(m.start() + chunk.start(), m.start() + chunk.end()))
+    return _Spelled("".join(parts), positions) if parts else None
+
+
+def _word_hits(compiled: _Compiled, skel: _View, spelled: _Spelled | None,
                allowed: list[tuple[int, int]]) -> list[tuple[int, int, str]]:
     """(original start, end, rule) of word matches; matches inside an allowed phrase are dropped."""
     found: list[tuple[int, int, str, bool]] = []
@@ -510,12 +536,11 @@ def _word_hits(compiled: _Compiled, skel: _View, runs: list[_Spaced],
         for m in compiled.bounded.finditer(skel.text):
             if _WORDLIKE.search(m.group()):
                 found.append((m.start(), m.end(), m.group(), False))
-    bare = compiled.bare() if runs else None
-    if bare is not None:
-        for run in runs:
-            for m in bare.finditer(run.joined):
-                if m.end() > m.start() and _WORDLIKE.search(m.group()):
-                    found.append((run.positions[m.start()], run.positions[m.end() - 1] + 1, m.group(), True))
+    bare = compiled.bare() if spelled is not None else None
+    if bare is not None and spelled is not None:
+        for m in bare.finditer(spelled.joined):
+            if m.end() > m.start() and _WORDLIKE.search(m.group()):
+                found.append((spelled.positions[m.start()], spelled.positions[m.end() - 1] + 1, m.group(), True))
     hits = []
     for start, end, matched, spaced in found:
         if any(a <= start and end <= b for a, b in allowed):
@@ -557,13 +582,13 @@ def moderate(text: str, policy: Policy | None = None) -> Verdict:
     policy = policy or default_policy()
     skel = _view(text, _fold_char, str.lower)
     allowed = [m.span() for m in policy._allow.finditer(skel.text)] if policy._allow else []
-    runs = _spaced_runs(skel.text)
+    spelled = _spelled_runs(skel.text)
     plain: _View | None = None
     newlines = [m.start() for m in re.finditer("\n", text)]
     matches: list[Match] = []
     labels: dict[tuple[int, int], str] = {}
     for compiled in policy._compiled:
-        hits = _word_hits(compiled, skel, runs, allowed)
+        hits = _word_hits(compiled, skel, spelled, allowed)
         if compiled.patterns:
             plain = plain or _plain(text)
             for rule, regex in compiled.patterns:
