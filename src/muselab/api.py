@@ -99,7 +99,8 @@ class Run:
             result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
         run.write_json(files.EVAL, {**result.metrics, "data": spec})
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
-        samples = run / files.SAMPLES
+        if result.samples or result.audio:
+            samples = run / files.SAMPLES  # recorded as the run's only when something is written there
         if result.samples:
             # evaluation samples are outputs too: moderated before they are written
             texts, notes = pipeline.moderate_texts(result.samples)
