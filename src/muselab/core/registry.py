@@ -177,6 +177,11 @@ class Recipe(ABC):
         """Metrics for eval.json (and text samples to save)."""
 
 
+def register_recipe(name: str, target: str) -> None:
+    """Make a recipe class known by name: `target` is "package.module:Class" (imported on first use)."""
+    _RECIPES[name] = target
+
+
 def recipe_names() -> list[str]:
     return sorted(_RECIPES)
 
