@@ -49,7 +49,7 @@ def _blocked_categories(verdict: Verdict) -> str:
 def _input_action(recipe: Recipe, policy: Policy, name: str) -> str:
     """'steer' inputs are moderated as the policy says; 'transform' ones are only recorded, unless the
     policy's [inputs] section says otherwise."""
-    configured = getattr(policy, "inputs_action", None)
+    configured = policy.inputs_action
     if configured:
         return "steer" if configured == "block" else "transform"
     return recipe.capabilities.inputs.get(name, "steer")
@@ -88,7 +88,7 @@ class _Inputs:
                         raise_if_blocked(verdict, name)  # one prompt: the request itself is refused
                     self.refused.append(Refused(index, "input moderation", _blocked_categories(verdict),
                                                 f"the {name} was blocked by the moderation policy"))
-                    shown.append("")
+                    shown.append(text)  # echoed as given, so a file of results lines up with the inputs
                     summaries.append(moderation_summary(verdict))
                     continue
                 shown.append(verdict.redacted)
