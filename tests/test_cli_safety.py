@@ -7,7 +7,6 @@ import pytest
 from conftest import run_cli
 from helpers import write
 from muselab import api
-from muselab.safety.moderation import PolicyViolation
 
 VERDICT_KEYS = {"allowed", "categories", "matches", "redacted", "warnings"}
 
@@ -98,15 +97,59 @@ def test_generate_masks_a_redacted_prompt_and_flags_copies(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_seq2seq_inputs_are_moderated(pairs_run, tmp_path):
+def test_seq2seq_inputs_are_transformed_not_refused(pairs_run, tmp_path):
+    """A word to pronounce is not a word said: its verdict is recorded as a warning and it is transduced."""
     run = api.load(pairs_run)
-    with pytest.raises(PolicyViolation, match="input 2 of 2"):
-        run.generate(["cat", "porn"])
+    result = run.generate(["cat", "porn"])
+    assert len(result.items) == 2 and not result.refused
+    assert result.notes[1]["moderation"]["input"] == [{"category": "sexual", "action": "warn", "count": 1}]
     out = tmp_path / "out.tsv"
-    result = run_cli("generate", str(pairs_run), "--input", "shit", "--input", "cat", "--out", str(out))
-    assert result.returncode == 0 and out.read_text().startswith("****\t")
+    done = run_cli("generate", str(pairs_run), "--input", "shit", "--input", "cat", "--out", str(out))
+    assert done.returncode == 0 and out.read_text().startswith("shit\t")
     manifest = json.loads((tmp_path / "out.tsv.json").read_text())
-    assert manifest["moderation"]["input"] == [{"category": "profanity", "action": "redact", "count": 1}]
-    assert manifest["controls"]["input"] == ["****", "cat"]
-    blocked = run_cli("generate", str(pairs_run), "--input", "porn")
-    assert blocked.returncode == 2 and "category: sexual" in blocked.stderr
+    assert manifest["moderation"]["input"] == [{"category": "profanity", "action": "warn", "count": 1}]
+
+
+def _policy_words(category: str) -> list[str]:
+    from muselab.safety.moderation import load_policy
+
+    return [w.strip("*") for w in load_policy(None).categories[category].words if w.strip("*").isalpha()][:3]
+
+
+@pytest.mark.slow
+def test_every_word_of_a_list_gets_its_line_under_the_default_policy(pairs_run, tmp_path):
+    """A pronunciation tool must handle every word of the language: words of every policy category included."""
+    words = ["cat", "hat", *_policy_words("profanity"), *_policy_words("sexual"), *_policy_words("violence"), "pot"]
+    listing = write(tmp_path / "words.txt", "\n".join(words) + "\n")
+    out = tmp_path / "prons.tsv"
+    result = run_cli("generate", str(pairs_run), "--input-file", str(listing), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == words and all(line.split("\t")[1] for line in lines)
+    manifest = json.loads((tmp_path / "prons.tsv.json").read_text())
+    assert {e["action"] for e in manifest["moderation"]["input"]} == {"warn"}
+
+
+@pytest.mark.slow
+def test_a_blocking_input_policy_refuses_items_one_by_one(pairs_run, tmp_path):
+    policy = write(tmp_path / "strict.toml", '[inputs]\naction = "block"\n')
+    # from Python: the allowed items are generated, each refused one is an entry
+    run = api.load(pairs_run)
+    result = run.generate(["cat", "porn", "hat"], policy=str(policy))
+    assert len(result.items) == 2 and [(r.index, r.category) for r in result.refused] == [(1, "sexual")]
+    assert result.lines()[1] == "porn\t"
+    # the CLI: lines that line up with the inputs, one summary line, exit status 3 (partly refused)
+    out = tmp_path / "out.tsv"
+    done = run_cli("generate", str(pairs_run), "--input", "cat", "--input", "porn", "--input", "hat",
+                   "--policy", str(policy), "--out", str(out))
+    assert done.returncode == 3, done.stderr
+    assert "1 of 3 items refused (sexual: 1)" in done.stderr
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()] == ["cat", "porn", "hat"]
+    manifest = json.loads((tmp_path / "out.tsv.json").read_text())
+    assert manifest["refused"] == [{"index": 1, "check": "input moderation", "category": "sexual",
+                                    "reason": "the input was blocked by the moderation policy"}]
+    # all or nothing when a script asks for it; every item refused is an error either way
+    failed = run_cli("generate", str(pairs_run), "--input", "cat", "--input", "porn", "--policy", str(policy),
+                     "--on-refused", "fail")
+    assert failed.returncode == 2 and "category: sexual" in failed.stderr
+    assert run_cli("generate", str(pairs_run), "--input", "porn", "--policy", str(policy)).returncode == 2

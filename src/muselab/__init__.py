@@ -7,13 +7,24 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__", "train", "load", "generate", "evaluate"]
+# name -> the module that defines it; imported on first use, so `import muselab` stays cheap (no torch)
+_LAZY = {
+    "train": "muselab.api", "load": "muselab.api", "generate": "muselab.api", "evaluate": "muselab.api",
+    "Run": "muselab.api",
+    "Result": "muselab.core.results", "TextResult": "muselab.core.results",
+    "SequenceResult": "muselab.core.results", "ImageResult": "muselab.core.results",
+    "AudioResult": "muselab.core.results", "Refused": "muselab.core.results",
+    "TextGenerationControls": "muselab.text.controls", "Seq2SeqControls": "muselab.text.seq2seq_recipe",
+    "GANControls": "muselab.image.controls", "VAEControls": "muselab.image.controls",
+    "DDSPControls": "muselab.audio.ddsp_recipe", "VocoderControls": "muselab.audio.vocoder_recipe",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    # The API pulls in torch; keep `import muselab` cheap and free of side effects.
-    if name in {"train", "load", "generate", "evaluate"}:
-        from muselab import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'muselab' has no attribute {name!r}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import platform
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,18 +16,20 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from muselab import __version__
+from muselab import __version__, pipeline
 from muselab.core import rundir as files
-from muselab.core.artifacts import ArtifactWriter, Provenance
 from muselab.core.checkpoint import load_into, load_tensors, weights_fingerprint
 from muselab.core.config import build_config, load_toml, parse_overrides
 from muselab.core.controls import parse_controls
-from muselab.core.errors import CheckpointError, ConfigError
+from muselab.core.errors import CheckpointError, ConfigError, ControlError
 from muselab.core.modelcard import write_model_card
-from muselab.core.registry import Generated, Recipe, get_recipe
+from muselab.core.registry import Recipe, get_recipe
+from muselab.core.results import Provenance, Result
 from muselab.core.rundir import RunDir
 from muselab.core.runtime import init_distributed, resolve_device, shutdown_distributed
 from muselab.core.trainer import Trainer, TrainResult
+from muselab.pipeline.artifacts import ArtifactWriter
+from muselab.pipeline.generate import OnRefused
 
 
 @dataclass
@@ -43,17 +47,49 @@ class Run:
     def run_id(self) -> str:
         return weights_fingerprint(self.model.state_dict())
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def controls(self, **values: Any) -> BaseModel:
+        """The recipe's validated controls model for these values (one ControlError line when one is bad)."""
         return parse_controls(self.recipe.controls_class, values)
 
     def generate(self, main: Any = None, /, *, on_text: Callable[[str], None] | None = None,
-                 **controls: Any) -> Generated:
-        """Generate with validated controls; `main` is the recipe's main control (a prompt, a list of inputs)."""
+                 on_refused: OnRefused = "skip", **controls: Any) -> Result:
+        """Generate through the pipeline (moderation, guards, provenance) and return a typed result whose
+        `save(path)` writes the files with their manifests; `main` is the recipe's main control (a prompt,
+        a list of inputs, a number of images, notes)."""
         if main is not None:
-            controls[self.recipe.main_control] = main
-        validated = self.controls(**controls)
-        with torch.no_grad():
-            return self.recipe.generate(self.model, self.config, self.assets, validated, on_text=on_text)
+            controls[self.recipe.capabilities.main_control] = main
+        provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
+        return pipeline.generate(self.recipe, self.model, self.config, self.assets, provenance, controls,
+                                 on_text=on_text, on_refused=on_refused)
+
+    def stream(self, prompt: str = "", **controls: Any) -> Iterator[str]:
+        """The text of one sample piece by piece as it is generated (moderated as it grows)."""
+        if not self.recipe.capabilities.streams_text:
+            raise ControlError(f"a {self.recipe.name} run does not stream text; use generate()")
+        pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = self.generate(prompt, on_text=lambda piece: pieces.put(("text", piece)), stream=True,
+                                       num_samples=1, **controls)
+                pieces.put(("done", result))
+            except BaseException as err:  # handed to the caller's thread
+                pieces.put(("error", err))
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while True:
+            kind, value = pieces.get()
+            if kind == "text":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
 
     def evaluate(self, data: str | None = None) -> dict[str, Any]:
         spec = data or self.saved.get("data", {}).get("spec")
@@ -61,14 +97,22 @@ class Run:
         run.reopen()  # what evaluation writes joins the run's record (runs from before the record stay as they are)
         with torch.no_grad():
             result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
-        run.write_json(files.EVAL, {**result["metrics"], "data": spec})
-        if result.get("samples"):
-            provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
-            writer = ArtifactWriter(provenance, run / files.SAMPLES / "eval_samples.jsonl", overwrite=True)
-            writer.write_texts(result["samples"], result.get("controls", {}), result.get("notes"))
+        run.write_json(files.EVAL, {**result.metrics, "data": spec})
+        provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
+        if result.samples or result.audio:
+            samples = run / files.SAMPLES  # recorded as the run's only when something is written there
+        if result.samples:
+            # evaluation samples are outputs too: moderated before they are written
+            texts, notes = pipeline.moderate_texts(result.samples)
+            writer = ArtifactWriter(provenance, samples / "eval_samples.jsonl", overwrite=True)
+            writer.write_texts(texts, result.sample_controls, notes)
+        for sound in result.audio:
+            samples.mkdir(exist_ok=True)
+            ArtifactWriter(provenance, samples / sound.name, overwrite=True).write_audio(
+                sound.clips, sound.sample_rate, sound.controls)
         state = _read_state(run)
-        write_model_card(run, self.saved, state, result["metrics"])
-        return result["metrics"]
+        write_model_card(run, self.saved, state, result.metrics)
+        return result.metrics
 
 
 def _read_state(run: RunDir) -> dict[str, Any]:
@@ -227,8 +271,9 @@ def _finish_run(run: RunDir, result: TrainResult) -> None:
     write_model_card(run, run.read_config(), state, None)
 
 
-def load(path: str | Path, device: str = "cpu") -> Run:
-    """Load a run directory: safetensors and JSON only, checked before use."""
+def load(path: str | Path, device: str = "auto") -> Run:
+    """Load a run directory: safetensors and JSON only, checked before use. `device`: "auto" (a GPU when
+    there is one), "cpu", "cuda", "cuda:1", "mps"."""
     run = RunDir(path)
     saved = run.read_config()
     recipe = get_recipe(saved["recipe"])
@@ -240,13 +285,13 @@ def load(path: str | Path, device: str = "cpu") -> Run:
     assets = recipe.load_assets(cfg, run)
     model = recipe.build_model(cfg, assets)
     load_into(model, load_tensors(run / files.MODEL), run / files.MODEL)
-    model.to(device).eval()
+    model.to(resolve_device(device)).eval()
     return Run(Path(path), recipe, cfg, assets, model, saved)
 
 
-def generate(path: str | Path, **controls: Any) -> Generated:
-    return load(path).generate(**controls)
+def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **controls: Any) -> Result:
+    return load(path, device).generate(main, **controls)
 
 
-def evaluate(path: str | Path, data: str | None = None) -> dict[str, Any]:
-    return load(path).evaluate(data)
+def evaluate(path: str | Path, data: str | None = None, device: str = "auto") -> dict[str, Any]:
+    return load(path, device).evaluate(data)

@@ -17,6 +17,7 @@ from muselab import __version__
 from muselab.core.errors import ControlError, MuselabError
 
 EXIT_USER_ERROR = 2
+EXIT_PARTLY_REFUSED = 3  # generate: done, but a safety check refused some items
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +67,7 @@ def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseMode
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="muselab", description="Train generative models on your own material and generate "
-                     "new text from them.")
+                     "new text, images and sound from them.")
     parser.add_argument("--version", action="version", version=f"muselab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -100,6 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="compute metrics for a run and write RUN/eval.json")
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
+    evaluate.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
 
     moderate = sub.add_parser(
         "moderate", help="check a text against the moderation policy; prints a JSON verdict",
@@ -153,54 +155,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab import api
-    from muselab.core.artifacts import ArtifactWriter, Provenance
-    from muselab.safety.guard import combine_notes
+    from muselab.core.results import SequenceResult
+    from muselab.core.runtime import resolve_device
 
     if not args.run:
         print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; "
               "`muselab generate RUN --help` lists the controls of that run", file=sys.stderr)
         return 0 if args.help else EXIT_USER_ERROR
-    run = api.load(args.run)
+    run = api.load(args.run, device="cpu")
     parser = _Parser(prog=f"muselab generate {args.run}",
-                     description=f"Generate from a {run.recipe.name} run.")
+                     description=f"Generate from a {run.recipe.name} run. Exit status: 0 done, {EXIT_USER_ERROR} "
+                                 f"a usage or data error, {EXIT_PARTLY_REFUSED} done but some items were refused "
+                                 "by a safety check (listed on stderr and in the manifests).")
     parser.add_argument("--out", help="write to this file or folder (with a manifest per file) instead of printing")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--on-refused", choices=["skip", "fail"], default="skip",
+                        help="an item refused by moderation or the memorization guard: skip it and go on "
+                             "(default), or fail the whole request")
     add_control_options(parser, run.recipe.controls_class)
     if args.help:
         parser.print_help()
         return 0
     options = _read_list_files(vars(parser.parse_args(rest)))
     out, overwrite = options.pop("out"), options.pop("overwrite")
-    if out is None and run.recipe.needs_out:
+    device, on_refused = options.pop("device"), options.pop("on_refused")
+    run.model.to(resolve_device(device))
+    if out is None and run.recipe.capabilities.writes_files:
         raise ControlError(f"a {run.recipe.name} run writes files: add --out FOLDER")
-    streaming = out is None and options.get("stream", True) and options.get("num_samples", 1) == 1
+    streaming = (out is None and run.recipe.capabilities.streams_text and options.get("stream", True)
+                 and options.get("num_samples", 1) == 1)
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
     # the run shows the moderated text as it grows, prompt first (nothing at all when the prompt is blocked)
-    result = run.generate(on_text=show if streaming else None, **options)
-    for warning in result.extra.get("warnings", []):
+    result = run.generate(on_text=show if streaming else None, on_refused=on_refused, **options)
+    for warning in result.warnings:
         print(f"muselab: warning: {warning}", file=sys.stderr)
     if out:
-        writer = ArtifactWriter(Provenance(run.recipe.name, run.run_id, str(run.path)), out, overwrite)
-        if result.kind == "pairs":
-            paths = writer.write_lines(result.extra["lines"], result.extra["controls"], result.extra.get("note"))
-        elif result.kind == "audio":
-            paths = writer.write_audio(result.items, result.extra["sample_rate"], result.extra["controls"],
-                                       result.extra.get("notes"))
-        elif result.kind == "image":
-            paths = writer.write_images(result.items, result.extra["controls"], result.extra["grid"],
-                                        result.extra["animation"], result.extra.get("notes"))
-        else:
-            notes = result.extra.get("notes")
-            paths = writer.write_texts(result.items, result.extra["controls"], notes,
-                                       combine_notes(notes) if notes else None)
-        for path in paths:
+        for path in result.save(out, overwrite):
             print(path)
-    elif result.kind == "pairs":
-        print("\n".join(result.extra["lines"]))
+    elif isinstance(result, SequenceResult):
+        print("\n".join(result.lines(with_scores=result.controls.get("n_best", 1) > 1)))
     elif streaming:
         print()
     else:
@@ -208,6 +206,17 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
             if len(result.items) > 1:
                 print(f"----- sample {index + 1} of {len(result.items)} -----")
             print(text)
+    if result.refused:
+        counts: dict[str, int] = {}
+        for entry in result.refused:
+            counts[entry.category] = counts.get(entry.category, 0) + 1
+        shown = ", ".join(f"{name}: {count}" for name, count in counts.items())
+        print(f"muselab: {len(result.refused)} of {result.requested} items refused ({shown}); the others were "
+              "generated" + (" (the manifest lists each refusal)" if out else ""), file=sys.stderr)
+        for entry in result.refused:
+            print(f"muselab: refused item {entry.index + 1}: {entry.reason} ({entry.check}, {entry.category})",
+                  file=sys.stderr)
+        return EXIT_PARTLY_REFUSED
     return 0
 
 
@@ -231,7 +240,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from muselab import api
 
-    metrics = api.evaluate(args.run, args.data)
+    metrics = api.evaluate(args.run, args.data, device=args.device)
     table = Table(title=f"{args.run} (written to {Path(args.run) / 'eval.json'})")
     table.add_column("metric")
     table.add_column("value", justify="right")

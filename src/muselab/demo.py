@@ -10,7 +10,6 @@ from pathlib import Path
 from PIL import Image
 
 from muselab import api
-from muselab.core.artifacts import ArtifactWriter, Provenance
 from muselab.core.owned import OwnedFolder
 from muselab.core.rundir import RunDir
 from muselab.data.text import load_text_corpus
@@ -74,7 +73,7 @@ def _g2p_section(out: DemoFolder, preset: str) -> Section:
     run = api.load(run_dir)
     metrics = run.evaluate()
     picture = _into_run(run_dir, "attention.png")
-    lines = run.generate(input=G2P_WORDS, beam=5, attention_plot=str(picture)).extra["lines"]
+    lines = run.generate(input=G2P_WORDS, beam=5, attention_plot=str(picture)).lines()
     return Section(
         title="Text: spelling to pronunciation (grapheme-to-phoneme)",
         text=(f"An RNN encoder-decoder with {run.config.model.attention} attention "
@@ -96,7 +95,7 @@ def _image_section(out: DemoFolder, preset: str) -> Section:
     metrics = run.evaluate()
     walk = run.generate(interpolate=["1", "2"], steps=8, label="3")
     strip = _into_run(run_dir, "interpolation.png")
-    Image.fromarray(walk.extra["grid"]).save(strip)
+    Image.fromarray(walk.grid).save(strip)
     keep = {"fd_muselab", "kid_muselab", "precision", "recall", "control_accuracy", "classifier_test_accuracy",
             "memorization_share"}
     return Section(
@@ -120,11 +119,8 @@ def _audio_section(out: DemoFolder, preset: str) -> Section:
     ddsp = api.train("audio-ddsp", AUDIO_DATA, ddsp_dir, preset=preset, max_minutes=AUDIO_MINUTES.get(preset))
     run = api.load(ddsp_dir)
     ddsp_metrics = run.evaluate()
-    phrase = run.generate(DEMO_PHRASE, seed=0)
-    provenance = Provenance(run.recipe.name, run.run_id, str(ddsp_dir))
     with out.writing():  # the sound and its manifest
-        (phrase_file,) = ArtifactWriter(provenance, out / "phrase.wav", overwrite=True).write_audio(
-            phrase.items, phrase.extra["sample_rate"], phrase.extra["controls"])
+        (phrase_file,) = run.generate(DEMO_PHRASE, seed=0).save(out / "phrase.wav", overwrite=True)
     vocoder = api.train("audio-vocoder", AUDIO_DATA, vocoder_dir, preset=preset,
                         max_minutes=AUDIO_MINUTES.get(preset))
     vocoder_metrics = api.load(vocoder_dir).evaluate()

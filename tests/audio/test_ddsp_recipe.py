@@ -83,12 +83,12 @@ def test_note_curves_sound_only_where_notes_are_and_hold_the_pitch_through_rests
 
 def test_generate_plays_the_notes_for_their_length_and_is_deterministic(loaded):
     first = loaded.generate("C4:0.5 E4:0.5", seed=3)
-    assert first.kind == "audio" and first.extra["sample_rate"] == SR
+    assert first.kind == "audio" and first.sample_rate == SR
     assert first.items[0].dtype == np.float32 and first.items[0].shape == (round(0.5 * SR),)
     assert np.array_equal(first.items[0], loaded.generate("C4:0.5 E4:0.5", seed=3).items[0])
     slow = loaded.generate("C4:0.5 E4:0.5", seed=3, tempo=60)
     assert slow.items[0].shape == (SR,)
-    assert first.extra["controls"]["seed"] == 3 and len(first.extra["f0_requested"]) == len(first.extra["f0_hz"])
+    assert first.controls["seed"] == 3 and len(first.timing[0]["f0_requested"]) == len(first.timing[0]["f0_hz"])
 
 
 def test_timbre_transfer_with_an_octave_up_doubles_the_pitch(loaded, tmp_path):
@@ -96,7 +96,7 @@ def test_timbre_transfer_with_an_octave_up_doubles_the_pitch(loaded, tmp_path):
     result = loaded.generate(wav=str(source), pitch_shift=12, seed=0)
     audio = result.items[0]
     assert audio.shape == (SR,)
-    requested = result.extra["f0_requested"]
+    requested = result.timing[0]["f0_requested"]
     assert np.median(requested[requested > 0]) == pytest.approx(440.0, rel=0.01)
     tracked, _ = f0_pyin(audio, SR, 256, fmin=100, fmax=1000)
     assert np.median(tracked[tracked > 0]) == pytest.approx(440.0, rel=0.02)

@@ -46,11 +46,12 @@ def test_generate_from_a_recording_resamples_it_and_keeps_its_length(vocoder_run
     caplog.set_level(logging.INFO, logger="muselab")
     result = api.load(vocoder_run).generate(str(recording), seed=3)
     (audio,) = result.items
-    assert result.kind == "audio" and result.extra["sample_rate"] == MEL.sr == 22050
+    assert result.kind == "audio" and result.sample_rate == MEL.sr == 22050
     assert audio.dtype == np.float32 and audio.shape == (22050,) and np.isfinite(audio).all()
-    assert result.extra["notes"] == [{"method": "vocoder", "input_changes": ["resampled 16000 Hz -> 22050 Hz"]}]
+    assert result.notes[0]["method"] == "vocoder"
+    assert result.notes[0]["input_changes"] == ["resampled 16000 Hz -> 22050 Hz"]
     assert "resampled 16000 Hz -> 22050 Hz" in caplog.text  # a logged note, which the CLI prints
-    assert result.extra["controls"]["wav"] == str(recording)
+    assert result.controls["wav"] == str(recording)
 
 
 def test_a_mel_npy_either_way_round_gives_frames_times_hop_samples(vocoder_run: Path, tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def test_griffin_lim_path_is_the_baseline_and_follows_the_seed(vocoder_run: Path
     baseline = run.generate(str(recording), griffin_lim=True, seed=1)
     again = run.generate(str(recording), griffin_lim=True, seed=1).items[0]
     other_seed = run.generate(str(recording), griffin_lim=True, seed=2).items[0]
-    assert baseline.extra["notes"][0]["method"] == "griffin_lim" and baseline.items[0].shape == network.shape
+    assert baseline.notes[0]["method"] == "griffin_lim" and baseline.items[0].shape == network.shape
     assert np.array_equal(baseline.items[0], again) and not np.array_equal(again, other_seed)
     assert not np.allclose(baseline.items[0], network)
 

@@ -49,7 +49,7 @@ def test_same_seed_same_images_and_labels_in_turn(gan_run: Path) -> None:
     first, again = run.generate(12, seed=5), run.generate(12, seed=5)
     assert np.array_equal(_pixels(first), _pixels(again))
     assert not np.array_equal(_pixels(first), _pixels(run.generate(12, seed=6)))
-    assert first.extra["labels"][:11] == [str(i) for i in range(10)] + ["0"]
+    assert first.labels[:11] == [str(i) for i in range(10)] + ["0"]
     assert first.items[0].shape == (8, 8)
 
 
@@ -167,7 +167,7 @@ def test_vae_interpolates_between_two_pictures(vae_run: Path, tmp_path: Path) ->
         Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(path)
         ends.append(str(path))
     walk = api.load(vae_run).generate(interpolate=ends, steps=4, label="1", seed=0)
-    assert len(walk.items) == 4 and walk.extra["animation"]
+    assert len(walk.items) == 4 and walk.animation
     with pytest.raises(ControlError):
         api.load(vae_run).generate(interpolate=[ends[0], "7"], label="1")
 
@@ -180,9 +180,11 @@ def test_memorization_guard_flags_copies_of_training_images(gan_run: Path, monke
     copies = to_float(load_images("builtin:digits", size=8, channels=1).images[:3])
     monkeypatch.setattr(ImageGANRecipe, "_draw", lambda self, model, n, labels, controls, generator: copies[:n].clone())
     flagged = run.generate(3, seed=0, label="0")
-    assert all(note["memorization"]["flagged"] for note in flagged.extra["notes"])
-    assert "3 of 3 images" in flagged.extra["warnings"][0]
-    assert run.generate(3, seed=0, label="0", memorization="off").extra["notes"] == [{}, {}, {}]
+    assert all(note["memorization"]["flagged"] for note in flagged.notes)
+    assert len(flagged.warnings) == 3 and "image 1 is as close to a training image" in flagged.warnings[0]
+    unchecked = run.generate(3, seed=0, label="0", memorization="off")
+    assert [n["memorization"] for n in unchecked.notes] == [{"checked": False, "reason": "turned off"}] * 3
+    assert not unchecked.warnings
 
 
 def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +202,7 @@ def test_memorization_resample_draws_again(gan_run: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(ImageGANRecipe, "_draw", draw)
     result = api.load(gan_run).generate(1, seed=0, label="0", memorization="resample")
-    assert calls == [1, 1] and not result.extra["notes"][0]["memorization"]["flagged"]
+    assert calls == [1, 1] and not result.notes[0]["memorization"]["flagged"]
 
 
 def test_skip_bad_files_switch_trains_around_a_corrupt_picture(tmp_path: Path) -> None:

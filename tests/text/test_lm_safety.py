@@ -9,7 +9,7 @@ import pytest
 
 from helpers import error_message, write
 from muselab import api
-from muselab.safety.guard import CopyGuardError
+from muselab.pipeline import RefusedError
 from muselab.safety.moderation import PolicyViolation, load_policy, moderate
 from muselab.text.lm_recipe import COPY_INDEX_FILE
 from muselab.text.metrics import load_copy_index, novelty
@@ -74,25 +74,25 @@ def test_a_redact_word_in_the_prompt_is_masked_in_the_output_and_the_manifest_co
     shown = []
     out = run.generate(prompt="The shit fox", max_new_tokens=40, seed=2, on_text=shown.append)
     assert out.items[0].startswith("The **** fox") and "".join(shown) == out.items[0]
-    assert out.extra["controls"]["prompt"] == "The **** fox"
-    note = out.extra["notes"][0]["moderation"]
+    assert out.controls["prompt"] == "The **** fox"
+    note = out.notes[0]["moderation"]
     assert note["prompt"] == [{"category": "profanity", "action": "redact", "count": 1}]
 
 
 def test_copies_of_the_training_text_are_flagged(zorble):
     out = zorble.generate(max_new_tokens=80, num_samples=2, seed=1, stream=False, max_copy_chars=20)
-    marks = [n["memorization"] for n in out.extra["notes"]]
+    marks = [n["memorization"] for n in out.notes]
     assert all(m["checked"] and m["flagged"] and m["longest_copy_chars"] > 20 for m in marks)
-    assert out.extra["warnings"][0].startswith("sample 1 copies ")
+    assert out.warnings[0].startswith("sample 1 copies ")
 
 
 def test_reject_resamples_and_then_refuses(zorble):
-    with pytest.raises(CopyGuardError) as err:
+    with pytest.raises(RefusedError) as err:
         zorble.generate(max_new_tokens=80, seed=1, max_copy_chars=5, copy_guard="reject")
     assert "still copies" in error_message(err)
     # a limit the samples stay under passes without any re-sample
     out = zorble.generate(max_new_tokens=30, seed=1, max_copy_chars=200, copy_guard="reject")
-    assert out.extra["notes"][0]["memorization"]["resampled"] == 0
+    assert out.notes[0]["memorization"]["resampled"] == 0
 
 
 def test_a_run_without_a_copy_index_says_so_and_generates(tiny_run, tmp_path):
@@ -100,8 +100,8 @@ def test_a_run_without_a_copy_index_says_so_and_generates(tiny_run, tmp_path):
     shutil.copytree(tiny_run, old)
     (old / COPY_INDEX_FILE).unlink()
     out = api.load(old).generate(max_new_tokens=10, seed=0, stream=False)
-    assert len(out.items) == 1 and "no copy index" in out.extra["warnings"][0]
-    assert out.extra["notes"][0]["memorization"]["checked"] is False
+    assert len(out.items) == 1 and "no copy index" in out.warnings[0]
+    assert out.notes[0]["memorization"]["checked"] is False
 
 
 def test_novelty_reports_the_flagged_share(zorble_run):

@@ -40,13 +40,13 @@ def test_python_api_returns_phoneme_lists(g2p_run):
     out = g2p.generate(["hello", "world"])
     assert len(out.items) == 2 and all(isinstance(o, list) for o in out.items)
     assert all(set(o) <= set(g2p.assets["target_vocab"].symbols) for o in out.items)
-    assert g2p.generate(["hello", "world"], beam=3).extra["lines"][0].startswith("hello\t")
+    assert g2p.generate(["hello", "world"], beam=3).lines()[0].startswith("hello\t")
 
 
 def test_beam_one_equals_greedy(g2p_run):
     run = api.load(g2p_run)
     words = ["hello", "world", "muselab", "phoneme", "a"]
-    beam = run.generate(input=words, beam=1).extra["hypotheses"]
+    beam = run.generate(input=words, beam=1).items
     import torch
 
     from muselab.text.seq2seq_recipe import pad
@@ -54,7 +54,8 @@ def test_beam_one_equals_greedy(g2p_run):
     vocab = run.assets["source_vocab"]
     encoded = [vocab.encode(w) for w in words]
     greedy, _ = run.model.greedy(pad(encoded), torch.tensor([len(e) for e in encoded]), max_len=30)
-    assert [h[0].tokens for h in beam] == greedy
+    target = run.assets["target_vocab"]
+    assert beam == [target.decode_symbols(tokens) for tokens in greedy]
 
 
 def test_n_best_needs_a_wide_enough_beam(g2p_run):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from muselab.audio.synth import harmonic_synth, midi_to_hz, note_to_midi
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.io import sha256_json
-from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
 from muselab.data.audio_features import (
     ClipFeatures,
@@ -349,8 +349,7 @@ class AudioDDSPRecipe(Recipe):
     config_class = DDSPRecipeConfig
     controls_class = DDSPControls
     default_data = BUILTIN_TONES
-    main_control = "notes"
-    needs_out = True
+    capabilities = Capabilities(main_control="notes", writes_files=True)
     presets = {
         "tiny": {
             "data": {"tones_clips": 8, "window_seconds": 0.5},
@@ -427,23 +426,22 @@ class AudioDDSPRecipe(Recipe):
         return f0.astype(np.float32), loud.astype(np.float32), requested.astype(np.float32), len(clip.audio)
 
     def generate(self, model: DDSP, cfg: DDSPRecipeConfig, assets: dict[str, Any], controls: DDSPControls,
-                 on_text: Any = None) -> Generated:
-        seed = controls.seed if controls.seed is not None else secrets.randbelow(2**31)
-        controls = controls.model_copy(update={"seed": seed})
+                 context: GenerationContext) -> AudioResult:
         f0, loud, requested, n_samples = self.curves(cfg, controls)
         if f0.max() >= cfg.model.sample_rate / 2:
             raise ControlError(f"the pitch reaches {f0.max():.0f} Hz, above half the sample rate "
                                f"({cfg.model.sample_rate / 2:.0f} Hz): play lower notes or shift less")
         z_mfcc = self._timbre(model, cfg, controls)
         f0_t, loud_t = _as_batch(f0, loud)
-        audio = model.render(f0_t, loud_t, z_mfcc, seed=seed)[0, :n_samples].numpy()
-        extra: dict[str, Any] = {"controls": controls.model_dump(), "sample_rate": cfg.model.sample_rate,
-                                 "f0_hz": f0, "f0_requested": requested, "hop": cfg.model.hop}
+        audio = model.render(f0_t, loud_t, z_mfcc, seed=controls.seed)[0, :n_samples].numpy()
+        timing = {"f0_hz": f0, "f0_requested": requested, "hop": cfg.model.hop}
+        note: dict[str, Any] = {}
         peak = float(np.abs(audio).max())
         if peak > 0.99:  # 16-bit WAV clips at 1: scale down instead
             audio = audio * (0.99 / peak)
-            extra["note"] = f"scaled down by {20 * math.log10(peak / 0.99):.1f} dB to avoid clipping"
-        return Generated([audio.astype(np.float32)], "audio", extra)
+            note["level"] = f"scaled down by {20 * math.log10(peak / 0.99):.1f} dB to avoid clipping"
+        return AudioResult(clips=[audio.astype(np.float32)], sample_rate=cfg.model.sample_rate, timing=[timing],
+                           notes=[note])
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, model: DDSP, cfg: DDSPRecipeConfig, assets: dict[str, Any], run: RunDir,
@@ -467,8 +465,7 @@ class AudioDDSPRecipe(Recipe):
         metrics.update(pitch["metrics"])
         metrics["realtime_factor"] = realtime_factor(model, test, cfg.eval.realtime_seconds, cfg.model.hop, sr)
         metrics["heldout_clips"] = len(test)
-        self._pictures_and_samples(model, cfg, run, test[0], resynth[0], pitch)
-        return {"metrics": metrics}
+        return Evaluation(metrics, audio=self._pictures_and_samples(model, cfg, run, test[0], resynth[0], pitch))
 
     def _resynthesize(self, model: DDSP, cfg: DDSPRecipeConfig, clip: ClipFeatures) -> np.ndarray:
         f0, loud = _as_batch(clip.f0_hz, clip.loudness_db)
@@ -505,11 +502,9 @@ class AudioDDSPRecipe(Recipe):
                 "frame_seconds": cfg.model.hop * stride / settings.sample_rate}
 
     def _pictures_and_samples(self, model: DDSP, cfg: DDSPRecipeConfig, run: RunDir, clip: ClipFeatures,
-                              resynth: np.ndarray, pitch: dict[str, Any]) -> None:
+                              resynth: np.ndarray, pitch: dict[str, Any]) -> list[EvalAudio]:
         from muselab.audio.dsp import log_mel
         from muselab.audio.plots import plot_f0, plot_spectrograms
-        from muselab.core.artifacts import ArtifactWriter, Provenance
-        from muselab.core.checkpoint import weights_fingerprint
 
         sr, hop = cfg.model.sample_rate, 256
         panels = [(title, log_mel(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), sr, 1024, hop, 80,
@@ -518,11 +513,8 @@ class AudioDDSPRecipe(Recipe):
         plot_spectrograms(panels, run / "spectrograms.png", sr, hop, title=clip.name)
         times = np.arange(len(pitch["requested"])) * pitch["frame_seconds"]
         plot_f0(times, pitch["requested"], pitch["tracked"], run / "f0.png")
-        provenance = Provenance(self.name, weights_fingerprint(model.state_dict()), str(run.path))
-        samples = run / "samples"
-        for name, audio, controls in (("eval_resynthesis.wav", resynth, {"resynthesis_of": clip.name, "seed": 0}),
-                                      ("eval_notes.wav", pitch["audio"], pitch["controls"].model_dump())):
-            ArtifactWriter(provenance, samples / name, overwrite=True).write_audio([audio], sr, controls)
+        return [EvalAudio("eval_resynthesis.wav", [resynth], sr, {"resynthesis_of": clip.name, "seed": 0}),
+                EvalAudio("eval_notes.wav", [pitch["audio"]], sr, pitch["controls"].model_dump())]
 
 
 def _note_name(midi: int) -> str:

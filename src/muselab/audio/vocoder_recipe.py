@@ -14,7 +14,6 @@ import functools
 import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ from muselab.audio.dsp import (
 from muselab.audio.vocoder import MEL, Vocoder, VocoderConfig
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ControlError, DataError
-from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
 from muselab.data.split import hold_out
 
@@ -246,8 +246,7 @@ class VocoderRecipe(Recipe):
     config_class = VocoderRecipeConfig
     controls_class = VocoderControls
     default_data = "builtin:tones"
-    main_control = "wav"
-    needs_out = True
+    capabilities = Capabilities(main_control="wav", writes_files=True)
     presets = {
         "tiny": {
             "data": {"clips": 8, "clip_seconds": 1.0, "segment": 4096, "test_share": 0.25},
@@ -286,28 +285,25 @@ class VocoderRecipe(Recipe):
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any],
-                 controls: VocoderControls, on_text: Any = None) -> Generated:
+                 controls: VocoderControls, context: GenerationContext) -> AudioResult:
         if (controls.wav is None) == (controls.mel is None):
             raise ControlError("give exactly one of --wav FILE (a recording to resynthesise) or --mel FILE "
                                f"(a .npy log-mel [{MEL.n_mels}, frames])")
-        seed = controls.seed if controls.seed is not None else secrets.randbelow(2**31)
-        controls = controls.model_copy(update={"seed": seed})
-        notes: list[str] = []
+        changes: list[str] = []
         if controls.wav is not None:
             from muselab.audio.io import load_audio
 
-            wav, _, notes = load_audio(controls.wav, sr=SAMPLE_RATE)
-            for note in notes:
-                logger.info(f"{controls.wav}: {note}")
+            wav, _, changes = load_audio(controls.wav, sr=SAMPLE_RATE)
+            for change in changes:
+                logger.info(f"{controls.wav}: {change}")
             mel, length = log_mel(torch.from_numpy(wav)), len(wav)
         else:
             mel = read_mel(controls.mel)
             length = mel.shape[-1] * MEL.hop
-        audio = synthesise(model, mel, controls.griffin_lim, seed, cfg.eval.griffin_lim_iters)[:length]
-        # "notes": one entry per output for its manifest (as the other recipes): how it was made
-        note = {"method": "griffin_lim" if controls.griffin_lim else "vocoder", "input_changes": notes}
-        return Generated([audio.numpy().astype(np.float32)], "audio",
-                         {"controls": controls.model_dump(), "sample_rate": SAMPLE_RATE, "notes": [note]})
+        audio = synthesise(model, mel, controls.griffin_lim, controls.seed, cfg.eval.griffin_lim_iters)[:length]
+        # how it was made, for the manifest
+        note = {"method": "griffin_lim" if controls.griffin_lim else "vocoder", "input_changes": changes}
+        return AudioResult(clips=[audio.numpy().astype(np.float32)], sample_rate=SAMPLE_RATE, notes=[note])
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any], run: RunDir,
@@ -333,32 +329,27 @@ class VocoderRecipe(Recipe):
         metrics.update({"eval_clips": len(clips), "eval_seconds": round(float(weights.sum()) / SAMPLE_RATE, 2),
                         "generator_parameters": model.num_parameters("generator"),
                         "threads": torch.get_num_threads()})
-        self._write_pictures_and_samples(model, examples, cfg.eval.samples, run, data)
-        return {"metrics": metrics}
+        return Evaluation(metrics, audio=self._write_pictures_and_samples(model, examples, cfg.eval.samples, run, data))
 
     def _write_pictures_and_samples(self, model: Vocoder, examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                                    n_samples: int, run: RunDir, data: str) -> None:
+                                    n_samples: int, run: RunDir, data: str) -> list[EvalAudio]:
         from muselab.audio.io import save_audio
         from muselab.audio.plots import plot_spectrograms
-        from muselab.core.artifacts import ArtifactWriter, Provenance
-        from muselab.core.checkpoint import weights_fingerprint
 
         original, vocoded, baseline = examples[0]
         panels = [(name, log_mel(torch.from_numpy(x)).numpy()) for name, x in
                   (("original", original), ("vocoder", vocoded), ("Griffin-Lim", baseline))]
         plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out clip 1")
         if not n_samples:
-            return
+            return []
         folder = run / "samples"
         folder.mkdir(exist_ok=True)
-        provenance = Provenance(self.name, weights_fingerprint(model.state_dict()), str(run.path))
         chosen = examples[:n_samples]
-        for stem, index, use_gl in (("vocoder", 1, False), ("griffin_lim", 2, True)):
-            controls = {"source": f"held-out clips of {data}", "griffin_lim": use_gl, "seed": 0}
-            ArtifactWriter(provenance, folder / f"{stem}.wav", overwrite=True).write_audio(
-                [example[index] for example in chosen], SAMPLE_RATE, controls)
-        for i, example in enumerate(chosen):
+        for i, example in enumerate(chosen):  # the held-out originals: not generated, so no manifest
             save_audio(folder / f"original_{i:03d}.wav", example[0], SAMPLE_RATE)
+        return [EvalAudio(f"{stem}.wav", [example[index] for example in chosen], SAMPLE_RATE,
+                          {"source": f"held-out clips of {data}", "griffin_lim": use_gl, "seed": 0})
+                for stem, index, use_gl in (("vocoder", 1, False), ("griffin_lim", 2, True))]
 
 
 def _scored_clips(test: list[np.ndarray], max_seconds: float) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from muselab.core.errors import ConfigError
+from muselab.core.results import Result
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import BatchSource
 
@@ -31,6 +32,9 @@ _RECIPES: dict[str, str] = {
 }
 
 
+NOT_MEASURED = "this recipe has no memorization measure"
+
+
 @dataclass
 class PreparedData:
     """What a recipe made of the user's data before anything is written to disk."""
@@ -41,32 +45,102 @@ class PreparedData:
     assets: dict[str, Any] = field(default_factory=dict)  # tokenizer and the like
 
 
-@dataclass
-class Generated:
-    """Outputs of one generate call, ready for the artifact writer."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a recipe's generation is, declared once: the CLI, API, pipeline and server read it from here."""
 
-    items: list[Any]
-    kind: str  # "text" (samples), "pairs" (one output line per input), "image", "audio"
-    extra: dict[str, Any] = field(default_factory=dict)
+    main_control: str  # the control `Run.generate(x)` sets from its positional argument
+    writes_files: bool = False  # outputs are files (images, sound), not lines to print
+    # control name -> how input moderation treats it by default: "steer" (a prompt that steers free
+    # generation: blocked items are refused) or "transform" (text the model transforms, such as a word to
+    # pronounce: the verdict is recorded as a warning, never blocked or masked); a policy's [inputs] can
+    # change it
+    inputs: dict[str, str] = field(default_factory=dict)
+    text_outputs: bool = False  # outputs are text: moderated, and decode-time bans apply
+    streams_text: bool = False  # can show its text as it grows (on_text)
+
+
+@dataclass
+class GenerationContext:
+    """What the pipeline hands a recipe's generate: the safety settings it must decode under."""
+
+    policy: Any  # muselab.safety.moderation.Policy (core knows no safety: typed loosely here)
+    ban_words: list[str] = field(default_factory=list)  # words decoding must never write
+    on_text: Callable[[str], None] | None = None  # the whole text of sample 0 so far, as it grows
+    device: Any = None
+
+
+@dataclass
+class EvalAudio:
+    """Sound an evaluation made, to be saved (with manifests and watermarks) as RUN/samples/NAME."""
+
+    name: str
+    clips: list[Any]  # float32 mono arrays
+    sample_rate: int
+    controls: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` returns: metrics for eval.json, and samples to save with their manifests."""
+
+    metrics: dict[str, Any]
+    samples: list[str] = field(default_factory=list)  # text samples -> RUN/samples/eval_samples.jsonl
+    sample_controls: dict[str, Any] = field(default_factory=dict)
+    sample_notes: list[dict[str, Any]] | None = None
+    audio: list[EvalAudio] = field(default_factory=list)
+
+
+class MemorizationGuard(ABC):
+    """A recipe's measure of how close each output is to its training data, for the pipeline's guard.
+
+    The pipeline measures every item, and per `mode` keeps close ones flagged (`flag`), redraws them and
+    flags those still close (`resample`), or redraws them and refuses those still close (`reject`).
+    """
+
+    mode: str = "flag"
+    attempts: int = 3
+
+    @abstractmethod
+    def measure(self, result: Result, indices: Sequence[int]) -> list[float]:
+        """The closeness value of each item `indices` names."""
+
+    @abstractmethod
+    def too_close(self, value: float) -> bool:
+        """Whether a measured value is over the limit."""
+
+    @abstractmethod
+    def note(self, value: float, redraws: int) -> dict[str, Any]:
+        """The item's manifest entry (`{"memorization": {...}}`)."""
+
+    @abstractmethod
+    def describe(self, index: int, value: float) -> str:
+        """One line for the user about a flagged or refused item."""
+
+    def redraw(self, result: Result, indices: Sequence[int], attempt: int) -> None:  # noqa: B027
+        """Replace the items `indices` names with new draws (in place); recipes that cannot redraw keep
+        this default, which leaves them as they are."""
 
 
 class Recipe(ABC):
+    """The contract every recipe keeps (a test runs each registered one through it)."""
+
     name: ClassVar[str]
     summary: ClassVar[str]
     config_class: ClassVar[type[BaseModel]]
     controls_class: ClassVar[type[BaseModel]]
     default_data: ClassVar[str]
-    main_control: ClassVar[str]  # the control `Run.generate(x)` sets from its positional argument
-    needs_out: ClassVar[bool] = False  # outputs are files (images, sound), not lines to print
+    capabilities: ClassVar[Capabilities]
     # Presets are overrides on top of the config defaults, which are the CPU "default" preset
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
     @abstractmethod
-    def prepare_data(self, cfg: BaseModel, data: str) -> PreparedData:
-        """Load and check the data; raise DataError before anything is written."""
+    def prepare_data(self, cfg: BaseModel, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
+        """Load and check the data; raise DataError before anything is written. `assets` (a run's own, on
+        resume, evaluation or --init-from) are reused instead of being made from the data."""
 
     @abstractmethod
-    def build_model(self, cfg: BaseModel, prepared_assets: dict[str, Any]) -> nn.Module:
+    def build_model(self, cfg: BaseModel, assets: dict[str, Any]) -> nn.Module:
         """A fresh model for this config and these assets (vocabulary sizes etc.)."""
 
     @abstractmethod
@@ -83,8 +157,14 @@ class Recipe(ABC):
 
     @abstractmethod
     def generate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
-                 on_text: Any = None) -> Generated:
-        """Generate outputs for validated controls."""
+                 context: GenerationContext) -> Result:
+        """Content for validated controls, as a typed result; the pipeline does every safety check."""
+
+    def memorization_guard(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
+                           context: GenerationContext) -> MemorizationGuard | str | None:
+        """The guard for these controls; None when the user turned it off, or a one-line reason why the
+        outputs cannot be checked (e.g. the training data is not readable here)."""
+        return NOT_MEASURED
 
     def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],
                         run: RunDir) -> Callable[[int, dict[str, Any]], None] | None:
@@ -93,8 +173,13 @@ class Recipe(ABC):
 
     @abstractmethod
     def evaluate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], run: RunDir,
-                 data: str | None) -> dict[str, float]:
-        """Metrics for eval.json."""
+                 data: str | None) -> Evaluation:
+        """Metrics for eval.json (and text samples to save)."""
+
+
+def register_recipe(name: str, target: str) -> None:
+    """Make a recipe class known by name: `target` is "package.module:Class" (imported on first use)."""
+    _RECIPES[name] = target
 
 
 def recipe_names() -> list[str]:

@@ -83,7 +83,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device=mps but MPS is not available here; use train.device=cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} but no CUDA GPU is visible; use cpu or auto")
+    return device
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

@@ -19,6 +19,12 @@ def to_pixels(images: torch.Tensor) -> list[np.ndarray]:
     return [img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0) for img in array]
 
 
+def from_pixels(pixels: np.ndarray) -> torch.Tensor:
+    """One uint8 picture [H, W] or [H, W, 3] -> float32 [C, H, W] in [-1, 1] (the inverse of to_pixels)."""
+    array = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32) / 127.5 - 1.0
+
+
 def _enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 

@@ -7,9 +7,8 @@ rest is here, so both recipes read data, pick labels and score samples the same 
 
 from __future__ import annotations
 
-import secrets
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,19 @@ from torch import nn
 
 from muselab.core.config import Section
 from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    Evaluation,
+    GenerationContext,
+    MemorizationGuard,
+    PreparedData,
+    Recipe,
+)
+from muselab.core.results import ImageResult
 from muselab.core.rundir import RunDir
 from muselab.data.images import ImageDataset, ImageStream, load_images, split_images, to_float
 from muselab.image.gan import check_size
-from muselab.image.pictures import image_grid, to_pixels
+from muselab.image.pictures import from_pixels, image_grid, to_pixels
 
 # Native formats of the built-ins; a user's folder defaults to 64x64 colour
 _NATIVE = {"builtin:digits": (8, 1), "builtin:shapes": (32, 3), "builtin:textures": (32, 3)}
@@ -84,8 +91,7 @@ def parse_seed(text: str) -> int:
 
 
 class ImageRecipe(Recipe):
-    main_control = "n"
-    needs_out = True
+    capabilities = Capabilities(main_control="n", writes_files=True)
     default_data = "builtin:digits"
     validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
 
@@ -151,9 +157,7 @@ class ImageRecipe(Recipe):
         return torch.arange(n) % model_cfg.num_classes  # every class in turn: a grid row per class
 
     def generate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
-                 on_text: Any = None) -> Generated:
-        seed = controls.seed if controls.seed is not None else secrets.randbelow(2**31)
-        controls = controls.model_copy(update={"seed": seed})
+                 context: GenerationContext) -> ImageResult:
         class_names = assets["class_names"]
         if controls.interpolate:
             label = resolve_label(controls.label, class_names) if cfg.model.conditional else None
@@ -161,59 +165,33 @@ class ImageRecipe(Recipe):
                 label = 0
             self._labels(cfg.model, class_names, controls.label, 1)  # the same label checks as sampling
             images = self._interpolate(model, controls.interpolate, label, controls, cfg)
-            label_ids = None if label is None else torch.full((len(images),), label)
             labels = None if label is None else [class_names[label]] * len(images)
-            columns = len(images)
-        else:
-            label_ids = self._labels(cfg.model, class_names, controls.label, controls.n)
-            generator = torch.Generator().manual_seed(seed)
-            images = self._draw(model, controls.n, label_ids, controls, generator)
-            labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
-            columns = None
-        notes, warnings = self._guard_memorization(model, cfg, assets, controls, images, label_ids)
+            return ImageResult(arrays=to_pixels(images), labels=labels, seed=controls.seed,
+                               grid=image_grid(to_pixels(images), columns=len(images)), animation=True)
+        label_ids = self._labels(cfg.model, class_names, controls.label, controls.n)
+        images = self._draw(model, controls.n, label_ids, controls, torch.Generator().manual_seed(controls.seed))
         pixels = to_pixels(images)
-        rows_per_class = (not controls.interpolate and label_ids is not None and controls.label is None
-                          and controls.n % cfg.model.num_classes == 0)
-        if rows_per_class:  # every class in turn: show one row per class
+        labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
+        if label_ids is not None and controls.label is None and controls.n % cfg.model.num_classes == 0:
+            # every class in turn: show one row per class
             order = torch.argsort(label_ids, stable=True).tolist()
             grid = image_grid([pixels[i] for i in order], columns=controls.n // cfg.model.num_classes)
         else:
-            grid = image_grid(pixels, columns=columns)
-        return Generated(pixels, "image", {"controls": controls.model_dump(), "grid": grid, "labels": labels,
-                                           "animation": bool(controls.interpolate), "notes": notes,
-                                           "warnings": warnings})
+            grid = image_grid(pixels)
+        return ImageResult(arrays=pixels, labels=labels, seed=controls.seed, grid=grid)
 
-    def _guard_memorization(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
-                            images: torch.Tensor, label_ids: torch.Tensor | None) -> tuple[list[dict], list[str]]:
-        """Each image's distance to its nearest training image; images closer than the run's threshold are
-        flagged (or, with memorization=resample and when sampling, drawn again). Works in place on `images`."""
-        from muselab.image.metrics import nearest_training_distances
-
+    def memorization_guard(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
+                           context: GenerationContext) -> NearestImageGuard | str | None:
         if controls.memorization == "off":
-            return [{} for _ in images], []
+            return None
         try:
             train, _ = self._load(cfg, assets["data_spec"])
         except DataError:
-            return [{} for _ in images], [f"memorization check skipped: the training data '{assets['data_spec']}' "
-                                          "is not readable here"]
-        reference, threshold = to_float(train.images), assets["memorization_threshold"]
-        distances, _ = nearest_training_distances(images, reference)
-        if controls.memorization == "resample" and not controls.interpolate:
-            generator = torch.Generator().manual_seed(controls.seed + 1)
-            for _ in range(RESAMPLE_TRIES):
-                close = torch.from_numpy(distances <= threshold).nonzero().flatten()
-                if len(close) == 0:
-                    break
-                labels = None if label_ids is None else label_ids[close]
-                images[close] = self._draw(model, len(close), labels, controls, generator)
-                distances[close.numpy()], _ = nearest_training_distances(images[close], reference)
-        flagged = distances <= threshold
-        notes = [{"memorization": {"nearest_training_distance": round(float(d), 5), "threshold": round(threshold, 5),
-                                   "flagged": bool(f)}} for d, f in zip(distances, flagged, strict=True)]
-        warnings = ([f"{int(flagged.sum())} of {len(images)} images are as close to a training image as "
-                     f"near-duplicates are (distance <= {threshold:.4f}): flagged in their manifests"]
-                    if flagged.any() else [])
-        return notes, warnings
+            return f"the training data '{assets['data_spec']}' is not readable here, so closeness is not checked"
+        # an interpolation is a walk between two ends: its frames are flagged, never redrawn
+        mode = "flag" if controls.interpolate else controls.memorization
+        return NearestImageGuard(self, model, cfg, controls, assets["class_names"], to_float(train.images),
+                                 assets["memorization_threshold"], mode)
 
     # -- training snapshots -------------------------------------------------------------------------
     def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],
@@ -298,5 +276,45 @@ class ImageRecipe(Recipe):
             metrics["classifier_test_accuracy"] = float(
                 (net.classify(to_float(test.images)) == test.labels).float().mean())
         metrics.update(self._extra_metrics(model, cfg, train, test, run))
-        return {"metrics": metrics}
+        return Evaluation(metrics)
 
+
+
+class NearestImageGuard(MemorizationGuard):
+    """Each image's distance to its nearest training image; as close as the training set's own
+    near-duplicates (the run's threshold) is too close. A redraw draws new images for the same labels."""
+
+    def __init__(self, recipe: ImageRecipe, model: nn.Module, cfg: BaseModel, controls: BaseModel,
+                 class_names: list[str], reference: torch.Tensor, threshold: float, mode: str) -> None:
+        self.recipe, self.model, self.cfg, self.controls = recipe, model, cfg, controls
+        self.class_names = class_names
+        self.reference, self.threshold, self.mode = reference, threshold, mode
+        self.attempts = RESAMPLE_TRIES
+        self.generator = torch.Generator().manual_seed(controls.seed + 1)
+
+    def measure(self, result: ImageResult, indices: Sequence[int]) -> list[float]:
+        from muselab.image.metrics import nearest_training_distances
+
+        if not len(indices):
+            return []
+        images = torch.stack([from_pixels(result.arrays[i]) for i in indices])
+        return [float(d) for d in nearest_training_distances(images, self.reference)[0]]
+
+    def too_close(self, value: float) -> bool:
+        return value <= self.threshold
+
+    def redraw(self, result: ImageResult, indices: Sequence[int], attempt: int) -> None:
+        labels = None
+        if result.labels is not None:
+            labels = torch.tensor([self.class_names.index(result.labels[i]) for i in indices])
+        fresh = to_pixels(self.recipe._draw(self.model, len(indices), labels, self.controls, self.generator))
+        for i, pixels in zip(indices, fresh, strict=True):
+            result.arrays[i] = pixels
+
+    def note(self, value: float, redraws: int) -> dict[str, Any]:
+        return {"memorization": {"nearest_training_distance": round(value, 5), "threshold": round(self.threshold, 5),
+                                 "flagged": self.too_close(value), "resampled": redraws}}
+
+    def describe(self, index: int, value: float) -> str:
+        return (f"image {index + 1} is as close to a training image as near-duplicates are (distance {value:.4f} <= "
+                f"{self.threshold:.4f}): flagged in its manifest")

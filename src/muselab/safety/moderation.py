@@ -287,8 +287,18 @@ class CategoryFile(Section):
     remove_patterns: list[str] = Field([], description="names of patterns taken out")
 
 
+class InputsFile(Section):
+    """How inputs are moderated: "recipe" keeps each recipe's default (prompts that steer free generation
+    are blocked or masked; text a model transforms, such as a word to pronounce, is only recorded)."""
+
+    action: Literal["recipe", "block", "warn"] = Field(
+        "recipe", description="block: every input as the categories say; warn: inputs are only recorded")
+
+
 class PolicyFile(Section):
     """A policy file: edits to the default policy, or (extends = "none") a whole policy."""
+
+    inputs: InputsFile = Field(InputsFile(), description="how inputs (prompts, words, texts) are moderated")
 
     extends: Literal["default", "none"] = Field("default", description="start from the shipped policy or none")
     allow: list[str] = Field([], description="phrases never flagged, even with a listed word inside")
@@ -341,8 +351,10 @@ class _Compiled:
 class Policy:
     """Categories and allowed phrases, compiled once; build one with `load_policy`."""
 
-    def __init__(self, categories: Iterable[Category], allow: Sequence[str] = (), source: str = "policy") -> None:
+    def __init__(self, categories: Iterable[Category], allow: Sequence[str] = (), source: str = "policy",
+                 inputs_action: str | None = None) -> None:
         self.source = source
+        self.inputs_action = inputs_action  # None: each recipe's default (see InputsFile)
         self.categories: Mapping[str, Category] = MappingProxyType({c.name: c for c in categories})
         self.allow: tuple[str, ...] = tuple(allow)
         allow_entries = [_parse_entry(a, f"'allow' of {source}").strip("*") for a in self.allow]
@@ -422,7 +434,8 @@ def _resolve(spec: PolicyFile, base: Policy | None, source: str) -> Policy:
         categories[name] = Category(name, edit.action or old.action, tuple(words), tuple(patterns), enabled)
     allow = _edit(list(base.allow) if base is not None else [], None, spec.allow, spec.remove_allow,
                   lambda a: a, "allowed phrase", source)
-    return Policy(categories.values(), allow, source)
+    inputs_action = spec.inputs.action if spec.inputs.action != "recipe" else (base.inputs_action if base else None)
+    return Policy(categories.values(), allow, source, inputs_action)
 
 
 def _read_policy_file(path: Path, source: str) -> PolicyFile:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,20 +12,18 @@ from pydantic import Field
 
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, DataError
-from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    Evaluation,
+    GenerationContext,
+    MemorizationGuard,
+    PreparedData,
+    Recipe,
+)
+from muselab.core.results import TextResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
 from muselab.data.text import load_text_corpus, split_train_val
-from muselab.safety.guard import (
-    ModeratedStream,
-    ban_words,
-    check_inputs,
-    guard_copies,
-    merge_notes,
-    moderate_outputs,
-    moderation_note,
-)
-from muselab.safety.moderation import load_policy
 from muselab.text.bans import BannedWordsProcessor, build_ban_processor
 from muselab.text.controls import DEFAULT_MAX_COPY_CHARS, TextGenerationControls
 from muselab.text.decoding import StopStrings, build_processors, generate_tokens
@@ -39,6 +36,7 @@ from muselab.text.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 COPY_INDEX_FILE = "copy_index.safetensors"
 NO_COPY_INDEX = ("this run has no copy index ({file}; runs trained before the memorization guard lack it), "
                  "so --max-copy-chars is not checked; train the run again to get one")
+RESAMPLE_ATTEMPTS = 3  # re-samples of a copying sample before `reject` gives up
 
 
 class TextDataConfig(Section):
@@ -107,7 +105,8 @@ class TextLMRecipe(Recipe):
     config_class = TextLMConfig
     controls_class = TextGenerationControls
     default_data = "builtin:words"
-    main_control = "prompt"
+    capabilities = Capabilities(main_control="prompt", inputs={"prompt": "steer"}, text_outputs=True,
+                                streams_text=True)
     presets = {
         "tiny": {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0},
@@ -171,54 +170,47 @@ class TextLMRecipe(Recipe):
                               "alphabet or train from scratch")
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], controls: TextGenerationControls,
-                 on_text: Callable[[str], None] | None = None) -> Generated:
-        """Samples that passed the safety path: the prompt is moderated first, the policy's words (and
-        `ban`) are banned while decoding, copies of the training text are flagged or re-sampled, and every
-        sample is moderated at the end. `on_text` sees the moderated text as it grows, prompt first."""
+    def _sampler(self, model: GPT, assets: dict[str, Any], controls: TextGenerationControls,
+                 context: GenerationContext) -> Callable[..., list[str]]:
+        """`sample(n, seed, on_tokens=None)`: n continuations of the prompt, decoded under the context's bans."""
         tokenizer: Tokenizer = assets["tokenizer"]
-        if controls.seed is None:
-            controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
-        policy = load_policy(controls.policy)
-        (shown_prompt,), (prompt_summary,) = check_inputs([controls.prompt], policy, "prompt")
         prompt_ids = tokenizer.encode(controls.prompt, strict=True) if controls.prompt else []
         # an empty prompt starts the text as if after a blank line
         start = prompt_ids or tokenizer.encode("\n", strict=False) or [1]
-        words = ban_words(policy, controls.ban)
-        bans = build_ban_processor(words, tokenizer) if words else None
+        bans = build_ban_processor(context.ban_words, tokenizer) if context.ban_words else None
         processors = build_processors(controls)
         if bans is not None:
             processors.insert(0, bans)  # first, so the warpers choose among allowed tokens
         stop = StopStrings(controls.stop, tokenizer.decode) if controls.stop else None
-        index = assets["copy_index"].get() if controls.max_copy_chars and "copy_index" in assets else None
-        rejecting = controls.copy_guard == "reject" and index is not None and controls.max_copy_chars > 0
-        shown = (ModeratedStream(policy, on_text)
-                 if on_text and controls.stream and controls.num_samples == 1 and not rejecting else None)
         device = next(model.parameters()).device
-        model.eval()
 
-        def sample(n: int, seed: int, streamer: _Streamer | None = None) -> list[str]:
+        def sample(n: int, seed: int, on_tokens: _Streamer | None = None) -> list[str]:
             batch = torch.tensor([start] * n, dtype=torch.long, device=device)
             generator = torch.Generator(device=device).manual_seed(seed)
             rows = generate_tokens(model.cached_step(n), batch, controls, generator=generator,
-                                   processors=processors, stop_criteria=stop, on_tokens=streamer)
+                                   processors=processors, stop_criteria=stop, on_tokens=on_tokens)
             return [_finish_text(tokenizer.decode(row), controls.prompt, stop, bans) for row in rows]
 
-        streamer = _Streamer(tokenizer, controls.prompt, shown.feed, controls.stop) if shown else None
+        return sample
+
+    def generate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], controls: TextGenerationControls,
+                 context: GenerationContext) -> TextResult:
+        """`num_samples` continuations of the prompt; `context.on_text` sees sample 0 grow, prompt first."""
+        sample = self._sampler(model, assets, controls, context)
+        streaming = context.on_text is not None and controls.stream and controls.num_samples == 1
+        streamer = _Streamer(assets["tokenizer"], controls.prompt, context.on_text, controls.stop) if streaming else None
         continuations = sample(controls.num_samples, controls.seed, streamer)
-        copies = guard_copies(continuations, index, controls.max_copy_chars, controls.copy_guard,
-                              lambda i, attempt: sample(1, _derived_seed(controls.seed, i, attempt))[0])
-        texts, summaries = moderate_outputs([controls.prompt + c for c in copies.texts], policy)
-        if shown:
-            shown.finish(texts[0])
-        notes = merge_notes([moderation_note(policy, prompt=prompt_summary, sample=s) for s in summaries],
-                            copies.notes)
-        warnings = list(copies.messages)
-        if controls.max_copy_chars and index is None and "copy_index" in assets:
-            warnings.append(NO_COPY_INDEX.format(file=COPY_INDEX_FILE))
-        # the manifests record the prompt as the outputs show it: moderated
-        recorded = {**controls.model_dump(), "prompt": shown_prompt}
-        return Generated(texts, "text", {"controls": recorded, "notes": notes, "warnings": warnings})
+        return TextResult(texts=[controls.prompt + c for c in continuations],
+                          prompts=[controls.prompt] * len(continuations))
+
+    def memorization_guard(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any],
+                           controls: TextGenerationControls, context: GenerationContext) -> CopyGuard | str | None:
+        if not controls.max_copy_chars:
+            return None
+        index = assets["copy_index"].get() if "copy_index" in assets else None
+        if index is None:
+            return NO_COPY_INDEX.format(file=COPY_INDEX_FILE)
+        return CopyGuard(index, controls, self._sampler(model, assets, controls, context))
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], run: RunDir,
@@ -232,8 +224,7 @@ class TextLMRecipe(Recipe):
         controls = TextGenerationControls(max_new_tokens=cfg.eval.sample_tokens, temperature=cfg.eval.temperature,
                                           num_samples=cfg.eval.num_samples, seed=cfg.eval.seed, stream=False,
                                           max_copy_chars=0)
-        generated = self.generate(model, cfg, assets, controls)
-        samples = generated.items
+        samples = self.generate(model, cfg, assets, controls, GenerationContext(policy=None)).texts
         diversity = text_diversity_report(samples, CopyIndex(prepared.assets["train_text"]),
                                           min_copy_chars=cfg.eval.min_copy_chars,
                                           max_copy_chars=DEFAULT_MAX_COPY_CHARS)
@@ -243,9 +234,40 @@ class TextLMRecipe(Recipe):
             "bits_per_char": val_loss * tokens_per_char / math.log(2),
             **diversity,
         }
-        # "notes": the samples' moderation entries, for their manifests
-        return {"metrics": metrics, "samples": samples, "controls": controls.model_dump(),
-                "notes": generated.extra["notes"]}
+        return Evaluation(metrics, samples=samples, sample_controls=controls.model_dump())
+
+
+class CopyGuard(MemorizationGuard):
+    """A sample's longest verbatim copy of the training text (its continuation: the prompt is the user's),
+    against `max_copy_chars`; a redraw samples again with a seed derived from the request's."""
+
+    def __init__(self, index: CopyIndex, controls: TextGenerationControls, sample: Callable[..., list[str]]) -> None:
+        self.index, self.controls, self.sample = index, controls, sample
+        self.mode = "reject" if controls.copy_guard == "reject" else "flag"
+        self.attempts = RESAMPLE_ATTEMPTS
+
+    def measure(self, result: TextResult, indices: Sequence[int]) -> list[float]:
+        return [self.index.longest_copy(result.texts[i][len(result.prompts[i]):])[0] for i in indices]
+
+    def too_close(self, value: float) -> bool:
+        return value > self.controls.max_copy_chars
+
+    def redraw(self, result: TextResult, indices: Sequence[int], attempt: int) -> None:
+        for i in indices:
+            continuation = self.sample(1, _derived_seed(self.controls.seed, i, attempt))[0]
+            result.texts[i] = result.prompts[i] + continuation
+
+    def note(self, value: float, redraws: int) -> dict[str, Any]:
+        return {"memorization": {"checked": True, "longest_copy_chars": int(value),
+                                 "max_copy_chars": self.controls.max_copy_chars, "flagged": self.too_close(value),
+                                 "resampled": redraws}}
+
+    def describe(self, index: int, value: float) -> str:
+        if self.mode == "reject":
+            return (f"sample {index + 1} still copies {int(value)} characters of the training text after "
+                    f"{self.attempts} re-samples; raise --max-copy-chars or use --copy-guard flag")
+        return (f"sample {index + 1} copies {int(value)} characters of the training text "
+                f"(over --max-copy-chars {self.controls.max_copy_chars})")
 
 
 class LazyCopyIndex:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,18 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.core.registry import Generated, PreparedData, Recipe
+from muselab.core.registry import Capabilities, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.results import SequenceResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
 from muselab.data.pairs import load_pairs
-from muselab.safety.guard import (
-    ban_words,
-    check_inputs,
-    moderate_outputs,
-    moderation_note,
-    sum_summaries,
-)
-from muselab.safety.moderation import load_policy
 from muselab.text.bans import build_ban_processor
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import (
@@ -144,7 +136,8 @@ class TextSeq2SeqRecipe(Recipe):
     config_class = Seq2SeqRecipeConfig
     controls_class = Seq2SeqControls
     default_data = "builtin:cmudict"
-    main_control = "input"
+    # Inputs are transformed, not continued: a word to pronounce is recorded by moderation, never blocked
+    capabilities = Capabilities(main_control="input", inputs={"input": "transform"}, text_outputs=True)
     presets = {
         "tiny": {
             "model": {"emb_dim": 16, "hidden": 32, "enc_layers": 1, "dec_layers": 1, "dropout": 0.0},
@@ -211,12 +204,12 @@ class TextSeq2SeqRecipe(Recipe):
 
     # -- generation -------------------------------------------------------------------------------
     def transduce(self, model: Seq2Seq, assets: dict[str, Any], inputs: Sequence[str], controls: Seq2SeqControls,
-                  batch_size: int = 256) -> list[list[Hypothesis]]:
-        """Outputs for many inputs, decoded `batch_size` at a time."""
+                  batch_size: int = 256, ban: Sequence[str] = ()) -> list[list[Hypothesis]]:
+        """Outputs for many inputs, decoded `batch_size` at a time, never writing a word of `ban`."""
         source_vocab: Vocab = assets["source_vocab"]
         results: list[list[Hypothesis]] = []
         device = next(model.parameters()).device
-        bans = self._bans(assets["target_vocab"], controls)
+        bans = self._bans(assets["target_vocab"], ban)
         model.eval()
         for start in range(0, len(inputs), batch_size):
             # an empty input still needs one position for the encoder to read
@@ -225,13 +218,12 @@ class TextSeq2SeqRecipe(Recipe):
         return results
 
     @staticmethod
-    def _bans(target_vocab: Vocab, controls: Seq2SeqControls) -> LogitsProcessorList:
-        """The policy's block and redact words (and --ban) as a decode-time ban on character and BPE targets.
-        Symbol targets (phonemes) are not words, so they get none; their outputs are still moderated."""
-        if target_vocab.kind == "symbols":
+    def _bans(target_vocab: Vocab, words: Sequence[str]) -> LogitsProcessorList:
+        """The words to ban (the policy's block and redact words, and --ban) as a decode-time ban on character
+        and BPE targets. Symbol targets (phonemes) are not words, so they get none; outputs are still moderated."""
+        if target_vocab.kind == "symbols" or not words:
             return LogitsProcessorList()
-        words = ban_words(load_policy(controls.policy), controls.ban)
-        return LogitsProcessorList([build_ban_processor(words, _VocabTokenizer(target_vocab), EOS)] if words else [])
+        return LogitsProcessorList([build_ban_processor(list(words), _VocabTokenizer(target_vocab), EOS)])
 
     def _decode(self, model: Seq2Seq, chunk: list[list[int]], controls: Seq2SeqControls,
                 device: torch.device, bans: LogitsProcessorList) -> list[list[Hypothesis]]:
@@ -267,37 +259,24 @@ class TextSeq2SeqRecipe(Recipe):
         return [[Hypothesis(tokens=row, score=0.0, log_prob=0.0, attention=None)] for row in rows]
 
     def generate(self, model: Seq2Seq, cfg: Seq2SeqRecipeConfig, assets: dict[str, Any],
-                 controls: Seq2SeqControls, on_text: Callable[[str], None] | None = None) -> Generated:
+                 controls: Seq2SeqControls, context: GenerationContext) -> SequenceResult:
         if not controls.input:
             raise ControlError("give at least one input: --input WORD (repeatable) or --input-file FILE")
         if controls.n_best > controls.beam:
             raise ControlError(f"--n-best {controls.n_best} needs --beam of at least {controls.n_best}")
-        if controls.temperature > 0 and controls.seed is None:
-            controls = controls.model_copy(update={"seed": secrets.randbelow(2**31)})
         target_vocab: Vocab = assets["target_vocab"]
-        policy = load_policy(controls.policy)
-        # inputs are checked before decoding; the model reads them as given, the lines echo them moderated
-        shown_inputs, input_summaries = check_inputs(controls.input, policy, "input")
-        hypotheses = self.transduce(model, assets, controls.input, controls, cfg.eval.batch_size)
-        decoded = [target_vocab.decode(hyp.tokens) for hyps in hypotheses for hyp in hyps]
-        moderated, output_summaries = moderate_outputs(decoded, policy, "output")
-        lines, outputs = [], []
-        flat = iter(zip(decoded, moderated, strict=True))
-        for text, hyps in zip(shown_inputs, hypotheses, strict=True):
-            for hyp in hyps:
-                raw, output = next(flat)
-                # symbol targets (phonemes) come back as lists, ready for a speech front end
-                if target_vocab.kind == "symbols":
-                    outputs.append(target_vocab.decode_symbols(hyp.tokens) if output == raw else output.split())
-                else:
-                    outputs.append(output)
-                lines.append(f"{text}\t{output}" + (f"\t{hyp.score:.4f}" if controls.n_best > 1 else ""))
+        hypotheses = self.transduce(model, assets, controls.input, controls, cfg.eval.batch_size, context.ban_words)
+        # symbol targets (phonemes) come back as lists, ready for a speech front end
+        if target_vocab.kind == "symbols":
+            nbest = [[target_vocab.decode_symbols(h.tokens) for h in hyps] for hyps in hypotheses]
+        else:
+            nbest = [[target_vocab.decode(h.tokens) for h in hyps] for hyps in hypotheses]
         if controls.attention_plot:
             self._plot_attention(assets, controls.input[0], hypotheses[0][0], Path(controls.attention_plot))
-        note = moderation_note(policy, input=sum_summaries(input_summaries), output=sum_summaries(output_summaries))
-        recorded = {**controls.model_dump(), "input": shown_inputs}  # the manifest holds the moderated inputs
-        return Generated(outputs, "pairs", {"controls": recorded, "lines": lines,
-                                            "hypotheses": hypotheses, "note": note})
+        return SequenceResult(
+            inputs=list(controls.input), nbest=nbest, scores=[[h.score for h in hyps] for hyps in hypotheses],
+            attention=[None if hyps[0].attention is None else hyps[0].attention.numpy() for hyps in hypotheses],
+            input_indices=list(range(len(hypotheses))))
 
     def _plot_attention(self, assets: dict[str, Any], text: str, hyp: Hypothesis, out: Path) -> None:
         from muselab.report.plots import plot_attention
@@ -337,4 +316,4 @@ class TextSeq2SeqRecipe(Recipe):
                 samples = [f"{s}\t{o}\t(reference: {r})"
                            for s, o, r in zip(sources[:20], outputs[:20], references[:20], strict=True)]
         metrics["decoding"] = f"beam {cfg.eval.beam}"
-        return {"metrics": metrics, "samples": samples, "controls": {"beam": cfg.eval.beam}}
+        return Evaluation(metrics, samples=samples, sample_controls={"beam": cfg.eval.beam})
