@@ -108,3 +108,17 @@ def test_novelty_reports_the_flagged_share(zorble_run):
     index = load_copy_index(zorble_run / COPY_INDEX_FILE)
     report = novelty([f"the {WORD} sat.\nmy {WORD} ran.\n", "quartz jinx"], index, max_copy_chars=20)
     assert report["memorization_flagged_share"] == 0.5
+
+
+def test_a_list_of_prompts_is_decoded_in_batches_and_moderated_one_by_one(tiny_run):
+    run = api.load(tiny_run)
+    single = run.generate("The ", max_new_tokens=12, seed=4, num_samples=2, stream=False)
+    prompts = ["The ", "porn", "A ", "B ", "To"]  # three lengths: three batches
+    batch = run.generate(prompts, max_new_tokens=12, seed=4, num_samples=2, stream=False)
+    # the blocked prompt is one refused entry; the others get their samples, in request order
+    assert [(r.index, r.check, r.category) for r in batch.refused] == [(1, "input moderation", "sexual")]
+    assert batch.prompt_indices == [0, 0, 2, 2, 3, 3, 4, 4]
+    assert all(text.startswith(prompts[i]) for text, i in zip(batch.texts, batch.prompt_indices, strict=True))
+    # the batch holding the first prompt is decoded with the seed itself: the same as asking for it alone
+    assert batch.texts[:2] == single.texts
+    assert all(n["moderation"]["prompt"] == [] for n in batch.notes)

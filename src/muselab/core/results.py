@@ -113,6 +113,7 @@ class TextResult(Result):
 
     texts: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # per text, the prompt it continues (moderated)
+    prompt_indices: list[int] = field(default_factory=list)  # per text, its prompt's position in the request
 
     kind = "text"
 
@@ -121,7 +122,7 @@ class TextResult(Result):
         return self.texts
 
     def _content_json(self) -> dict[str, Any]:
-        return {"texts": self.texts, "prompts": self.prompts}
+        return {"texts": self.texts, "prompts": self.prompts, "prompt_indices": self.prompt_indices}
 
 
 @dataclass

@@ -129,6 +129,7 @@ def _moderate_outputs(result: Result, policy: Policy, refused: list[Refused]) ->
             keep.append(index)
         result.texts = [result.texts[i] for i in keep]
         result.prompts = [result.prompts[i] for i in keep] if result.prompts else []
+        result.prompt_indices = [result.prompt_indices[i] for i in keep] if result.prompt_indices else []
         result.notes = [result.notes[i] for i in keep] if result.notes else []
     elif isinstance(result, SequenceResult):
         keep = []
@@ -193,7 +194,7 @@ def _guard_memorization(guard: MemorizationGuard | str | None, result: Result, r
 
 def _drop_items(result: Result, indices: Sequence[int]) -> None:
     drop = set(indices)
-    for name in ("texts", "prompts", "arrays", "clips", "timing", "labels", "inputs", "nbest", "scores",
+    for name in ("texts", "prompts", "prompt_indices", "arrays", "clips", "timing", "labels", "inputs", "nbest", "scores",
                  "attention", "input_indices"):
         values = getattr(result, name, None)
         if values:
@@ -254,6 +255,10 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
         kept, shown = inputs.kept["input"], inputs.shown["input"]
         result.input_indices = [kept[i] for i in (result.input_indices or range(len(result.nbest)))]
         result.inputs = [shown[i] for i in result.input_indices]  # echoed as moderated
+    if isinstance(result, TextResult) and isinstance(getattr(controls, "prompt", None), list):
+        kept, shown = inputs.kept["prompt"], inputs.shown["prompt"]
+        result.prompt_indices = [kept[i] for i in result.prompt_indices]
+        result.prompts = [shown[i] for i in result.prompt_indices]  # the texts are moderated as a whole below
     output_summaries = _moderate_outputs(result, policy, refused) if recipe.capabilities.text_outputs else []
     if isinstance(result, TextResult):
         memorization = [n for i, n in enumerate(memorization) if i not in {
@@ -266,7 +271,11 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
         entry: dict[str, Any] = {"policy": _policy_label(policy)}
         for name, summaries in inputs.summaries.items():
             part = "prompt" if name == "prompt" else name
-            index = result.input_indices[i] if isinstance(result, SequenceResult) and result.input_indices else 0
+            index = 0
+            if isinstance(result, SequenceResult) and result.input_indices:
+                index = result.input_indices[i]
+            elif isinstance(result, TextResult) and result.prompt_indices:
+                index = result.prompt_indices[i]
             entry[part] = summaries[index] if len(summaries) > index else []
         if recipe.capabilities.text_outputs:
             entry["output" if isinstance(result, SequenceResult) else "sample"] = (

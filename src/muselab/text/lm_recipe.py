@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from muselab.core.config import Section, TrainConfig
-from muselab.core.errors import ConfigError, DataError
+from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.registry import (
     Capabilities,
     Evaluation,
@@ -172,11 +172,9 @@ class TextLMRecipe(Recipe):
     # -- generation -------------------------------------------------------------------------------
     def _sampler(self, model: GPT, assets: dict[str, Any], controls: TextGenerationControls,
                  context: GenerationContext) -> Callable[..., list[str]]:
-        """`sample(n, seed, on_tokens=None)`: n continuations of the prompt, decoded under the context's bans."""
+        """`sample(prompts, n, seed, on_tokens=None)`: n continuations of each prompt, which must all be of one
+        length in tokens (one batch), decoded under the context's bans."""
         tokenizer: Tokenizer = assets["tokenizer"]
-        prompt_ids = tokenizer.encode(controls.prompt, strict=True) if controls.prompt else []
-        # an empty prompt starts the text as if after a blank line
-        start = prompt_ids or tokenizer.encode("\n", strict=False) or [1]
         bans = build_ban_processor(context.ban_words, tokenizer) if context.ban_words else None
         processors = build_processors(controls)
         if bans is not None:
@@ -184,24 +182,42 @@ class TextLMRecipe(Recipe):
         stop = StopStrings(controls.stop, tokenizer.decode) if controls.stop else None
         device = next(model.parameters()).device
 
-        def sample(n: int, seed: int, on_tokens: _Streamer | None = None) -> list[str]:
-            batch = torch.tensor([start] * n, dtype=torch.long, device=device)
+        def sample(prompts: Sequence[str], n: int, seed: int, on_tokens: _Streamer | None = None) -> list[str]:
+            rows = [_start_ids(tokenizer, prompt) for prompt in prompts for _ in range(n)]
             generator = torch.Generator(device=device).manual_seed(seed)
-            rows = generate_tokens(model.cached_step(n), batch, controls, generator=generator,
-                                   processors=processors, stop_criteria=stop, on_tokens=on_tokens)
-            return [_finish_text(tokenizer.decode(row), controls.prompt, stop, bans) for row in rows]
+            out = generate_tokens(model.cached_step(len(rows)), torch.tensor(rows, dtype=torch.long, device=device),
+                                  controls, generator=generator, processors=processors, stop_criteria=stop,
+                                  on_tokens=on_tokens)
+            return [_finish_text(tokenizer.decode(row), prompt, stop, bans)
+                    for row, prompt in zip(out, [p for p in prompts for _ in range(n)], strict=True)]
 
         return sample
 
     def generate(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any], controls: TextGenerationControls,
                  context: GenerationContext) -> TextResult:
-        """`num_samples` continuations of the prompt; `context.on_text` sees sample 0 grow, prompt first."""
+        """`num_samples` continuations of each prompt; `context.on_text` sees sample 0 grow, prompt first.
+        Prompts of the same length in tokens are decoded together, one batch per length."""
+        prompts = [controls.prompt] if isinstance(controls.prompt, str) else list(controls.prompt)
+        if not prompts:
+            raise ControlError("give at least one prompt")
         sample = self._sampler(model, assets, controls, context)
-        streaming = context.on_text is not None and controls.stream and controls.num_samples == 1
-        streamer = _Streamer(assets["tokenizer"], controls.prompt, context.on_text, controls.stop) if streaming else None
-        continuations = sample(controls.num_samples, controls.seed, streamer)
-        return TextResult(texts=[controls.prompt + c for c in continuations],
-                          prompts=[controls.prompt] * len(continuations))
+        n = controls.num_samples
+        single = len(prompts) == 1
+        streaming = context.on_text is not None and controls.stream and n == 1 and single
+        streamer = _Streamer(assets["tokenizer"], prompts[0], context.on_text, controls.stop) if streaming else None
+        by_length: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_length.setdefault(len(_start_ids(assets["tokenizer"], prompt)), []).append(index)
+        texts: list[str] = [""] * (len(prompts) * n)
+        for indices in by_length.values():
+            # the batch holding the first prompt uses the seed itself, so one prompt gives what it always gave
+            seed = controls.seed if indices[0] == 0 else _derived_seed(controls.seed, indices[0], -1)
+            made = sample([prompts[i] for i in indices], n, seed, streamer if 0 in indices else None)
+            for slot, text in enumerate(made):
+                i = indices[slot // n]
+                texts[i * n + slot % n] = prompts[i] + text
+        return TextResult(texts=texts, prompts=[p for p in prompts for _ in range(n)],
+                          prompt_indices=[i for i in range(len(prompts)) for _ in range(n)])
 
     def memorization_guard(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any],
                            controls: TextGenerationControls, context: GenerationContext) -> CopyGuard | str | None:
@@ -254,7 +270,7 @@ class CopyGuard(MemorizationGuard):
 
     def redraw(self, result: TextResult, indices: Sequence[int], attempt: int) -> None:
         for i in indices:
-            continuation = self.sample(1, _derived_seed(self.controls.seed, i, attempt))[0]
+            continuation = self.sample([result.prompts[i]], 1, _derived_seed(self.controls.seed, i, attempt))[0]
             result.texts[i] = result.prompts[i] + continuation
 
     def note(self, value: float, redraws: int) -> dict[str, Any]:
@@ -282,6 +298,12 @@ class LazyCopyIndex:
         if self._index is None and self.path.is_file():
             self._index = load_copy_index(self.path)
         return self._index
+
+
+def _start_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's tokens; an empty prompt starts the text as if after a blank line."""
+    ids = tokenizer.encode(prompt, strict=True) if prompt else []
+    return ids or tokenizer.encode("\n", strict=False) or [1]
 
 
 def _finish_text(text: str, prompt: str, stop: StopStrings | None, bans: BannedWordsProcessor | None) -> str:
