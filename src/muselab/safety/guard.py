@@ -1,54 +1,22 @@
-"""Safety on the one path every text output takes: the policy, decode-time bans and the copy guard.
+"""Safety pieces the generation pipeline (`muselab.pipeline`) puts on every text output's path: what
+matched as a manifest note (never the words), the policy's words as decode-time bans, notes of many items
+combined for one file, and a live stream that shows only what the final, moderated text will show.
 
-A text recipe calls, in this order:
-1. `check_inputs`: prompts / inputs are moderated before anything is generated (block raises
-   PolicyViolation, redact masks what is echoed back, warn is recorded);
-2. `ban_words`: the words of the policy's block and redact categories plus the user's `--ban` words,
-   which the recipe turns into a BannedWordsProcessor at the head of its decoding chain (built per
-   generate call: about 1 ms for a character vocabulary and 6 ms for 2,000 BPE tokens with the default
-   policy's 138 words, so it is not cached);
-3. `guard_copies`: each sample's longest verbatim copy of the training text is measured; above
-   `max_copy_chars` it is flagged, or re-sampled and finally refused;
-4. `moderate_outputs`: the final texts are moderated (the post-filter still runs after the bans).
-
-Each step returns per-item notes (`{"moderation": ...}`, `{"memorization": ...}`) that the artifact writer
-adds to the manifests. Notes name categories, actions and counts, never the matched words.
+`ban_words` gives the words of the policy's block and redact categories plus the user's `--ban` words,
+which a recipe turns into a BannedWordsProcessor at the head of its decoding chain (built per generate
+call: about 1 ms for a character vocabulary and 6 ms for 2,000 BPE tokens with the default policy's 138
+words, so it is not cached).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from muselab.core.errors import MuselabError
-from muselab.safety.moderation import Policy, Verdict, moderate, raise_if_blocked
-from muselab.text.metrics import CopyIndex
+from muselab.safety.moderation import Policy, Verdict, moderate
 
-__all__ = [
-    "CopyGuardError",
-    "ModeratedStream",
-    "ban_words",
-    "check_inputs",
-    "combine_notes",
-    "guard_copies",
-    "merge_notes",
-    "moderate_outputs",
-    "moderation_note",
-    "moderation_summary",
-    "sum_summaries",
-]
-
-RESAMPLE_ATTEMPTS = 3  # re-samples of a copying sample before `reject` gives up
-
-
-class CopyGuardError(MuselabError):
-    """A sample kept copying the training text after every re-sample allowed."""
-
-
-def _policy_label(policy: Policy) -> str:
-    return "default" if policy.source == "the default policy" else policy.source
+__all__ = ["ModeratedStream", "ban_words", "combine_notes", "moderation_summary", "sum_summaries"]
 
 
 # ------------------------------------------------------------------------------------------ moderation
@@ -61,47 +29,6 @@ def moderation_summary(verdict: Verdict) -> list[dict[str, Any]]:
         counts[match.category] = counts.get(match.category, 0) + 1
         actions[match.category] = match.action
     return [{"category": name, "action": actions[name], "count": count} for name, count in counts.items()]
-
-
-def check_inputs(texts: Sequence[str], policy: Policy, what: str = "prompt") -> tuple[list[str], list[list[dict]]]:
-    """Moderate inputs before generating: PolicyViolation on a blocked one (naming it and the category),
-    otherwise the texts with redactions applied and each one's summary."""
-    redacted, summaries = [], []
-    for index, text in enumerate(texts):
-        verdict = moderate(text, policy)
-        where = what if len(texts) == 1 else f"{what} {index + 1} of {len(texts)}"
-        raise_if_blocked(verdict, where)
-        redacted.append(verdict.redacted)
-        summaries.append(moderation_summary(verdict))
-    return redacted, summaries
-
-
-def moderate_outputs(texts: Sequence[str], policy: Policy, what: str = "sample") -> tuple[list[str], list[list[dict]]]:
-    """Moderate finished outputs: PolicyViolation on a blocked one, else the redacted texts and summaries."""
-    redacted, summaries = [], []
-    for index, text in enumerate(texts):
-        verdict = moderate(text, policy)
-        where = what if len(texts) == 1 else f"{what} {index + 1} of {len(texts)}"
-        raise_if_blocked(verdict, f"generated {where}", advice="try another --seed or --ban the word")
-        redacted.append(verdict.redacted)
-        summaries.append(moderation_summary(verdict))
-    return redacted, summaries
-
-
-def moderation_note(policy: Policy, **parts: list[dict]) -> dict[str, Any]:
-    """A manifest's `moderation` entry: the policy and, per part (prompt, sample, input, output), what matched."""
-    return {"moderation": {"policy": _policy_label(policy), **parts}}
-
-
-def merge_notes(*per_item: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-item notes from several steps, merged item by item (each step adds its own keys)."""
-    merged: list[dict[str, Any]] = []
-    for notes in per_item:
-        for index, note in enumerate(notes):
-            if index == len(merged):
-                merged.append({})
-            merged[index].update(note)
-    return merged
 
 
 def sum_summaries(summaries: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -231,48 +158,3 @@ class ModeratedStream:
         """Show the rest of the final text; a redaction that changed what is on screen leaves it as it is."""
         if not self.stopped and final.startswith(self.shown):
             self._show(final[len(self.shown):])
-
-
-# ------------------------------------------------------------------------------------ memorization guard
-
-@dataclass(frozen=True)
-class CopyReport:
-    """The copy guard's result: the texts to keep, a note per text and lines for the user."""
-
-    texts: list[str]
-    notes: list[dict[str, Any]]
-    messages: list[str]
-
-
-def guard_copies(continuations: Sequence[str], index: CopyIndex | None, max_copy_chars: int, mode: str,
-                 resample: Callable[[int, int], str]) -> CopyReport:
-    """Measure each generated continuation's longest verbatim copy of the training text.
-
-    Over `max_copy_chars`: `flag` keeps it and says so; `reject` calls `resample(i, attempt)` for a new
-    continuation up to RESAMPLE_ATTEMPTS times and raises CopyGuardError if every one still copies.
-    `index` None (a run trained without one) or `max_copy_chars` 0 turns the guard off.
-    """
-    texts = list(continuations)
-    if index is None or max_copy_chars == 0:
-        reason = "turned off (max_copy_chars 0)" if index is not None else "the run has no copy index"
-        return CopyReport(texts, [{"memorization": {"checked": False, "reason": reason}} for _ in texts], [])
-    notes, messages = [], []
-    for i, text in enumerate(texts):
-        longest = index.longest_copy(text)[0]
-        attempts = 0
-        while mode == "reject" and longest > max_copy_chars and attempts < RESAMPLE_ATTEMPTS:
-            attempts += 1
-            text = resample(i, attempts)
-            longest = index.longest_copy(text)[0]
-        if longest > max_copy_chars and mode == "reject":
-            raise CopyGuardError(f"sample {i + 1} still copies {longest} characters of the training text after "
-                                 f"{RESAMPLE_ATTEMPTS} re-samples; raise --max-copy-chars, lower the prompt's share "
-                                 "of training text, or use --copy-guard flag")
-        flagged = longest > max_copy_chars
-        if flagged:
-            messages.append(f"sample {i + 1} copies {longest} characters of the training text "
-                            f"(over --max-copy-chars {max_copy_chars})")
-        texts[i] = text
-        notes.append({"memorization": {"checked": True, "longest_copy_chars": longest,
-                                       "max_copy_chars": max_copy_chars, "flagged": flagged, "resampled": attempts}})
-    return CopyReport(texts, notes, messages)
