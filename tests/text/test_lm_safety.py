@@ -122,3 +122,13 @@ def test_a_list_of_prompts_is_decoded_in_batches_and_moderated_one_by_one(tiny_r
     # the batch holding the first prompt is decoded with the seed itself: the same as asking for it alone
     assert batch.texts[:2] == single.texts
     assert all(n["moderation"]["prompt"] == [] for n in batch.notes)
+
+
+def test_stream_yields_the_moderated_text_piece_by_piece(tiny_run):
+    import muselab
+
+    run = muselab.load(tiny_run, device="cpu")
+    pieces = list(run.stream("The shit ", max_new_tokens=30, seed=5))
+    whole = run.generate("The shit ", max_new_tokens=30, seed=5, stream=False)
+    assert len(pieces) > 1 and "".join(pieces) == whole.texts[0] and "shit" not in "".join(pieces)
+    assert isinstance(whole, muselab.TextResult) and list(whole) == whole.texts
