@@ -435,6 +435,21 @@ def ban_step_cost(text: str, kind: str, vocab_size: int, batch: int = 8, steps: 
             "build_s": build_s, "step_ms": per_step * 1e3}
 
 
+def batch_inputs(count: int = 10_000) -> dict:
+    """What moderating every input of a batch adds: `count` CMUdict words through the pipeline's per-item
+    input moderation (text-seq2seq's inputs; the model's work is not included), best of three."""
+    from muselab.core.registry import get_recipe
+    from muselab.data.pairs import load_pairs
+    from muselab.pipeline.generate import _Inputs
+
+    recipe = get_recipe("text-seq2seq")
+    words = [source for source, _ in load_pairs("builtin:cmudict").train[:count]]
+    controls = recipe.controls_class(input=words)
+    policy = load_policy(None)
+    seconds = min(time_call(lambda: _Inputs(recipe, controls, policy))[0] for _ in range(3))
+    return {"inputs": len(words), "seconds": seconds, "inputs_per_s": len(words) / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED_DATA / "tinyshakespeare.txt"))
@@ -468,8 +483,11 @@ def main() -> None:
     print_table(rows)
     print("most frequent flagged words:", ", ".join(f"{w} ({n})" for w, n in fp["top_words"]))
     print(f"target < 2 % of lines flagged: {'met' if fp['flagged_rate'] < 0.02 else 'NOT met'}")
+    batch = batch_inputs()
+    print_table([(f"moderating {batch['inputs']:,} inputs of one batch: seconds", batch["seconds"])])
+    print(f"target under 2 s: {'met' if batch['seconds'] < 2 else 'NOT met'}")
     result = {"command": "python benchmarks/bench_moderation.py", "labelled": quality, "false_positives": fp,
-              "cpu_model": cpu_model()}
+              "batch_inputs": batch, "cpu_model": cpu_model()}
 
     if not args.no_bans:
         costs = [ban_step_cost(text, "bpe", 4000), ban_step_cost(text, "char", 0)]
