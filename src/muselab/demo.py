@@ -81,7 +81,7 @@ def _g2p_section(out: DemoFolder, preset: str) -> Section:
               "CMUdict (stress stripped). Word error rate is the share of held-out test words with any phoneme "
               "wrong; the full default preset trains for 30 minutes. The picture shows where the decoder "
               f"looked in '{G2P_WORDS[0]}' while writing each phoneme."),
-        metrics={k: v for k, v in metrics.items() if k in {"wer", "per", "wer_greedy", "per_greedy", "test_pairs"}},
+        metrics={k: v for k, v in metrics.items() if k in {"wer", "per", "wer_greedy", "per_greedy", "test_pairs", "split"}},
         images=[(picture, f"attention while pronouncing '{G2P_WORDS[0]}'")],
         samples=["\n".join(lines)],
     )

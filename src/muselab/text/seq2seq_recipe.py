@@ -42,6 +42,8 @@ class PairDataConfig(Section):
 
 class Seq2SeqEvalConfig(Section):
     beam: int = Field(5, ge=1, le=64, description="beam size for the test-set metrics (greedy is reported too)")
+    split: Literal["test", "val"] = Field(
+        "test", description="where the error rates are measured: choose settings on val, report test once")
     batch_size: int = Field(256, ge=1, description="inputs decoded together")
 
 
@@ -293,11 +295,12 @@ class TextSeq2SeqRecipe(Recipe):
         prepared = self.prepare_data(cfg, data, assets)
         device = next(model.parameters()).device
         val_loss = mean_loss(model, prepared.val, cfg.train.batch_size, device)
-        test = [(s, t) for s, t in prepared.assets["corpus"].test if s.strip()]
+        split = cfg.eval.split
+        test = [(s, t) for s, t in getattr(prepared.assets["corpus"], split) if s.strip()]
         if not test:
-            raise DataError("the data has no test split to evaluate on")
+            raise DataError(f"the data has no {split} split to evaluate on")
         sources, references = [s for s, _ in test], [t for _, t in test]
-        metrics: dict[str, Any] = {"val_loss": val_loss, "test_pairs": len(test)}
+        metrics: dict[str, Any] = {"val_loss": val_loss, "split": split, f"{split}_pairs": len(test)}
         target_vocab: Vocab = assets["target_vocab"]
         symbols = prepared.info["target_kind"] == "symbols"
         samples = []
