@@ -63,7 +63,7 @@ def _header_problem(header: Any, data_size: int) -> str | None:
         if not isinstance(entry, dict):
             return f"the entry of tensor '{name}' is not an object"
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPE_BYTES:
+        if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
             return f"tensor '{name}' has an unknown dtype {dtype!r}"
         if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
             return f"tensor '{name}' has a bad shape {shape!r}"

@@ -108,6 +108,11 @@ def field_problem(data: Any, fields: Fields, where: str = "") -> str | None:
             if problem:
                 return problem
             continue
+        if kind == "objects" and isinstance(value, dict):  # name the entry that is not an object
+            bad = next((k for k, v in value.items() if not isinstance(v, dict)), None)
+            if bad is not None:
+                return f"'{name}.{bad}' is {_describe(value[bad])}, not an object"
+            continue
         nullable = kind.endswith("?")
         check, wanted = _KINDS[kind.rstrip("?")]
         if not (check(value) or (nullable and value is None)):

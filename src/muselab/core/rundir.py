@@ -78,7 +78,7 @@ class RunDir:
             raise CheckpointError(f"cannot read '{file}' ({err.strerror}); check its permissions") from None
         problem = field_problem(data, fields or SCHEMAS.get(name) or Fields())
         if problem:
-            raise CheckpointError(f"'{file}' is damaged ({problem}); the run directory cannot be used as it is")
+            raise CheckpointError(f"'{file}' is damaged ({problem}); restore the file or train the run again")
         return data
 
     def read_config(self) -> dict[str, Any]:
