@@ -20,7 +20,7 @@ from torch import nn
 
 from muselab.core.config import Section
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
-from muselab.core.io import Fields
+from muselab.core.io import Fields, atomic_write
 from muselab.core.registry import Generated, PreparedData, Recipe
 from muselab.core.rundir import RunDir
 from muselab.data.images import ImageDataset, ImageStream, load_images, split_images, to_float
@@ -237,7 +237,8 @@ class ImageRecipe(Recipe):
             snapshot_model.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
             folder = run / "progress"
             folder.mkdir(exist_ok=True)
-            Image.fromarray(self._overview_grid(snapshot_model, cfg)).save(folder / f"step_{step:06d}.png")
+            grid = Image.fromarray(self._overview_grid(snapshot_model, cfg))
+            atomic_write(folder / f"step_{step:06d}.png", lambda tmp: grid.save(tmp, format="PNG"))
 
         return snapshot
 
