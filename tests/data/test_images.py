@@ -259,6 +259,24 @@ def test_skip_bad_files_records_what_was_skipped(tmp_path: Path) -> None:
     assert data.info["skipped"] == ["garbage.png", "truncated.png"]
 
 
+@pytest.mark.parametrize("odd_size", [(1, 1), (100_000, 1), (2, 100_000)])
+def test_a_picture_without_room_for_a_shape_is_named_or_skipped(tmp_path: Path, odd_size: tuple[int, int]) -> None:
+    root = numbered_folder(tmp_path / "odd", loose=3)
+    save(root / "odd.png", Image.new("L", odd_size, 200))
+    with pytest.raises(DataError) as err:
+        load(root, tmp_path / "cache")
+    msg = error_message(err)
+    assert "odd.png" in msg and f"{odd_size[0]}x{odd_size[1]} px" in msg and "--skip-bad-files" in msg
+    data = load(root, tmp_path / "cache", skip_bad_files=True)
+    assert len(data) == 3 and data.info["skipped"] == ["odd.png"]
+
+
+def test_a_very_wide_picture_with_room_is_centre_cropped(tmp_path: Path) -> None:
+    root = numbered_folder(tmp_path / "wide", loose=2)
+    save(root / "wide.png", Image.new("L", (100_000, 8), 200))
+    assert len(load(root, tmp_path / "cache", size=8, channels=1)) == 3
+
+
 def test_too_few_readable_images_after_skipping(tmp_path: Path) -> None:
     root = tmp_path / "bad"
     save(root / "good.png", solid((1, 2, 3)))

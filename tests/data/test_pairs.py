@@ -129,6 +129,8 @@ def test_tsv_and_jsonl_round_trip_any_text(scratch: Path, pairs) -> None:
         ("bad.tsv", "cat\tK AE T\n\n\ndog\n", r"line 4: expected 2 tab-separated fields, found 1"),
         ("bad.tsv", "cat\tK AE T\ndog\t  \n", r"line 2: empty target"),
         ("bad.tsv", "\tK AE T\n", r"line 1: empty source"),
+        ("cut.tsv", "cat\tK AE T\ndog\t", r"line 2: empty target"),  # the last line cut after its tab
+        ("cut.tsv", "cat\tK AE T\ndo", r"line 2: expected 2 tab-separated fields, found 1"),
         ("bad.jsonl", '{"source": "a", "target": "b"}\n\n\n{"source": "a"}\n', r"line 4: not a JSON object with string 'source' and 'target'"),
         ("bad.jsonl", '{"source": "a", "target": 3}\n', r"line 1: not a JSON object with string 'source' and 'target'"),
         ("bad.jsonl", '["a", "b"]\n', r"line 1: not a JSON object with string 'source' and 'target'"),

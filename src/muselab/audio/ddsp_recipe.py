@@ -27,7 +27,7 @@ from muselab.audio.ddsp import DDSP, DDSPConfig
 from muselab.audio.synth import harmonic_synth, midi_to_hz, note_to_midi
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.core.io import sha256_json
+from muselab.core.io import Fields, sha256_json
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
@@ -190,6 +190,11 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
 
 def hash_clip(clip: ClipFeatures) -> str:
     return hashlib.sha256(clip.audio.tobytes()).hexdigest()[:16]
+
+
+# What data_stats.json holds (see data_stats)
+_STATS_FIELDS = Fields(required={"loudness_mean": "finite", "loudness_std": "finite", "midi_low": "finite",
+                                 "midi_high": "finite"})
 
 
 def data_stats(clips: Sequence[ClipFeatures]) -> dict[str, float]:
@@ -385,7 +390,7 @@ class AudioDDSPRecipe(Recipe):
         path = run / "data_stats.json"
         if not path.is_file():
             raise DataError(f"'{path}' is missing; the run directory is incomplete")
-        return {"stats": run.read_json("data_stats.json")}
+        return {"stats": run.read_json("data_stats.json", _STATS_FIELDS)}
 
     def check_transfer(self, cfg: DDSPRecipeConfig, source_cfg: DDSPRecipeConfig, prepared: PreparedData,
                        source: Path) -> None:

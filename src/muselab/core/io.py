@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -57,3 +58,82 @@ def read_json_file(path: Path, what: str) -> Any:
         raise CheckpointError(f"{what} '{path}' is not UTF-8 JSON (bad byte at offset {e.start}); {fix}") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{what} '{path}' is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from e
+
+
+# What a field of a JSON file may hold: a kind name below ("int", "number", "str", "bool", "object",
+# "list", "strings" = a list of strings, "objects" = an object of objects), "?" after it for "or null",
+# or a nested Fields for an object whose own fields are checked.
+Kind = Union[str, "Fields"]
+
+
+class Fields:
+    """The fields a JSON object must (`required`) or may (`optional`) hold, and their kinds; other keys pass."""
+
+    def __init__(self, required: Mapping[str, Kind] | None = None, optional: Mapping[str, Kind] | None = None) -> None:
+        self.required, self.optional = dict(required or {}), dict(optional or {})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "a whole number"),
+    "number": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "finite": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "strings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "objects": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+                "an object of objects"),
+}
+
+
+def field_problem(data: Any, fields: Fields, where: str = "") -> str | None:
+    """What is wrong with `data` against `fields` (e.g. "'train' is a string, not an object"), or None."""
+    if not isinstance(data, dict):
+        place = f"'{where}'" if where else "the top level"
+        return f"{place} is {_describe(data)}, not a JSON object"
+    for key, kind in [*fields.required.items(), *fields.optional.items()]:
+        name = f"{where}.{key}" if where else key
+        if key not in data:
+            if key in fields.required:
+                return f"it has no '{name}' entry"
+            continue
+        value = data[key]
+        if isinstance(kind, Fields):
+            problem = field_problem(value, kind, name)
+            if problem:
+                return problem
+            continue
+        if kind == "objects" and isinstance(value, dict):  # name the entry that is not an object
+            bad = next((k for k, v in value.items() if not isinstance(v, dict)), None)
+            if bad is not None:
+                return f"'{name}.{bad}' is {_describe(value[bad])}, not an object"
+            continue
+        nullable = kind.endswith("?")
+        check, wanted = _KINDS[kind.rstrip("?")]
+        if not (check(value) or (nullable and value is None)):
+            return f"'{name}' is {_describe(value)}, not {wanted}{' or null' if nullable else ''}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def read_json_object(path: Path, what: str, fields: Fields | None = None) -> dict[str, Any]:
+    """A JSON object from a run's file, its fields checked; one-line CheckpointError when it is unusable."""
+    from muselab.core.errors import CheckpointError
+
+    data = read_json_file(path, what)
+    problem = field_problem(data, fields or Fields())
+    if problem:
+        raise CheckpointError(f"{what} '{path}' is damaged ({problem}); restore it or retrain")
+    return data

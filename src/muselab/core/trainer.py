@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -30,9 +31,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from muselab.core import rundir as files
-from muselab.core.checkpoint import load_tensors, read_metadata, save_tensors, weights_fingerprint
+from muselab.core.checkpoint import load_into, load_tensors, read_metadata, save_tensors, weights_fingerprint
 from muselab.core.config import TrainConfig
 from muselab.core.errors import CheckpointError, ConfigError, TrainingDiverged
+from muselab.core.io import Fields, field_problem
 from muselab.core.progress import TrainingProgress
 from muselab.core.rundir import RunDir
 from muselab.core.runtime import Distributed, autocast, derive_seed, make_generator
@@ -148,6 +150,72 @@ def _phase_parameters(params: dict[str, nn.Parameter], phases: list[OptimizerPha
     return owners
 
 
+_CHECKPOINT_META = Fields(required={"step": "int", "elapsed_s": "finite", "bad_steps": "int", "bad_in_row": "int",
+                                   "param_groups": "object"})
+
+
+def _checkpoint_meta(path: Path, raw: str | None, phases: set[str]) -> dict[str, Any]:
+    """The counters and optimizer settings stored in a checkpoint's metadata, checked before use."""
+    if raw is None:
+        raise CheckpointError(f"'{path}' has no trainer state; it cannot be resumed")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = None
+    problem = "it is not JSON" if meta is None else field_problem(meta, _CHECKPOINT_META)
+    if problem is None and min(meta["step"], meta["bad_steps"], meta["bad_in_row"], meta["elapsed_s"]) < 0:
+        problem = "a counter is negative"
+    if problem is None and set(meta["param_groups"]) != phases:
+        problem = f"optimizers {sorted(meta['param_groups'])}, expected {sorted(phases)}"
+    if problem:
+        raise CheckpointError(f"the trainer state in '{path}' is damaged ({problem}); restore it or start again "
+                              "with --overwrite")
+    return meta
+
+
+def _same_structure(saved: Any, fresh: Any) -> bool:
+    """Whether a value read back from JSON has the shape of the one a fresh optimizer holds (numbers for
+    numbers, lists as long for tuples), so that loading it cannot break a later step."""
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return type(saved) is type(fresh)
+    if isinstance(fresh, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    if isinstance(fresh, (list, tuple)):
+        return (isinstance(saved, (list, tuple)) and len(saved) == len(fresh)
+                and all(_same_structure(a, b) for a, b in zip(saved, fresh, strict=True)))
+    return True  # a tensor or other object the optimizer made itself
+
+
+def _checked_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer, path: Path) -> dict[str, Any]:
+    """The saved state of one optimizer, checked against a fresh one. A setting the saved groups lack (one a
+    newer torch added) takes the fresh optimizer's value; one it does not know is left out."""
+    fresh_groups = optimizer.state_dict()["param_groups"]
+    groups = saved["param_groups"]
+    ok = isinstance(groups, list) and len(groups) == len(fresh_groups) and all(
+        isinstance(g, dict) and all(_same_structure(g[k], f[k]) for k in f if k in g)
+        for g, f in zip(groups, fresh_groups, strict=True))
+    if ok:
+        groups = [{**f, **{k: v for k, v in g.items() if k in f}} for g, f in zip(groups, fresh_groups, strict=True)]
+        # each state tensor must fit the parameter its id stands for
+        shapes = dict(zip((i for g in fresh_groups for i in g["params"]),
+                          (p.shape for g in optimizer.param_groups for p in g["params"]), strict=True))
+        ok = [i for g in groups for i in g["params"]] == list(shapes) and all(
+            index in shapes and all(torch.is_tensor(v) and v.is_floating_point()
+                                    and (v.dim() == 0 or v.shape == shapes[index]) for v in state.values())
+            for index, state in saved["state"].items())
+    if not ok:
+        raise CheckpointError(f"optimizer state in '{path}' does not fit this model; restore it or start again "
+                              "with --overwrite")
+    return {"state": saved["state"], "param_groups": groups}
+
+
+def _check_same_tensors(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], path: Path,
+                        what: str) -> None:
+    if set(saved) != set(fresh) or any(saved[k].shape != fresh[k].shape for k in fresh):
+        raise CheckpointError(f"the {what} in '{path}' do not fit this model; restore it or start again with "
+                              "--overwrite")
+
+
 class Trainer:
     def __init__(
         self,
@@ -242,33 +310,28 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         path = self.run / files.TRAINER_STATE
-        meta_raw = read_metadata(path).get("state")
-        if meta_raw is None:
-            raise CheckpointError(f"'{path}' has no trainer state; it cannot be resumed")
-        meta = json.loads(meta_raw)
+        meta = _checkpoint_meta(path, read_metadata(path).get("state"), set(self.optimizers))
         tensors = load_tensors(path)
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
+        load_into(self.model, model_state, path)
         if self.ema is not None:
-            self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")} or self.ema
-        saved_groups = meta["param_groups"]
-        if not isinstance(saved_groups, dict) or set(saved_groups) != set(self.optimizers):
-            raise CheckpointError(f"optimizer state in '{path}' does not fit this model (optimizers "
-                                  f"{sorted(saved_groups) if isinstance(saved_groups, dict) else 'unnamed'}, "
-                                  f"expected {sorted(self.optimizers)})")
+            ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
+            if ema:
+                _check_same_tensors(ema, self.ema, path, "EMA weights")
+                self.ema = ema
         opt_states: dict[str, dict[str, Any]] = {phase: {"state": {}, "param_groups": groups}
-                                                 for phase, groups in saved_groups.items()}
+                                                 for phase, groups in meta["param_groups"].items()}
         for key, value in tensors.items():
             if key.startswith("opt."):
-                _, phase, index, name = key.split(".", 3)
-                opt_states[phase]["state"].setdefault(int(index), {})[name] = value
-        try:
-            for phase, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(opt_states[phase])
-        except (ValueError, KeyError) as err:
-            raise CheckpointError(f"optimizer state in '{path}' does not fit this model ({err})") from None
-        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed_s"])
-        self.bad_total, self.bad_in_row = int(meta["bad_steps"]), int(meta["bad_in_row"])
+                parts = key.split(".", 3)
+                if len(parts) != 4 or parts[1] not in opt_states or not parts[2].isdigit():
+                    raise CheckpointError(f"optimizer state in '{path}' has an unknown entry '{key}'; restore it "
+                                          "or start again with --overwrite")
+                opt_states[parts[1]]["state"].setdefault(int(parts[2]), {})[parts[3]] = value
+        for phase, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(_checked_optimizer_state(opt_states[phase], optimizer, path))
+        self.step, self.elapsed = meta["step"], float(meta["elapsed_s"])
+        self.bad_total, self.bad_in_row = meta["bad_steps"], meta["bad_in_row"]
         self.last_checkpoint = self.step
 
     # -- validation ---------------------------------------------------------------------------

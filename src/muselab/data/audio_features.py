@@ -156,11 +156,12 @@ def _read_cache(path: Path, key: str, n_frames: int, n_mfcc: int) -> dict[str, n
         if read_metadata(path).get("key") != key:
             return None
         tensors = {name: t.numpy() for name, t in load_tensors(path).items()}
-    except (CheckpointError, OSError, ValueError):
+    except (CheckpointError, OSError, ValueError, TypeError):  # TypeError: a dtype numpy lacks (bf16, fp8)
         return None  # corrupt or foreign: extract again over it
-    shapes_ok = all(tensors.get(n) is not None and tensors[n].shape[:1] == (n_frames,)
-                    for n in ("f0_hz", "voiced", "loudness_db", "mfcc"))
-    return tensors if shapes_ok and tensors["mfcc"].shape[1:] == (n_mfcc,) else None
+    shapes = {"f0_hz": (n_frames,), "voiced": (n_frames,), "loudness_db": (n_frames,), "mfcc": (n_frames, n_mfcc)}
+    ok = all(tensors.get(n) is not None and tensors[n].shape == shape and tensors[n].dtype.kind in "fiub"
+             and np.isfinite(tensors[n]).all() for n, shape in shapes.items())
+    return tensors if ok else None
 
 
 def _write_cache(path: Path, key: str, tensors: dict[str, np.ndarray]) -> None:

@@ -36,7 +36,10 @@ from muselab.data.split import hold_out
 BUILTIN_PREFIX = "builtin:"
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 # Part of every cache key: bump it when decoding or generation changes, so old cache files are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+# A picture narrower than this on either side holds no shape to learn (a 1x1 px file, a 100,000 x 1 px
+# strip): centre-cropped to a square it would be one stretched pixel, so it is refused instead.
+MIN_SIDE = 4
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
 SHAPES_PER_CLASS = 2000
@@ -133,9 +136,16 @@ def _fit(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
+class UnusableImage(ValueError):
+    """A file that decodes but cannot serve as a training picture; the message says why."""
+
+
 def _decode(path: Path, mode: str, size: int) -> np.ndarray:
     """One file -> uint8 [size, size] or [size, size, 3]; fully decoded here so that corrupt files fail here."""
     with Image.open(path) as image:
+        if min(image.size) < MIN_SIDE:
+            raise UnusableImage(f"it is {image.size[0]}x{image.size[1]} px; pictures need at least {MIN_SIDE} px "
+                                "on each side")
         image.draft(None, (size, size))  # JPEG only: decode big photos at a reduced scale, still >= size
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
         image.load()
@@ -157,6 +167,8 @@ def load_picture(path: str | os.PathLike[str], *, size: int, channels: int) -> t
 def _decode_failure(err: BaseException) -> str:
     if isinstance(err, Image.DecompressionBombError):
         return "too many pixels to decode safely"
+    if isinstance(err, UnusableImage):
+        return str(err)
     return f"{type(err).__name__}: {err}".replace("\n", " ").strip()
 
 

@@ -319,6 +319,8 @@ def load_feature_net(path: Path) -> tuple[FeatureNet, dict[str, Any]]:
     try:
         cfg = FeatureNetConfig.model_validate_json(meta["config"])
         info = json.loads(meta["info"])
+        if not isinstance(info, dict):
+            raise ValueError("info is not an object")
     except (KeyError, ValueError) as err:  # pydantic's ValidationError is a ValueError
         raise CheckpointError(f"'{path}' has unreadable feature net metadata ({type(err).__name__}); "
                               "train it again") from None
@@ -356,7 +358,8 @@ def feature_net_for(
     if path.is_file():
         try:
             net, info = load_feature_net(path)
-            if info.get("cache_key") == cache_key:
+            fits = net.cfg.in_channels == images.shape[1] and net.cfg.num_classes == num_classes
+            if info.get("cache_key") == cache_key and fits:
                 return net, {**info, "from_cache": True, "cache_path": str(path)}
         except CheckpointError:
             pass  # corrupt or foreign file: train a fresh net over it

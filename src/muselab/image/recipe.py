@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from muselab.core.config import Section
-from muselab.core.errors import ConfigError, ControlError, DataError
+from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.io import Fields, atomic_write
 from muselab.core.registry import (
     Capabilities,
     Evaluation,
@@ -55,6 +56,10 @@ class ImageEvalConfig(Section):
     samples: int = Field(5000, ge=10, description="generated images (unconditional models)")
     reference_images: int = Field(10_000, ge=10, description="training images the samples are compared with, at most")
     k: int = Field(3, ge=1, description="neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)")
+
+
+# What image_data.json holds (see prepare_data)
+_DATA_FIELDS = Fields(required={"class_names": "strings", "data_spec": "str", "memorization_threshold": "finite"})
 
 
 def data_format(cfg: BaseModel, spec: str) -> tuple[int, int]:
@@ -127,7 +132,11 @@ class ImageRecipe(Recipe):
         path = run / DATA_FILE
         if not path.is_file():
             raise DataError(f"'{path}' is missing; the run directory is incomplete")
-        return run.read_json(DATA_FILE)
+        assets = run.read_json(DATA_FILE, _DATA_FIELDS)
+        if cfg.model.conditional and len(assets["class_names"]) != cfg.model.num_classes:
+            raise CheckpointError(f"'{path}' names {len(assets['class_names'])} classes, the model has "
+                                  f"{cfg.model.num_classes}; the run directory is damaged")
+        return assets
 
     def check_transfer(self, cfg: BaseModel, source_cfg: BaseModel, prepared: PreparedData, source: Path) -> None:
         if (cfg.model.size, cfg.model.channels) != (source_cfg.model.size, source_cfg.model.channels):
@@ -206,7 +215,8 @@ class ImageRecipe(Recipe):
             snapshot_model.load_state_dict({k: v.detach().to("cpu") for k, v in weights.items()})
             folder = run / "progress"
             folder.mkdir(exist_ok=True)
-            Image.fromarray(self._overview_grid(snapshot_model, cfg)).save(folder / f"step_{step:06d}.png")
+            grid = Image.fromarray(self._overview_grid(snapshot_model, cfg))
+            atomic_write(folder / f"step_{step:06d}.png", lambda tmp: grid.save(tmp, format="PNG"))
 
         return snapshot
 

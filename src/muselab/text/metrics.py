@@ -228,9 +228,11 @@ class CopyIndex:
 
 def load_copy_index(path: str | Path) -> CopyIndex:
     """Read an index written by :meth:`CopyIndex.save`; CheckpointError when the file is not one."""
+    from muselab.core.checkpoint import check_safetensors
     from muselab.core.errors import CheckpointError
 
     path = Path(path)
+    check_safetensors(path)  # a damaged header is named before the library reads it
     try:
         with safe_open(str(path), framework="numpy") as handle:
             if (handle.metadata() or {}).get("format") != COPY_INDEX_FORMAT:
@@ -240,7 +242,8 @@ def load_copy_index(path: str | Path) -> CopyIndex:
     except (OSError, SafetensorError, KeyError, UnicodeDecodeError) as err:
         raise CheckpointError(f"'{path}' is not a readable copy index ({type(err).__name__}); delete it "
                               "or train the run again") from None
-    if len(sa) != len(text) or (len(sa) and (sa.min() < 0 or sa.max() >= len(text))):
+    if (sa.ndim != 1 or sa.dtype.kind not in "iu" or len(sa) != len(text)
+            or (len(sa) and (sa.min() < 0 or sa.max() >= len(text)))):
         raise CheckpointError(f"'{path}' does not match its text; delete it or train the run again")
     return CopyIndex.from_suffix_array(text, sa)
 
