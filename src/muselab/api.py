@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from muselab import __version__, pipeline
 from muselab.core import rundir as files
 from muselab.core.checkpoint import load_into, load_tensors, weights_fingerprint
-from muselab.core.config import build_config, load_toml, parse_overrides
+from muselab.core.config import build_config, describe_validation_error, load_toml, parse_overrides
 from muselab.core.controls import parse_controls
 from muselab.core.errors import CheckpointError, ConfigError, ControlError
 from muselab.core.modelcard import write_model_card
@@ -281,7 +281,7 @@ def load(path: str | Path, device: str = "auto") -> Run:
         cfg = recipe.config_class.model_validate(saved["config"])
     except ValidationError as err:
         raise CheckpointError(f"'{run / files.CONFIG}' does not match this muselab version's {recipe.name} "
-                              f"config ({err.errors()[0]['msg']})") from None
+                              f"config ({describe_validation_error(err)})") from None
     assets = recipe.load_assets(cfg, run)
     model = recipe.build_model(cfg, assets)
     load_into(model, load_tensors(run / files.MODEL), run / files.MODEL)

@@ -51,7 +51,8 @@ class TrainConfig(Section):
     seed: int = Field(1337, description="seed for weights, data order and dropout")
 
 
-def _describe_error(err: ValidationError, prefix: str = "") -> str:
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """The first problem of a config as one phrase naming its dotted key."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     key = f"{prefix}{key}" if key else prefix.rstrip(".")
@@ -92,7 +93,7 @@ def build_config(model: type[BaseModel], layers: Iterable[Mapping[str, Any]]) ->
             raise ConfigError(
                 f"unknown config key '{'.'.join(path)}'; keys {where}: {', '.join(keys)}"
             ) from None
-        raise ConfigError(_describe_error(err)) from None
+        raise ConfigError(describe_validation_error(err)) from None
 
 
 def _deep_merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
