@@ -128,6 +128,8 @@ def test_every_word_of_a_list_gets_its_line_under_the_default_policy(pairs_run, 
     assert [line.split("\t")[0] for line in lines] == words and all(line.split("\t")[1] for line in lines)
     manifest = json.loads((tmp_path / "prons.tsv.json").read_text())
     assert {e["action"] for e in manifest["moderation"]["input"]} == {"warn"}
+    # each word's own verdict: the listed words have one, the plain ones none
+    assert [item["index"] for item in manifest["items"]] == list(range(2, len(words) - 1))
 
 
 @pytest.mark.slow

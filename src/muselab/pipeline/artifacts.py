@@ -142,7 +142,11 @@ def save_result(result: Result, path: Path, overwrite: bool) -> list[Path]:
     if isinstance(result, SequenceResult):
         from muselab.safety.guard import combine_notes
 
-        note = {**combine_notes(result.notes), **file_note}
+        # each item's own verdict where anything matched (a file of 6,000 clean words stays small)
+        flagged = [{"index": index, "moderation": n["moderation"]}
+                   for index, n in zip(result.input_indices, result.notes, strict=True)
+                   if any(v for k, v in n.get("moderation", {}).items() if k != "policy")]
+        note = {**combine_notes(result.notes), **({"items": flagged} if flagged else {}), **file_note}
         return writer.write_lines(result.lines(with_scores=result.controls.get("n_best", 1) > 1), result.controls,
                                   note)
     if isinstance(result, TextResult):
