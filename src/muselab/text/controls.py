@@ -24,8 +24,7 @@ class TextGenerationControls(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str | list[str] = Field(
-        "", description="Text the samples continue; empty starts from scratch. From Python, a list of prompts "
-                        "gives --num-samples samples of each (prompts of one length are decoded as one batch).")
+        "", description="Text the samples continue; empty starts from scratch (Python: a list, one batch per length).")
     max_new_tokens: int = Field(
         200, ge=1, le=100_000, description="Most tokens to generate per sample (the prompt is not counted)."
     )
