@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from muselab import __version__
 from muselab.core.errors import ControlError, MuselabError
@@ -40,29 +41,87 @@ def _fixed_count(field: Any) -> int | None:
     return bounds[0] if len(bounds) == 2 and bounds[0] == bounds[1] else None
 
 
+def _show_value(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_show_value(v) for v in value) if value else "none"
+    if isinstance(value, str):
+        return repr(value) if value == "" or " " in value else value
+    return str(value)
+
+
+def field_facts(field: FieldInfo) -> str:
+    """"default: 0.8; range: >= 0" for a pydantic field: its default, range and choices, as help shows them."""
+    from muselab.core.controls import field_choices, field_range
+
+    if field.is_required():
+        facts = ["required"]
+    else:
+        facts = [f"default: {_show_value(field.get_default(call_default_factory=True))}"]
+    if field_range(field):
+        facts.append(f"range: {field_range(field)}")
+    choices = field_choices(field)
+    if choices:
+        facts.append("choices: " + ", ".join(str(c) for c in choices))
+    return "; ".join(facts)
+
+
+def _help(description: str | None, facts: str) -> str:
+    text = (description or "").rstrip()
+    return f"{text} ({facts})".strip().replace("%", "%%")  # argparse formats help with %
+
+
+def _noting(action: type[argparse.Action], note: str) -> type[argparse.Action]:
+    """`action`, printing a one-line note on stderr when the option is used (deprecated spellings)."""
+
+    class Noting(action):  # type: ignore[valid-type,misc]
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            print(f"muselab: note: {note}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Noting
+
+
 def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseModel]) -> None:
-    """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md)."""
+    """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md). Each
+    option's help ends with its default, range and choices; other names of a control (`aliases` on the
+    field) are flags too, the deprecated ones hidden and printing a note when used."""
+    from muselab.core.controls import alias_names, deprecated_aliases, deprecation_note, field_choices
+
     group = parser.add_argument_group("generation controls")
     for name, field in controls.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        old = deprecated_aliases(field)
+        flags = [flag, *("--" + a.replace("_", "-") for a in alias_names(field, name) if a not in old)]
         kind = _field_type(field.annotation)
-        help_text = field.description or ""
+        facts = field_facts(field)
+        options: dict[str, Any]
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
+            options = {"action": argparse.BooleanOptionalAction}
         elif get_origin(kind) is list and _fixed_count(field):
             # a list of exactly N values is given at once: `--interpolate A B`
             count = _fixed_count(field)
-            group.add_argument(flag, dest=name, nargs=count, default=argparse.SUPPRESS,
-                               metavar=tuple(chr(ord("A") + i) for i in range(count)), help=help_text)
+            options = {"action": "store", "nargs": count,
+                       "metavar": tuple(chr(ord("A") + i) for i in range(count))}
         elif get_origin(kind) is list:
-            group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
-                               help=help_text + " (repeatable)")
-            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
-                               help=f"read {flag} values from a UTF-8 file, one per line")
+            options = {"action": "append"}
+            facts = "repeatable; " + facts
         else:
-            group.add_argument(flag, dest=name, type=kind if kind in (int, float) else str,
-                               default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+            choices = field_choices(field)
+            options = {"action": "store", "type": kind if kind in (int, float) else str}
+            options.update({"choices": choices} if choices else {"metavar": name.upper()})
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(field.description, facts),
+                           **options)
+        base = parser._registry_get("action", options["action"], options["action"])
+        for alias in old:
+            group.add_argument("--" + alias.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS, **{**options, "action": _noting(base, deprecation_note(alias, name))})
+        if get_origin(kind) is list and not _fixed_count(field):
+            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
+                               help=f"read {flag} values from a UTF-8 file, one per line (default: none)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -96,6 +155,7 @@ def _build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
                               "lists its controls)", add_help=False)
     generate.add_argument("run", nargs="?", help="run directory")
+    generate.add_argument("--recipe", help="with --help: show a recipe's controls without a run")
     generate.add_argument("-h", "--help", action="store_true", help="show the run's controls")
 
     evaluate = sub.add_parser("evaluate", help="compute metrics for a run and write RUN/eval.json")
@@ -153,30 +213,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_parser(recipe: Any, prog: str) -> argparse.ArgumentParser:
+    """The options of `muselab generate` for one recipe: the common ones, then its controls model's."""
+    parser = _Parser(prog=prog, description=f"Generate from {_article(recipe.name)} {recipe.name} run. Exit status: "
+                     f"0 done, {EXIT_USER_ERROR} a usage or data error, {EXIT_PARTLY_REFUSED} done but some items were "
+                     "refused by a safety check (listed on stderr and in the manifests).")
+    where = ("a folder for the files, with a manifest per file (required: this recipe writes files)"
+             if recipe.capabilities.writes_files else
+             "write to this file or folder (with a manifest per file) instead of printing (default: print)")
+    parser.add_argument("--out", help=where)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (default: off)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps "
+                        "(default: auto)")
+    parser.add_argument("--on-refused", choices=["skip", "fail"], default="skip",
+                        help="an item refused by moderation or the memorization guard: skip it and go on, or "
+                             "fail the whole request (default: skip; choices: skip, fail)")
+    add_control_options(parser, recipe.controls_class)
+    return parser
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab import api
+    from muselab.core.registry import get_recipe, recipe_names
     from muselab.core.results import SequenceResult
     from muselab.core.runtime import resolve_device
 
-    if not args.run:
-        print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; "
-              "`muselab generate RUN --help` lists the controls of that run", file=sys.stderr)
-        return 0 if args.help else EXIT_USER_ERROR
-    run = api.load(args.run, device="cpu")
-    parser = _Parser(prog=f"muselab generate {args.run}",
-                     description=f"Generate from a {run.recipe.name} run. Exit status: 0 done, {EXIT_USER_ERROR} "
-                                 f"a usage or data error, {EXIT_PARTLY_REFUSED} done but some items were refused "
-                                 "by a safety check (listed on stderr and in the manifests).")
-    parser.add_argument("--out", help="write to this file or folder (with a manifest per file) instead of printing")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--on-refused", choices=["skip", "fail"], default="skip",
-                        help="an item refused by moderation or the memorization guard: skip it and go on "
-                             "(default), or fail the whole request")
-    add_control_options(parser, run.recipe.controls_class)
-    if args.help:
-        parser.print_help()
+    if args.recipe and not args.run:
+        if not args.help:
+            raise ControlError("--recipe only shows a recipe's controls with --help; generate from a trained run: "
+                               "muselab generate RUN [controls]")
+        _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
         return 0
+    if not args.run:
+        print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; `muselab generate RUN --help` lists "
+              "the controls of that run, `muselab generate --recipe NAME --help` those of a recipe (one of "
+              f"{', '.join(recipe_names())})", file=sys.stderr)
+        return 0 if args.help else EXIT_USER_ERROR
+    if args.help:  # the controls come from the run's recipe: read config.json alone, not the weights
+        from muselab.core.rundir import RunDir
+
+        recipe = get_recipe(RunDir(args.run).read_config()["recipe"])
+        _generate_parser(recipe, f"muselab generate {args.run}").print_help()
+        return 0
+    run = api.load(args.run, device="cpu")
+    parser = _generate_parser(run.recipe, f"muselab generate {args.run}")
     options = _read_list_files(vars(parser.parse_args(rest)))
     out, overwrite = options.pop("out"), options.pop("overwrite")
     device, on_refused = options.pop("device"), options.pop("on_refused")

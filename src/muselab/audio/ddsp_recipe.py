@@ -39,6 +39,7 @@ from muselab.data.audio_features import (
     is_cached,
 )
 from muselab.data.split import hold_out
+from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
@@ -349,6 +350,9 @@ class AudioDDSPRecipe(Recipe):
     config_class = DDSPRecipeConfig
     controls_class = DDSPControls
     default_data = BUILTIN_TONES
+    data_formats = ("a folder of (or one) monophonic .wav, .flac or .ogg recordings of one instrument or voice; "
+                    "long ones are cut into data.clip_seconds clips")
+    builtin_data = {BUILTIN_TONES: TONES_DESCRIPTION}
     capabilities = Capabilities(main_control="notes", writes_files=True)
     presets = {
         "tiny": {

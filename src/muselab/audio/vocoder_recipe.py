@@ -39,6 +39,7 @@ from muselab.core.registry import Capabilities, EvalAudio, Evaluation, Generatio
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
 from muselab.data.split import hold_out
+from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
@@ -246,6 +247,8 @@ class VocoderRecipe(Recipe):
     config_class = VocoderRecipeConfig
     controls_class = VocoderControls
     default_data = "builtin:tones"
+    data_formats = "a folder of at least two .wav, .flac or .ogg recordings (whole files are held out)"
+    builtin_data = {"builtin:tones": TONES_DESCRIPTION}
     capabilities = Capabilities(main_control="wav", writes_files=True)
     presets = {
         "tiny": {
