@@ -85,8 +85,8 @@ class TextGenerationControls(BaseModel):
         description="Longest verbatim copy of the training text a sample may hold; 0 turns the guard off.",
     )
     memorization: Literal["flag", "resample", "reject", "off"] = Field(
-        "flag", description="A sample copying over --max-copy-chars: flag it, redraw then flag (resample), "
-                            "redraw then refuse (reject), or do not check (off).",
+        "flag", description="A sample over --max-copy-chars: flag it, redraw then flag (resample), redraw "
+                            "then refuse (reject), or do not check (off).",
         **aliases("memorization", deprecated=("copy_guard",)))
 
     @field_validator("stop")
