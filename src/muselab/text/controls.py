@@ -86,7 +86,7 @@ class TextGenerationControls(BaseModel):
     )
     memorization: Literal["flag", "resample", "reject", "off"] = Field(
         "flag", description="A sample over --max-copy-chars: flag it, redraw then flag (resample), redraw "
-                            "then refuse (reject), or do not check (off).",
+                            "then refuse (reject), or off.",
         **aliases("memorization", deprecated=("copy_guard",)))
 
     @field_validator("stop")
