@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
 
 from muselab import __version__
-from muselab.core.errors import ControlError, MuselabError
+from muselab.core.errors import ConfigError, ControlError, MuselabError
 
 EXIT_USER_ERROR = 2
 EXIT_PARTLY_REFUSED = 3  # generate: done, but a safety check refused some items
@@ -41,34 +40,6 @@ def _fixed_count(field: Any) -> int | None:
     return bounds[0] if len(bounds) == 2 and bounds[0] == bounds[1] else None
 
 
-def _show_value(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_show_value(v) for v in value) if value else "none"
-    if isinstance(value, str):
-        return repr(value) if value == "" or " " in value else value
-    return str(value)
-
-
-def field_facts(field: FieldInfo) -> str:
-    """"default: 0.8; range: >= 0" for a pydantic field: its default, range and choices, as help shows them."""
-    from muselab.core.controls import field_choices, field_range
-
-    if field.is_required():
-        facts = ["required"]
-    else:
-        facts = [f"default: {_show_value(field.get_default(call_default_factory=True))}"]
-    if field_range(field):
-        facts.append(f"range: {field_range(field)}")
-    choices = field_choices(field)
-    if choices:
-        facts.append("choices: " + ", ".join(str(c) for c in choices))
-    return "; ".join(facts)
-
-
 def _help(description: str | None, facts: str) -> str:
     text = (description or "").rstrip()
     return f"{text} ({facts})".strip().replace("%", "%%")  # argparse formats help with %
@@ -90,6 +61,7 @@ def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseMode
     option's help ends with its default, range and choices; other names of a control (`aliases` on the
     field) are flags too, the deprecated ones hidden and printing a note when used."""
     from muselab.core.controls import alias_names, deprecated_aliases, deprecation_note, field_choices
+    from muselab.describe import field_facts
 
     group = parser.add_argument_group("generation controls")
     for name, field in controls.model_fields.items():
@@ -130,12 +102,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"muselab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    sub.add_parser("recipes", help="list the recipes that can be trained")
+    recipes = sub.add_parser("recipes", help="list the recipes; `muselab recipes NAME` describes one")
+    recipes.add_argument("name", nargs="?", help="a recipe: print its data, config fields, presets and controls")
 
     train = sub.add_parser("train", help="train a recipe on data into a run directory")
     train.add_argument("recipe", nargs="?", help="recipe name (see `muselab recipes`); optional with --resume")
     train.add_argument("--data", help="a file, a folder, or builtin:NAME (default: the recipe's built-in data)")
-    train.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    train.add_argument("--out", help="run directory to create (or continue with --resume); required to train")
     train.add_argument("--preset", default="default", help="tiny (tests), default (this CPU), base (GPU)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="set any config field, e.g. --set model.n_layer=6 (repeatable)")
@@ -149,7 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                        help="freeze parameters whose names match this glob, e.g. 'blocks.0.*' (repeatable)")
     train.add_argument("--skip-bad-files", action="store_true",
-                       help="leave unreadable files out of the data and count them (data.skip_bad_files=true)")
+                       help="leave unreadable files out of the data and count them (data.skip_bad_files=true; "
+                            "recipes that read folders of images or audio)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as TOML (for --config) and exit without training")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
@@ -190,8 +166,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_recipes(_: argparse.Namespace) -> int:
-    from muselab.core.registry import iter_recipes
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from muselab.core.registry import get_recipe, iter_recipes
+
+    if args.name:
+        from muselab.describe import describe_recipe
+
+        print(describe_recipe(get_recipe(args.name)))
+        return 0
 
     for recipe in iter_recipes():
         print(f"{recipe.name:<16} {recipe.summary}")
@@ -201,7 +183,27 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from muselab import api
 
-    overrides = [*args.overrides, *(["data.skip_bad_files=true"] if args.skip_bad_files else [])]
+    overrides = list(args.overrides)
+    if args.skip_bad_files:
+        _check_skip_bad_files(args)
+        overrides.append("data.skip_bad_files=true")
+    if args.print_config:
+        if not args.recipe:
+            raise ConfigError("--print-config needs a recipe, e.g. `muselab train text-lm --print-config`")
+        from muselab.core.toml_out import dumps_toml
+
+        cfg = api.resolve_config(args.recipe, preset=args.preset, config_file=args.config, overrides=overrides,
+                                 seed=args.seed, max_steps=args.max_steps, max_minutes=args.max_minutes)
+        values = cfg.model_dump(mode="json")
+        preset = f" --preset {args.preset}" if _unset_by_preset(values, args.recipe) else ""
+        header = (f"{args.recipe} config (preset {args.preset}); train with it: muselab train {args.recipe}{preset} "
+                  "--config FILE.toml --out RUN")
+        if preset:  # TOML has no null: the preset keeps those fields unset
+            header += f"\n(--preset {args.preset} keeps the fields marked (unset) unset)"
+        print(dumps_toml(values, header=header), end="")
+        return 0
+    if not args.out:
+        raise ConfigError("name the run directory to train into: --out RUN")
     result = api.train(args.recipe, args.data, args.out, preset=args.preset, config_file=args.config,
                        overrides=overrides, seed=args.seed, max_steps=args.max_steps,
                        max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
@@ -211,6 +213,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min{val}{skipped}; run: {args.out}",
           file=sys.stderr)
     return 0
+
+
+def _unset_by_preset(values: dict[str, Any], recipe: str) -> bool:
+    """Whether a field the config leaves unset (None) is set by default: a TOML file cannot say null."""
+    from muselab import api
+
+    default = api.resolve_config(recipe).model_dump(mode="json")
+    return any(value is None and default[section][key] is not None
+               for section, fields in values.items() for key, value in fields.items())
+
+
+def _check_skip_bad_files(args: argparse.Namespace) -> None:
+    """--skip-bad-files only for recipes whose data config has it; elsewhere one line saying why not."""
+    from muselab.core.registry import get_recipe
+
+    name = args.recipe
+    if not name and args.resume and args.out:
+        from muselab.core.rundir import RunDir
+
+        name = RunDir(args.out).read_config()["recipe"]
+    if not name:
+        return
+    data = get_recipe(name).config_class.model_fields.get("data")
+    section = data.annotation if data else None
+    if not (isinstance(section, type) and issubclass(section, BaseModel) and "skip_bad_files" in section.model_fields):
+        raise ConfigError(f"--skip-bad-files does not apply to {name}: it reads no folder of separate media files "
+                          "to leave a bad one out of; fix or remove the file the error names")
 
 
 def _generate_parser(recipe: Any, prog: str) -> argparse.ArgumentParser:
