@@ -238,8 +238,8 @@ def _check_skip_bad_files(args: argparse.Namespace) -> None:
     data = get_recipe(name).config_class.model_fields.get("data")
     section = data.annotation if data else None
     if not (isinstance(section, type) and issubclass(section, BaseModel) and "skip_bad_files" in section.model_fields):
-        raise ConfigError(f"--skip-bad-files does not apply to {name}: it reads no folder of separate media files "
-                          "to leave a bad one out of; fix or remove the file the error names")
+        raise ConfigError(f"--skip-bad-files does not apply to {name}: its data stops at the first bad file or line "
+                          "and names it; fix or remove that")
 
 
 def _generate_parser(recipe: Any, prog: str) -> argparse.ArgumentParser:
