@@ -100,9 +100,9 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "text-lm": ("builtin:words", [], {"prompt": "", "max_new_tokens": 8, "stream": False}),
     "text-seq2seq": ("builtin:cmudict", [], {"input": ["cat", "dog"]}),
     "image-gan": ("builtin:digits", ["data.size=64", "eval.samples_per_class=10", "eval.reference_images=100"],
-                  {"n": 2}),
+                  {"num_samples": 2}),
     "image-vae": ("builtin:digits", ["data.size=64", "eval.samples_per_class=10", "eval.reference_images=100"],
-                  {"n": 2}),
+                  {"num_samples": 2}),
     "audio-ddsp": ("builtin:tones", [], {"notes": "C4:0.5 E4:0.5"}),
     "audio-vocoder": ("builtin:tones", [], {}),
 }

@@ -139,6 +139,21 @@ def _config_layers(recipe: Recipe, preset: str, config_file: str | None,
     return layers
 
 
+def _flag_layer(seed: int | None, max_steps: int | None, max_minutes: float | None) -> dict[str, Any]:
+    """The explicit train flags (--seed, --max-steps, --max-minutes) as the last config layer."""
+    given = {"seed": seed, "max_steps": max_steps, "max_minutes": max_minutes}
+    return {"train": {key: value for key, value in given.items() if value is not None}}
+
+
+def resolve_config(recipe: str, *, preset: str = "default", config_file: str | None = None,
+                   overrides: Sequence[str] | dict[str, Any] | None = None, seed: int | None = None,
+                   max_steps: int | None = None, max_minutes: float | None = None) -> BaseModel:
+    """The config `train()` would run with these arguments, without touching data or disk."""
+    the_recipe = get_recipe(recipe)
+    layers = _config_layers(the_recipe, preset, config_file, overrides)
+    return build_config(the_recipe.config_class, [*layers, _flag_layer(seed, max_steps, max_minutes)])
+
+
 def _run_config(path: str) -> dict[str, Any]:
     """A run's config.json as a config layer: reproduces that run's settings."""
     try:
@@ -185,13 +200,7 @@ def train(
 ) -> TrainResult:
     """Train a recipe on data into the run directory `out` (or continue it with resume=True)."""
     run = RunDir(out)
-    flags: dict[str, Any] = {"train": {}}
-    if seed is not None:
-        flags["train"]["seed"] = seed
-    if max_steps is not None:
-        flags["train"]["max_steps"] = max_steps
-    if max_minutes is not None:
-        flags["train"]["max_minutes"] = max_minutes
+    flags = _flag_layer(seed, max_steps, max_minutes)
 
     if resume:
         saved = run.read_config()

@@ -14,7 +14,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from muselab import __version__
-from muselab.core.errors import ControlError, MuselabError
+from muselab.core.errors import ConfigError, ControlError, MuselabError
 
 EXIT_USER_ERROR = 2
 EXIT_PARTLY_REFUSED = 3  # generate: done, but a safety check refused some items
@@ -40,29 +40,60 @@ def _fixed_count(field: Any) -> int | None:
     return bounds[0] if len(bounds) == 2 and bounds[0] == bounds[1] else None
 
 
+def _help(description: str | None, facts: str) -> str:
+    text = (description or "").rstrip()
+    return f"{text} ({facts})".strip().replace("%", "%%")  # argparse formats help with %
+
+
+def _noting(action: type[argparse.Action], note: str) -> type[argparse.Action]:
+    """`action`, printing a one-line note on stderr when the option is used (deprecated spellings)."""
+
+    class Noting(action):  # type: ignore[valid-type,misc]
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            print(f"muselab: note: {note}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Noting
+
+
 def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseModel]) -> None:
-    """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md)."""
+    """Derive CLI options from a controls model: one name, one range, one help text (DESIGN.md). Each
+    option's help ends with its default, range and choices; other names of a control (`aliases` on the
+    field) are flags too, the deprecated ones hidden and printing a note when used."""
+    from muselab.core.controls import alias_names, deprecated_aliases, deprecation_note, field_choices
+    from muselab.describe import field_facts
+
     group = parser.add_argument_group("generation controls")
     for name, field in controls.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        old = deprecated_aliases(field)
+        flags = [flag, *("--" + a.replace("_", "-") for a in alias_names(field, name) if a not in old)]
         kind = _field_type(field.annotation)
-        help_text = field.description or ""
+        facts = field_facts(field)
+        options: dict[str, Any]
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
+            options = {"action": argparse.BooleanOptionalAction}
         elif get_origin(kind) is list and _fixed_count(field):
             # a list of exactly N values is given at once: `--interpolate A B`
             count = _fixed_count(field)
-            group.add_argument(flag, dest=name, nargs=count, default=argparse.SUPPRESS,
-                               metavar=tuple(chr(ord("A") + i) for i in range(count)), help=help_text)
+            options = {"action": "store", "nargs": count,
+                       "metavar": tuple(chr(ord("A") + i) for i in range(count))}
         elif get_origin(kind) is list:
-            group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
-                               help=help_text + " (repeatable)")
-            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
-                               help=f"read {flag} values from a UTF-8 file, one per line")
+            options = {"action": "append"}
+            facts = "repeatable; " + facts
         else:
-            group.add_argument(flag, dest=name, type=kind if kind in (int, float) else str,
-                               default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+            choices = field_choices(field)
+            options = {"action": "store", "type": kind if kind in (int, float) else str}
+            options.update({"choices": choices} if choices else {"metavar": name.upper()})
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=_help(field.description, facts),
+                           **options)
+        base = parser._registry_get("action", options["action"], options["action"])
+        for alias in old:
+            group.add_argument("--" + alias.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS, **{**options, "action": _noting(base, deprecation_note(alias, name))})
+        if get_origin(kind) is list and not _fixed_count(field):
+            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
+                               help=f"read {flag} values from a UTF-8 file, one per line (default: none)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -71,12 +102,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"muselab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    sub.add_parser("recipes", help="list the recipes that can be trained")
+    recipes = sub.add_parser("recipes", help="list the recipes; `muselab recipes NAME` describes one")
+    recipes.add_argument("name", nargs="?", help="a recipe: print its data, config fields, presets and controls")
 
     train = sub.add_parser("train", help="train a recipe on data into a run directory")
     train.add_argument("recipe", nargs="?", help="recipe name (see `muselab recipes`); optional with --resume")
     train.add_argument("--data", help="a file, a folder, or builtin:NAME (default: the recipe's built-in data)")
-    train.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    train.add_argument("--out", help="run directory to create (or continue with --resume); required to train")
     train.add_argument("--preset", default="default", help="tiny (tests), default (this CPU), base (GPU)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="set any config field, e.g. --set model.n_layer=6 (repeatable)")
@@ -90,12 +122,16 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                        help="freeze parameters whose names match this glob, e.g. 'blocks.0.*' (repeatable)")
     train.add_argument("--skip-bad-files", action="store_true",
-                       help="leave unreadable files out of the data and count them (data.skip_bad_files=true)")
+                       help="leave unreadable files out of the data and count them (data.skip_bad_files=true; "
+                            "recipes that read folders of images or audio)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as TOML (for --config) and exit without training")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
                               "lists its controls)", add_help=False)
     generate.add_argument("run", nargs="?", help="run directory")
+    generate.add_argument("--recipe", help="with --help: show a recipe's controls without a run")
     generate.add_argument("-h", "--help", action="store_true", help="show the run's controls")
 
     evaluate = sub.add_parser("evaluate", help="compute metrics for a run and write RUN/eval.json")
@@ -130,8 +166,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_recipes(_: argparse.Namespace) -> int:
-    from muselab.core.registry import iter_recipes
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from muselab.core.registry import get_recipe, iter_recipes
+
+    if args.name:
+        from muselab.describe import describe_recipe
+
+        print(describe_recipe(get_recipe(args.name)))
+        return 0
 
     for recipe in iter_recipes():
         print(f"{recipe.name:<16} {recipe.summary}")
@@ -141,7 +183,27 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from muselab import api
 
-    overrides = [*args.overrides, *(["data.skip_bad_files=true"] if args.skip_bad_files else [])]
+    overrides = list(args.overrides)
+    if args.skip_bad_files:
+        _check_skip_bad_files(args)
+        overrides.append("data.skip_bad_files=true")
+    if args.print_config:
+        if not args.recipe:
+            raise ConfigError("--print-config needs a recipe, e.g. `muselab train text-lm --print-config`")
+        from muselab.core.toml_out import dumps_toml
+
+        cfg = api.resolve_config(args.recipe, preset=args.preset, config_file=args.config, overrides=overrides,
+                                 seed=args.seed, max_steps=args.max_steps, max_minutes=args.max_minutes)
+        values = cfg.model_dump(mode="json")
+        preset = f" --preset {args.preset}" if _unset_by_preset(values, args.recipe) else ""
+        header = (f"{args.recipe} config (preset {args.preset}); train with it: muselab train {args.recipe}{preset} "
+                  "--config FILE.toml --out RUN")
+        if preset:  # TOML has no null: the preset keeps those fields unset
+            header += f"\n(--preset {args.preset} keeps the fields marked (unset) unset)"
+        print(dumps_toml(values, header=header), end="")
+        return 0
+    if not args.out:
+        raise ConfigError("name the run directory to train into: --out RUN")
     result = api.train(args.recipe, args.data, args.out, preset=args.preset, config_file=args.config,
                        overrides=overrides, seed=args.seed, max_steps=args.max_steps,
                        max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
@@ -153,30 +215,81 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unset_by_preset(values: dict[str, Any], recipe: str) -> bool:
+    """Whether a field the config leaves unset (None) is set by default: a TOML file cannot say null."""
+    from muselab import api
+
+    default = api.resolve_config(recipe).model_dump(mode="json")
+    return any(value is None and default[section][key] is not None
+               for section, fields in values.items() for key, value in fields.items())
+
+
+def _check_skip_bad_files(args: argparse.Namespace) -> None:
+    """--skip-bad-files only for recipes whose data config has it; elsewhere one line saying why not."""
+    from muselab.core.registry import get_recipe
+
+    name = args.recipe
+    if not name and args.resume and args.out:
+        from muselab.core.rundir import RunDir
+
+        name = RunDir(args.out).read_config()["recipe"]
+    if not name:
+        return
+    data = get_recipe(name).config_class.model_fields.get("data")
+    section = data.annotation if data else None
+    if not (isinstance(section, type) and issubclass(section, BaseModel) and "skip_bad_files" in section.model_fields):
+        raise ConfigError(f"--skip-bad-files does not apply to {name}: its data stops at the first bad file or line "
+                          "and names it; fix or remove that")
+
+
+def _generate_parser(recipe: Any, prog: str) -> argparse.ArgumentParser:
+    """The options of `muselab generate` for one recipe: the common ones, then its controls model's."""
+    parser = _Parser(prog=prog, description=f"Generate from {_article(recipe.name)} {recipe.name} run. Exit status: "
+                     f"0 done, {EXIT_USER_ERROR} a usage or data error, {EXIT_PARTLY_REFUSED} done but some items were "
+                     "refused by a safety check (listed on stderr and in the manifests).")
+    where = ("a folder for the files, with a manifest per file (required: this recipe writes files)"
+             if recipe.capabilities.writes_files else
+             "write to this file or folder (with a manifest per file) instead of printing (default: print)")
+    parser.add_argument("--out", help=where)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (default: off)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps "
+                        "(default: auto)")
+    parser.add_argument("--on-refused", choices=["skip", "fail"], default="skip",
+                        help="an item refused by moderation or the memorization guard: skip it and go on, or "
+                             "fail the whole request (default: skip; choices: skip, fail)")
+    add_control_options(parser, recipe.controls_class)
+    return parser
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab import api
+    from muselab.core.registry import get_recipe, recipe_names
     from muselab.core.results import SequenceResult
     from muselab.core.runtime import resolve_device
 
-    if not args.run:
-        print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; "
-              "`muselab generate RUN --help` lists the controls of that run", file=sys.stderr)
-        return 0 if args.help else EXIT_USER_ERROR
-    run = api.load(args.run, device="cpu")
-    parser = _Parser(prog=f"muselab generate {args.run}",
-                     description=f"Generate from a {run.recipe.name} run. Exit status: 0 done, {EXIT_USER_ERROR} "
-                                 f"a usage or data error, {EXIT_PARTLY_REFUSED} done but some items were refused "
-                                 "by a safety check (listed on stderr and in the manifests).")
-    parser.add_argument("--out", help="write to this file or folder (with a manifest per file) instead of printing")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
-    parser.add_argument("--on-refused", choices=["skip", "fail"], default="skip",
-                        help="an item refused by moderation or the memorization guard: skip it and go on "
-                             "(default), or fail the whole request")
-    add_control_options(parser, run.recipe.controls_class)
-    if args.help:
-        parser.print_help()
+    if args.recipe and not args.run:
+        if not args.help:
+            raise ControlError("--recipe only shows a recipe's controls with --help; generate from a trained run: "
+                               "muselab generate RUN [controls]")
+        _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
         return 0
+    if not args.run:
+        print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; `muselab generate RUN --help` lists "
+              "the controls of that run, `muselab generate --recipe NAME --help` those of a recipe (one of "
+              f"{', '.join(recipe_names())})", file=sys.stderr)
+        return 0 if args.help else EXIT_USER_ERROR
+    if args.help:  # the controls come from the run's recipe: read config.json alone, not the weights
+        from muselab.core.rundir import RunDir
+
+        recipe = get_recipe(RunDir(args.run).read_config()["recipe"])
+        _generate_parser(recipe, f"muselab generate {args.run}").print_help()
+        return 0
+    run = api.load(args.run, device="cpu")
+    parser = _generate_parser(run.recipe, f"muselab generate {args.run}")
     options = _read_list_files(vars(parser.parse_args(rest)))
     out, overwrite = options.pop("out"), options.pop("overwrite")
     device, on_refused = options.pop("device"), options.pop("on_refused")

@@ -220,3 +220,17 @@ def test_skip_bad_files_switch_trains_around_a_corrupt_picture(tmp_path: Path) -
     assert kept.returncode == 0, kept.stderr
     data = json.loads((tmp_path / "kept" / "config.json").read_text())["data"]
     assert data["skipped"] == ["a/broken.png"]
+
+
+def test_memorization_reject_refuses_images_still_too_close(gan_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from muselab.data.images import load_images, to_float
+    from muselab.image.gan_recipe import ImageGANRecipe
+
+    run = api.load(gan_run)
+    copies = to_float(load_images("builtin:digits", size=8, channels=1).images[:3])
+    monkeypatch.setattr(ImageGANRecipe, "_draw", lambda self, model, n, labels, controls, generator: copies[:n].clone())
+    from muselab.pipeline.generate import RefusedError
+
+    with pytest.raises(RefusedError) as err:  # every image still a copy after the redraws: nothing to give
+        run.generate(num_samples=2, seed=0, label="0", memorization="reject")
+    assert "is as close to a training image" in error_message(err) and error_message(err).endswith("refused")

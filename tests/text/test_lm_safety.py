@@ -88,10 +88,10 @@ def test_copies_of_the_training_text_are_flagged(zorble):
 
 def test_reject_resamples_and_then_refuses(zorble):
     with pytest.raises(RefusedError) as err:
-        zorble.generate(max_new_tokens=80, seed=1, max_copy_chars=5, copy_guard="reject")
+        zorble.generate(max_new_tokens=80, seed=1, max_copy_chars=5, memorization="reject")
     assert "still copies" in error_message(err)
     # a limit the samples stay under passes without any re-sample
-    out = zorble.generate(max_new_tokens=30, seed=1, max_copy_chars=200, copy_guard="reject")
+    out = zorble.generate(max_new_tokens=30, seed=1, max_copy_chars=200, memorization="reject")
     assert out.notes[0]["memorization"]["resampled"] == 0
 
 

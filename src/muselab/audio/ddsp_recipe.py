@@ -39,6 +39,7 @@ from muselab.data.audio_features import (
     is_cached,
 )
 from muselab.data.split import hold_out
+from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
@@ -63,6 +64,8 @@ class DDSPDataConfig(Section):
     tones_clips: int = Field(200, ge=2, le=2000, description="clips of builtin:tones (4 s each)")
     fmin: float = Field(50.0, ge=20, description="lowest pitch pYIN looks for, Hz")
     fmax: float = Field(1600.0, le=4000, description="highest pitch pYIN looks for, Hz")
+    skip_bad_files: bool = Field(False, description="leave unreadable, empty or silent audio files out (and count "
+                                                    "them) instead of stopping")
 
 
 class DDSPEvalConfig(Section):
@@ -139,14 +142,25 @@ def _raw_clips(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[RawClip], list[Ra
     root = Path(spec)
     clips: list[RawClip] = []
     changes: dict[str, int] = {}
+    skipped: list[str] = []
     for path in list_audio_files(root):
-        audio, _, notes = load_audio(path, sr=sr)
+        try:
+            audio, _, notes = load_audio(path, sr=sr)
+        except DataError as err:
+            if not cfg.data.skip_bad_files:
+                raise
+            skipped.append(str(err))
+            continue
         for note in notes:
             changes[note] = changes.get(note, 0) + 1
         name = str(path.relative_to(root)) if root.is_dir() else path.name
         clips += _cut(name, audio, round(cfg.data.clip_seconds * sr))
     for note, count in changes.items():
         logger.info(f"{note} ({count} file{'s' if count > 1 else ''}): audio-ddsp works at {sr} Hz")
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} bad audio file(s) (data.skip_bad_files), e.g. {skipped[0]}")
+    if not clips:
+        raise DataError(f"no usable audio file under '{root}'" + (f" ({len(skipped)} skipped)" if skipped else ""))
     train, test = _split(clips, cfg.data.test_share)
     return train, test, f"audio files under {root}"
 
@@ -354,6 +368,9 @@ class AudioDDSPRecipe(Recipe):
     config_class = DDSPRecipeConfig
     controls_class = DDSPControls
     default_data = BUILTIN_TONES
+    data_formats = ("a folder of (or one) monophonic .wav, .flac or .ogg recordings of one instrument or voice; "
+                    "long ones are cut into data.clip_seconds clips")
+    builtin_data = {BUILTIN_TONES: TONES_DESCRIPTION}
     capabilities = Capabilities(main_control="notes", writes_files=True)
     presets = {
         "tiny": {

@@ -39,6 +39,7 @@ from muselab.core.registry import Capabilities, EvalAudio, Evaluation, Generatio
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
 from muselab.data.split import hold_out
+from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
@@ -56,6 +57,8 @@ class VocoderDataConfig(Section):
     clip_seconds: float = Field(4.0, ge=0.5, description="length of each builtin:tones clip in seconds")
     segment: int = Field(8192, ge=2048, description=f"training segment in samples, a multiple of {MEL.hop}")
     test_share: float = Field(0.1, gt=0, lt=0.5, description="share of whole clips held out for evaluation")
+    skip_bad_files: bool = Field(False, description="leave unreadable, empty or silent audio files out (and count "
+                                                    "them) instead of stopping")
 
     @field_validator("segment")
     @classmethod
@@ -126,24 +129,31 @@ def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
     elif spec.startswith("builtin:"):
         raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:tones or a folder of audio files")
     else:
-        train, test, info = _load_folder(Path(spec), cfg.test_share)
+        train, test, info = _load_folder(Path(spec), cfg.test_share, cfg.skip_bad_files)
     info.update({"spec": spec, "sample_rate": SAMPLE_RATE, "train_clips": len(train), "test_clips": len(test),
                  "train_seconds": round(sum(map(len, train)) / SAMPLE_RATE, 2),
                  "test_seconds": round(sum(map(len, test)) / SAMPLE_RATE, 2)})
     return Clips(train, test, info)
 
 
-def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+def _load_folder(root: Path, test_share: float, skip_bad_files: bool = False
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
     from muselab.audio.io import list_audio_files, load_audio
 
-    files = list_audio_files(root)
+    files, skipped = list_audio_files(root), []
     if len(files) < 2:
         raise DataError(f"'{root}' holds {len(files)} audio file; the vocoder needs at least 2 (whole files are "
                         "held out for evaluation): add more recordings or split a long one")
     digest = hashlib.sha256()
     wavs, keys, changed = [], [], {}
     for path in files:
-        wav, _, notes = load_audio(path, sr=SAMPLE_RATE, min_seconds=0.1)
+        try:
+            wav, _, notes = load_audio(path, sr=SAMPLE_RATE, min_seconds=0.1)
+        except DataError as err:
+            if not skip_bad_files:
+                raise
+            skipped.append(str(err))
+            continue
         for note in notes:
             kind = note.split(" ")[0]  # "resampled", "mixed"
             changed[kind] = changed.get(kind, 0) + 1
@@ -152,6 +162,11 @@ def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[
         digest.update(wav.tobytes())
         wavs.append(wav)
         keys.append(name)
+    if skipped:
+        logger.warning(f"skipped {len(skipped)} bad audio file(s) (data.skip_bad_files), e.g. {skipped[0]}")
+    if len(wavs) < 2:
+        raise DataError(f"'{root}' holds {len(wavs)} usable audio file(s) ({len(skipped)} skipped); the vocoder "
+                        "needs at least 2")
     # Whole files are held out by the shared stable-hash rule on their path (at least one).
     held = hold_out(keys, test_share)
     train = [w for w, h in zip(wavs, held, strict=True) if not h]
@@ -160,7 +175,8 @@ def _load_folder(root: Path, test_share: float) -> tuple[list[np.ndarray], list[
         logger.info(f"resampled {changed['resampled']} of {len(files)} files to {SAMPLE_RATE} Hz")
     if changed.get("mixed"):
         logger.info(f"mixed {changed['mixed']} of {len(files)} files down to mono")
-    return train, test, {"source": f"audio folder '{root}'", "files": len(files), "fingerprint": digest.hexdigest()}
+    return train, test, {"source": f"audio folder '{root}'", "files": len(wavs), "skipped_files": len(skipped),
+                         "fingerprint": digest.hexdigest()}
 
 
 class SegmentSource:
@@ -246,6 +262,8 @@ class VocoderRecipe(Recipe):
     config_class = VocoderRecipeConfig
     controls_class = VocoderControls
     default_data = "builtin:tones"
+    data_formats = "a folder of at least two .wav, .flac or .ogg recordings (whole files are held out)"
+    builtin_data = {"builtin:tones": TONES_DESCRIPTION}
     capabilities = Capabilities(main_control="wav", writes_files=True)
     presets = {
         "tiny": {

@@ -3,6 +3,9 @@
 `parse_controls` validates a plain dict against any controls model and turns the first problem into one
 `ControlError` line that names the option as the CLI spells it (`--top-p`) and states the allowed range
 taken from the field itself, so the range lives in one place.
+
+Other names for a control live on its field too (`aliases(...)`): the CLI adds them as flags, validation
+accepts them, and a deprecated one says what replaced it, so the CLI and a REST schema read one table.
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ from __future__ import annotations
 import difflib
 import enum
 import types
+import warnings
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from muselab.core.errors import ControlError
 
-__all__ = ["parse_controls", "option_name"]
+__all__ = ["parse_controls", "option_name", "aliases", "alias_names", "deprecated_aliases", "field_range",
+           "field_choices"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -27,8 +32,36 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def aliases(name: str, *others: str, deprecated: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field keywords giving control `name` other accepted names: `Field(1, **aliases("num_samples", "n"))`.
+    Names in `deprecated` still work, with a note saying to use `name`."""
+    return {"validation_alias": AliasChoices(name, *others, *deprecated),
+            "json_schema_extra": {"deprecated_aliases": list(deprecated)} if deprecated else None}
+
+
+def alias_names(info: FieldInfo, name: str) -> list[str]:
+    """The other names a control field accepts (its own name excluded), deprecated ones included."""
+    alias = info.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
+    return [c for c in choices if isinstance(c, str) and c != name]
+
+
+def deprecated_aliases(info: FieldInfo) -> list[str]:
+    extra = info.json_schema_extra
+    return list(extra.get("deprecated_aliases", [])) if isinstance(extra, dict) else []
+
+
+def deprecation_note(old: str, new: str) -> str:
+    """The one line a deprecated control name prints: `--copy-guard is deprecated; use --memorization`."""
+    return f"{option_name(old)} is deprecated; use {option_name(new)}"
+
+
 def parse_controls(cls: type[ModelT], values: dict[str, Any]) -> ModelT:
     """Validate `values` against the controls model `cls`; any problem becomes one `ControlError` line."""
+    for name, info in cls.model_fields.items():
+        for old in deprecated_aliases(info):
+            if old in values:
+                warnings.warn(deprecation_note(old, name), DeprecationWarning, stacklevel=2)
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
@@ -88,13 +121,33 @@ _CONSTRAINT_ERRORS = {
 
 
 def _fields_by_key(cls: type[BaseModel]) -> dict[str, FieldInfo]:
-    # Errors are located by alias when a field has one; accept both spellings.
+    # Errors are located by alias when a field has one; accept every spelling.
     fields: dict[str, FieldInfo] = {}
     for name, info in cls.model_fields.items():
         fields[name] = info
         if info.alias:
             fields[info.alias] = info
+        for other in alias_names(info, name):
+            fields[other] = info
     return fields
+
+
+def field_range(info: FieldInfo) -> str:
+    """The allowed range of a control as words (`>= 0 and <= 1`); empty when it has none."""
+    return _constraint_phrase(info)
+
+
+def field_choices(info: FieldInfo) -> list[Any] | None:
+    """The values a Literal (or enum) control allows, else None."""
+    annotation = info.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = options[0] if len(options) == 1 else annotation
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [m.value for m in annotation]
+    return None
 
 
 def _constraint_phrase(info: FieldInfo) -> str:

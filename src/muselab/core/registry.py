@@ -131,6 +131,9 @@ class Recipe(ABC):
     controls_class: ClassVar[type[BaseModel]]
     default_data: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # What `--data` accepts, for `muselab recipes NAME`: file formats in words, and builtin:NAME -> what it is
+    data_formats: ClassVar[str] = ""
+    builtin_data: ClassVar[dict[str, str]] = {}
     # Presets are overrides on top of the config defaults, which are the CPU "default" preset
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 

@@ -6,13 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from muselab.core.controls import aliases
+
 
 class ImageControls(BaseModel):
     """What every image model can be asked for."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(16, ge=1, le=10_000, description="Images to generate.")
+    num_samples: int = Field(16, ge=1, le=10_000, description="Images to generate.",
+                             **aliases("num_samples", "n"))
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; the same seed gives the same images.")
     label: str | None = Field(None, description="Class to generate, by name or index (conditional models; "
                                                 "default: every class in turn).")
@@ -20,9 +23,10 @@ class ImageControls(BaseModel):
                                           description="Two seeds to walk between instead of sampling (a strip "
                                                       "and an animated GIF).")
     steps: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")
-    memorization: Literal["flag", "resample", "off"] = Field(
+    memorization: Literal["flag", "resample", "reject", "off"] = Field(
         "flag", description="Images as close to a training image as near-duplicates are: flag them in their "
-                            "manifests, draw them again, or do not check.")
+                            "manifests, draw them again and flag those still close (resample), draw them again "
+                            "and refuse those still close (reject), or do not check (off).")
 
 
 class GANControls(ImageControls):

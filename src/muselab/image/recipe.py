@@ -30,7 +30,14 @@ from muselab.core.registry import (
 )
 from muselab.core.results import ImageResult
 from muselab.core.rundir import RunDir
-from muselab.data.images import ImageDataset, ImageStream, load_images, split_images, to_float
+from muselab.data.images import (
+    BUILTIN_IMAGE_SOURCES,
+    ImageDataset,
+    ImageStream,
+    load_images,
+    split_images,
+    to_float,
+)
 from muselab.image.gan import check_size
 from muselab.image.pictures import from_pixels, image_grid, to_pixels
 
@@ -96,8 +103,11 @@ def parse_seed(text: str) -> int:
 
 
 class ImageRecipe(Recipe):
-    capabilities = Capabilities(main_control="n", writes_files=True)
+    capabilities = Capabilities(main_control="num_samples", writes_files=True)
     default_data = "builtin:digits"
+    data_formats = ("a folder of images (PNG, JPEG, ...), one subfolder per class for a conditional model, or "
+                    "a single image file; images are resized to data.size")
+    builtin_data = {f"builtin:{name}": about for name, about in BUILTIN_IMAGE_SOURCES.items()}
     validates = False  # whether the model has a validation loss (the VAE's ELBO) worth computing
 
     # -- data -------------------------------------------------------------------------------------
@@ -177,14 +187,15 @@ class ImageRecipe(Recipe):
             labels = None if label is None else [class_names[label]] * len(images)
             return ImageResult(arrays=to_pixels(images), labels=labels, seed=controls.seed,
                                grid=image_grid(to_pixels(images), columns=len(images)), animation=True)
-        label_ids = self._labels(cfg.model, class_names, controls.label, controls.n)
-        images = self._draw(model, controls.n, label_ids, controls, torch.Generator().manual_seed(controls.seed))
+        label_ids = self._labels(cfg.model, class_names, controls.label, controls.num_samples)
+        images = self._draw(model, controls.num_samples, label_ids, controls,
+                            torch.Generator().manual_seed(controls.seed))
         pixels = to_pixels(images)
         labels = None if label_ids is None else [class_names[i] for i in label_ids.tolist()]
-        if label_ids is not None and controls.label is None and controls.n % cfg.model.num_classes == 0:
+        if label_ids is not None and controls.label is None and controls.num_samples % cfg.model.num_classes == 0:
             # every class in turn: show one row per class
             order = torch.argsort(label_ids, stable=True).tolist()
-            grid = image_grid([pixels[i] for i in order], columns=controls.n // cfg.model.num_classes)
+            grid = image_grid([pixels[i] for i in order], columns=controls.num_samples // cfg.model.num_classes)
         else:
             grid = image_grid(pixels)
         return ImageResult(arrays=pixels, labels=labels, seed=controls.seed, grid=grid)
@@ -326,5 +337,6 @@ class NearestImageGuard(MemorizationGuard):
                                  "flagged": self.too_close(value), "resampled": redraws}}
 
     def describe(self, index: int, value: float) -> str:
+        outcome = "refused" if self.mode == "reject" else "flagged in its manifest"
         return (f"image {index + 1} is as close to a training image as near-duplicates are (distance {value:.4f} <= "
-                f"{self.threshold:.4f}): flagged in its manifest")
+                f"{self.threshold:.4f}): {outcome}")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from muselab.core.controls import option_name, parse_controls
+from muselab.core.controls import aliases, option_name, parse_controls
 
 __all__ = ["DEFAULT_MAX_COPY_CHARS", "TextGenerationControls", "parse_controls", "option_name"]
 
@@ -62,7 +62,7 @@ class TextGenerationControls(BaseModel):
         default_factory=list,
         description="Stop a sample where any of these strings appears; the output ends just before it.",
     )
-    num_samples: int = Field(1, ge=1, le=256, description="How many samples to generate, in one batch.")
+    num_samples: int = Field(1, ge=1, le=256, description="How many samples to generate (per prompt), in one batch.")
     # Bounded to what torch.Generator.manual_seed accepts, so a bad seed is a control error, not a crash.
     seed: int | None = Field(
         None,
@@ -83,9 +83,10 @@ class TextGenerationControls(BaseModel):
         ge=0,
         description="Longest verbatim copy of the training text a sample may hold; 0 turns the guard off.",
     )
-    copy_guard: Literal["flag", "reject"] = Field(
-        "flag", description="What a longer copy does: flag (manifest and stderr) or reject (re-sample, then fail)."
-    )
+    memorization: Literal["flag", "resample", "reject", "off"] = Field(
+        "flag", description="A sample over --max-copy-chars: flag it, redraw then flag (resample), redraw "
+                            "then refuse (reject), or off.",
+        **aliases("memorization", deprecated=("copy_guard",)))
 
     @field_validator("stop")
     @classmethod

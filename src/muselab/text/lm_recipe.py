@@ -23,7 +23,7 @@ from muselab.core.registry import (
 from muselab.core.results import TextResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
-from muselab.data.text import load_text_corpus, split_train_val
+from muselab.data.text import BUILTIN_TEXT_SOURCES, load_text_corpus, split_train_val
 from muselab.text.bans import BannedWordsProcessor, build_ban_processor
 from muselab.text.controls import DEFAULT_MAX_COPY_CHARS, TextGenerationControls
 from muselab.text.decoding import StopStrings, build_processors, generate_tokens
@@ -105,6 +105,9 @@ class TextLMRecipe(Recipe):
     config_class = TextLMConfig
     controls_class = TextGenerationControls
     default_data = "builtin:words"
+    data_formats = ("a UTF-8 .txt file, a folder of .txt files (read in name order), or a .jsonl file with a "
+                    "\"text\" field per line")
+    builtin_data = {f"builtin:{name}": about for name, about in BUILTIN_TEXT_SOURCES.items()}
     capabilities = Capabilities(main_control="prompt", inputs={"prompt": "steer"}, text_outputs=True,
                                 streams_text=True)
     presets = {
@@ -221,7 +224,7 @@ class TextLMRecipe(Recipe):
 
     def memorization_guard(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any],
                            controls: TextGenerationControls, context: GenerationContext) -> CopyGuard | str | None:
-        if not controls.max_copy_chars:
+        if not controls.max_copy_chars or controls.memorization == "off":
             return None
         index = assets["copy_index"].get() if "copy_index" in assets else None
         if index is None:
@@ -259,7 +262,7 @@ class CopyGuard(MemorizationGuard):
 
     def __init__(self, index: CopyIndex, controls: TextGenerationControls, sample: Callable[..., list[str]]) -> None:
         self.index, self.controls, self.sample = index, controls, sample
-        self.mode = "reject" if controls.copy_guard == "reject" else "flag"
+        self.mode = controls.memorization
         self.attempts = RESAMPLE_ATTEMPTS
 
     def measure(self, result: TextResult, indices: Sequence[int]) -> list[float]:
@@ -281,7 +284,7 @@ class CopyGuard(MemorizationGuard):
     def describe(self, index: int, value: float) -> str:
         if self.mode == "reject":
             return (f"sample {index + 1} still copies {int(value)} characters of the training text after "
-                    f"{self.attempts} re-samples; raise --max-copy-chars or use --copy-guard flag")
+                    f"{self.attempts} re-samples; raise --max-copy-chars or use --memorization flag")
         return (f"sample {index + 1} copies {int(value)} characters of the training text "
                 f"(over --max-copy-chars {self.controls.max_copy_chars})")
 

@@ -10,12 +10,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from muselab.core.config import Section, TrainConfig
+from muselab.core.controls import aliases
 from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.registry import Capabilities, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import SequenceResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
-from muselab.data.pairs import load_pairs
+from muselab.data.pairs import BUILTIN_PAIR_SOURCES, load_pairs
 from muselab.text.bans import build_ban_processor
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import (
@@ -72,7 +73,8 @@ class Seq2SeqControls(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: list[str] = Field(default_factory=list, description="The inputs to transform (e.g. words for G2P).")
-    beam: int = Field(1, ge=1, le=64, description="Beam size; 1 is greedy (or sampling when temperature > 0).")
+    beam: int = Field(1, ge=1, le=64, description="Beam size; 1 is greedy (or sampling when temperature > 0).",
+                      **aliases("beam", "num_beams"))
     n_best: int = Field(1, ge=1, le=64, description="Outputs per input, best first (at most --beam).")
     length_penalty: float = Field(0.0, ge=0, le=5, description="GNMT length penalty alpha; above 0 favours longer outputs.")
     coverage_penalty: float = Field(0.0, ge=0, le=5, description="GNMT coverage penalty beta; above 0 favours covering the whole input.")
@@ -138,6 +140,9 @@ class TextSeq2SeqRecipe(Recipe):
     config_class = Seq2SeqRecipeConfig
     controls_class = Seq2SeqControls
     default_data = "builtin:cmudict"
+    data_formats = ("a .tsv file (source TAB target per line) or a .jsonl file (\"source\" and \"target\" per "
+                    "line); pairs are split into train/validation/test by their source")
+    builtin_data = {f"builtin:{name}": about for name, about in BUILTIN_PAIR_SOURCES.items()}
     # Inputs are transformed, not continued: a word to pronounce is recorded by moderation, never blocked
     capabilities = Capabilities(main_control="input", inputs={"input": "transform"}, text_outputs=True)
     presets = {
