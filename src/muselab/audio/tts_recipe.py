@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = MEL.sr
 SECONDS_PER_FRAME = MEL.hop / MEL.sr
+MIN_FRAMES = 16  # a sentence's mel is padded with silence to this: Griffin-Lim's STFT needs some length
+SILENT_LOG_MEL = -11.5129  # log(1e-5), the floor of log_mel
 
 
 # -- config ------------------------------------------------------------------------------------------
@@ -287,8 +289,10 @@ class TTSRecipe(Recipe):
                                    pause_scale=controls.pause, pitch_shift=controls.pitch_shift,
                                    pitch_scale=controls.pitch_scale, energy_db=controls.energy)
             for row, sentence in enumerate(group):
-                frames = max(1, int(out["mel_lengths"][row]))
-                audio = vocode(out["mel"][row, :, :frames], vocoder, cfg.synthesis.griffin_lim_iters, seed)
+                mel = out["mel"][row, :, : int(out["mel_lengths"][row])]
+                if mel.shape[1] < MIN_FRAMES:
+                    mel = torch.nn.functional.pad(mel, (0, MIN_FRAMES - mel.shape[1]), value=SILENT_LOG_MEL)
+                audio = vocode(mel, vocoder, cfg.synthesis.griffin_lim_iters, seed)
                 durations = out["durations"][row].cpu().tolist()
                 ends = np.cumsum(durations).tolist()
                 starts = [e - d for e, d in zip(ends, durations, strict=True)]
@@ -408,6 +412,8 @@ def f0_rmse_cents(reference: np.ndarray, synthesised: np.ndarray, sr: int, hop: 
 
     from muselab.audio.dsp import f0_pyin, mel_cepstrum
 
+    # pYIN's frames are 2048 samples: shorter clips are padded with silence
+    reference, synthesised = (np.pad(x, (0, max(0, 4096 - len(x)))) for x in (reference, synthesised))
     ref_f0, _ = f0_pyin(reference, sr, hop, 60.0, 500.0, resolution=0.25)
     syn_f0, _ = f0_pyin(synthesised, sr, hop, 60.0, 500.0, resolution=0.25)
     ref_c = mel_cepstrum(reference, sr, hop=hop)[:, 1:]

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +72,31 @@ def _key(symbol: str) -> str:
     return "PAU" if symbol in PAUSES else strip_stress(symbol)
 
 
+def _edit_path(a: list[str], b: list[str]) -> list[tuple[int | None, int | None]]:
+    """The pairs of a least-cost alignment of a and b (Levenshtein: match 0, substitution, insertion and
+    deletion 1; ties go to the diagonal), in order; (i, None) and (None, j) are unpaired items."""
+    n, m = len(a), len(b)
+    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
+    cost[:, 0] = np.arange(n + 1)
+    cost[0, :] = np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost[i, j] = min(cost[i - 1, j - 1] + (a[i - 1] != b[j - 1]), cost[i - 1, j] + 1, cost[i, j - 1] + 1)
+    path: list[tuple[int | None, int | None]] = []
+    i, j = n, m
+    while i or j:
+        if i and j and cost[i, j] == cost[i - 1, j - 1] + (a[i - 1] != b[j - 1]):
+            path.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif i and cost[i, j] == cost[i - 1, j] + 1:
+            path.append((i - 1, None))
+            i -= 1
+        else:
+            path.append((None, j - 1))
+            j -= 1
+    return path[::-1]
+
+
 def align_durations(symbols: list[str], phones: tuple[Phone, ...] | list[Phone], n_frames: int) -> np.ndarray:
     """Frames per front-end symbol from flite's phones and end times (seconds); they sum to n_frames."""
     if not phones:
@@ -87,17 +111,17 @@ def align_durations(symbols: list[str], phones: tuple[Phone, ...] | list[Phone],
     ours = [BOS if s == BOS else _key(s) for s in symbols]
     out = np.zeros(len(symbols), dtype=np.int64)
     carry = 0  # flite frames before the first symbol that has a counterpart
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ours, flite_keys, autojunk=False).get_opcodes():
-        frames = flite_frames[j1:j2]
-        if i2 - i1 == j2 - j1:
-            out[i1:i2] = frames
-        elif i2 > i1:  # another pronunciation: its stretch shared evenly
-            bounds = np.round(np.linspace(0, int(frames.sum()), i2 - i1 + 1)).astype(np.int64)
-            out[i1:i2] = np.diff(bounds)
-        elif i1 > 0:  # flite said more here: the symbol before takes it
-            out[i1 - 1] += int(frames.sum())
+    last: int | None = None
+    for i, j in _edit_path(ours, flite_keys):
+        if i is None:  # a phone flite added: the symbol before takes its frames
+            if last is None:
+                carry += int(flite_frames[j])
+            else:
+                out[last] += flite_frames[j]
         else:
-            carry += int(frames.sum())
+            last = i
+            if j is not None:  # matched or another phone in its place; unmatched ones get no frames
+                out[i] += flite_frames[j]
     out[0] += carry
     return out
 
