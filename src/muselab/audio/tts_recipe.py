@@ -100,7 +100,9 @@ def _stats(items: list[UtteranceFeatures]) -> Stats:
     energy = np.concatenate([f.energy[f.durations > 0] for f in items])
     if len(pitch) < 2:
         raise DataError("the speech data holds no voiced sound; check the recordings")
-    return Stats(float(pitch.mean()), float(max(pitch.std(), 0.5)), float(energy.mean()), float(max(energy.std(), 0.1)))
+    log_d = np.concatenate([np.log1p(f.durations) for f in items])
+    return Stats(float(pitch.mean()), float(max(pitch.std(), 0.5)), float(energy.mean()), float(max(energy.std(), 0.1)),
+                 float(log_d.mean()))
 
 
 class UtteranceBatches:

@@ -64,6 +64,7 @@ class Stats:
     pitch_std: float = 4.0
     energy_mean: float = -4.0
     energy_std: float = 2.0
+    log_duration_mean: float = 1.8  # mean of log(1 + frames) over phonemes: the duration predictor starts here
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,6 +198,8 @@ class AcousticModel(nn.Module):
         self.encoder = Stack(cfg, cfg.encoder_layers)
         predictor = (cfg.dim, cfg.predictor_hidden, cfg.predictor_kernel, cfg.dropout)
         self.duration = VariancePredictor(*predictor)
+        # An untrained model already speaks at the data's average rate, not in zero frames
+        nn.init.constant_(self.duration.proj.bias, self.stats.log_duration_mean)
         self.pitch = VariancePredictor(*predictor)
         self.energy = VariancePredictor(*predictor)
         self.pitch_embed = nn.Conv1d(1, cfg.dim, 3, padding=1)
