@@ -41,13 +41,13 @@ Batch = dict[str, Tensor]
 
 
 class AcousticConfig(Section):
-    dim: int = Field(192, ge=8, description="width of the encoder and decoder")
+    dim: int = Field(128, ge=8, description="width of the encoder and decoder")
     heads: int = Field(2, ge=1, description="attention heads per block")
-    encoder_layers: int = Field(4, ge=1, description="feed-forward Transformer blocks over phonemes")
-    decoder_layers: int = Field(4, ge=1, description="feed-forward Transformer blocks over mel frames")
-    ffn_hidden: int = Field(768, ge=8, description="hidden channels of each block's convolutional feed-forward")
-    ffn_kernel: int = Field(5, ge=1, description="taps of the feed-forward's first convolution (odd)")
-    predictor_hidden: int = Field(192, ge=8, description="channels of the duration, pitch and energy predictors")
+    encoder_layers: int = Field(3, ge=1, description="feed-forward Transformer blocks over phonemes")
+    decoder_layers: int = Field(3, ge=1, description="feed-forward Transformer blocks over mel frames")
+    ffn_hidden: int = Field(384, ge=8, description="hidden channels of each block's convolutional feed-forward")
+    ffn_kernel: int = Field(3, ge=1, description="taps of the feed-forward's first convolution (odd)")
+    predictor_hidden: int = Field(128, ge=8, description="channels of the duration, pitch and energy predictors")
     predictor_kernel: int = Field(3, ge=1, description="taps of the predictors' convolutions (odd)")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the blocks and predictors")
     postnet: bool = Field(False, description="refine the mel with a 5-layer convolutional postnet")
