@@ -29,6 +29,7 @@ _RECIPES: dict[str, str] = {
     "image-vae": "muselab.image.vae_recipe:ImageVAERecipe",
     "audio-ddsp": "muselab.audio.ddsp_recipe:AudioDDSPRecipe",
     "audio-vocoder": "muselab.audio.vocoder_recipe:VocoderRecipe",
+    "audio-tts": "muselab.audio.tts_recipe:TTSRecipe",
 }
 
 

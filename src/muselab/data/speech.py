@@ -370,3 +370,24 @@ def load_speech(spec: str | os.PathLike[str], *, sample_rate: int | None = None,
         raise DataError(f"speech data '{spec}' is not a folder; pass an LJSpeech-style folder (metadata.csv "
                         f"with id|text|normalized lines and wavs/ID.wav) or {BUILTIN_PREFIX}speech")
     return _load_ljspeech(root, sample_rate)
+
+
+def flite_utterance(text: str, voice: str, cache_dir: str | os.PathLike[str] | None = None) -> Utterance:
+    """One sentence spoken by one of flite's voices, made (or found) in builtin:speech's cache: the
+    reference recordings evaluation compares a model's speech with."""
+    if voice not in SPEECH_VOICES:
+        raise ConfigError(f"unknown flite voice {voice!r}; use one of {', '.join(SPEECH_VOICES)}")
+    version = flite_version()
+    stem = _cache_folder(cache_dir) / f"v{SPEECH_VERSION}" / voice / hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    meta = _read_meta(stem.with_suffix(".json"), text, voice, version)
+    if meta is None:
+        if version is None:
+            raise DataError(f"the reference recordings are made with the speech synthesizer flite, which is not "
+                            f"installed; {FLITE_INSTALL}")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        _synthesise(text, voice, stem.with_suffix(".wav"), stem.with_suffix(".json"), version)
+        meta = _read_meta(stem.with_suffix(".json"), text, voice, None)
+        assert meta is not None
+    phones = tuple((str(p), float(t)) for p, t in meta["phones"])
+    return Utterance(f"{voice}-ref", text, text, voice, stem.with_suffix(".wav"), int(meta["sample_rate"]),
+                     float(meta["seconds"]), phones)

@@ -1,0 +1,452 @@
+"""The `audio-tts` recipe: text to speech with a FastSpeech 2-style acoustic model (`audio/tts/model.py`)
+trained on builtin:speech, spoken through an `audio-vocoder` run or Griffin-Lim.
+
+Data: builtin:speech's utterances (flite's four voices), each turned into the front end's phonemes with
+durations, pitch and energy (`audio/tts/features.py`, cached); the held-out sentences validate.
+Generation: the text is split into sentences by the front end, all sentences are synthesised as batches,
+and their audio is joined; word timestamps come from the front end's word spans and the predicted
+durations. Evaluation speaks held-out sentences and compares them with flite's own recordings: mel-cepstral
+distortion (DTW), f0 RMSE in cents, the word error rate of an offline recogniser (pocketsphinx) on both,
+and the real-time factor.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from muselab.audio.tts.features import UtteranceFeatures, extract, pad_stack, symbols_of, voiced_symbol
+from muselab.audio.tts.frontend import Frontend
+from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
+from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
+from muselab.audio.vocoder import MEL, Vocoder
+from muselab.audio.vocoder_recipe import griffin_lim_from_mel
+from muselab.core.config import Section, TrainConfig
+from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.results import AudioResult
+from muselab.core.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = MEL.sr
+SECONDS_PER_FRAME = MEL.hop / MEL.sr
+MIN_FRAMES = 16  # a sentence's mel is padded with silence to this: Griffin-Lim's STFT needs some length
+SILENT_LOG_MEL = -11.5129  # log(1e-5), the floor of log_mel
+
+
+# -- config ------------------------------------------------------------------------------------------
+class TTSDataConfig(Section):
+    utterances: int | None = Field(None, ge=1, description="utterances of builtin:speech to train on (the first "
+                                                           "N of its fixed order; None = all of them)")
+
+
+class TTSSynthesisConfig(Section):
+    griffin_lim_iters: int = Field(32, ge=1, description="Griffin-Lim iterations when no --vocoder is given")
+    batch_sentences: int = Field(16, ge=1, description="sentences synthesised together in one batch")
+
+
+class TTSEvalConfig(Section):
+    sentences: int = Field(20, ge=1, description="held-out sentences spoken and scored")
+    samples: int = Field(3, ge=0, description="of them written to RUN/samples as WAVs")
+    recognizer: bool = Field(True, description="score intelligibility with pocketsphinx (word error rate)")
+
+
+class TTSRecipeConfig(Section):
+    data: TTSDataConfig = TTSDataConfig()
+    model: AcousticConfig = AcousticConfig()
+    train: TrainConfig = TrainConfig(max_steps=50_000, max_minutes=30.0, batch_size=16, lr=1e-3, warmup_steps=300,
+                                     min_lr_ratio=0.05, weight_decay=0.01, grad_clip=1.0, eval_every=500,
+                                     eval_batches=4, checkpoint_every=500, log_every=20)
+    synthesis: TTSSynthesisConfig = TTSSynthesisConfig()
+    eval: TTSEvalConfig = TTSEvalConfig()
+
+
+class TTSControls(BaseModel):
+    """What an audio-tts voice can be asked to say, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, description="The text to speak (any length: it is split into sentences).")
+    speaker: str | None = Field(None, description="Voice: a speaker name the model was trained on (e.g. slt) or "
+                                                  "its index; default the first.")
+    speed: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False,
+                         description="Speaking rate: 2 speaks twice as fast (durations divided by it).")
+    pitch_shift: float = Field(0.0, ge=-24, le=24, allow_inf_nan=False,
+                               description="Semitones to raise (or lower) the voice by; 12 = an octave up.")
+    pitch_scale: float = Field(1.0, ge=0.0, le=4.0, allow_inf_nan=False,
+                               description="Expressiveness: the pitch contour's spread around its mean (0 = "
+                                           "monotone, 2 = twice as lively).")
+    energy: float = Field(0.0, ge=-24, le=24, allow_inf_nan=False, description="Loudness change in dB.")
+    pause: float = Field(1.0, ge=0.0, le=5.0, allow_inf_nan=False,
+                         description="Length of the pauses at punctuation, as a multiple of the predicted one.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of Griffin-Lim's initial phase.")
+    vocoder: str | None = Field(None, description="An audio-vocoder run directory to turn the mel into sound "
+                                                  "(default: Griffin-Lim, lower quality).")
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _stats(items: list[UtteranceFeatures]) -> Stats:
+    pitch = np.concatenate([f.pitch[f.pitch > 0] for f in items])
+    energy = np.concatenate([f.energy[f.durations > 0] for f in items])
+    if len(pitch) < 2:
+        raise DataError("the speech data holds no voiced sound; check the recordings")
+    log_d = np.concatenate([np.log1p(f.durations) for f in items])
+    return Stats(float(pitch.mean()), float(max(pitch.std(), 0.5)), float(energy.mean()), float(max(energy.std(), 0.1)),
+                 float(log_d.mean()))
+
+
+class UtteranceBatches:
+    """Whole utterances, padded per batch: random ones for training, all in order for validation."""
+
+    def __init__(self, items: list[UtteranceFeatures], speakers: list[str], stats: Stats) -> None:
+        self.items = items
+        self.speaker_ids = [speakers.index(f.speaker) for f in items]
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        chosen = [self.items[i] for i in indices]
+        s = self.stats
+        voiced = [f.pitch > 0 for f in chosen]
+        pitch = [np.where(v, (f.pitch - s.pitch_mean) / s.pitch_std, 0.0) for f, v in zip(chosen, voiced, strict=True)]
+        energy = [np.where(f.durations > 0, (f.energy - s.energy_mean) / s.energy_std, 0.0) for f in chosen]
+        return {"ids": pad_stack([f.ids for f in chosen], torch.long),
+                "durations": pad_stack([f.durations for f in chosen], torch.long),
+                "pitch": pad_stack(pitch, torch.float32), "voiced": pad_stack(voiced, torch.bool),
+                "energy": pad_stack(energy, torch.float32), "mel": pad_stack([f.mel for f in chosen], torch.float32),
+                "mel_lengths": torch.tensor([f.mel.shape[1] for f in chosen]),
+                "speaker": torch.tensor([self.speaker_ids[i] for i in indices])}
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self._collate(torch.randint(0, len(self.items), (batch_size,), generator=generator).tolist())
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        for count, first in enumerate(range(0, len(self.items), batch_size)):
+            if limit and count >= limit:
+                return
+            yield self._collate(list(range(first, min(first + batch_size, len(self.items)))))
+
+
+def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInventory
+                         ) -> tuple[list[UtteranceFeatures], list[UtteranceFeatures], dict[str, Any]]:
+    from muselab.data.speech import load_speech
+
+    if not spec.startswith("builtin:"):
+        raise DataError(f"audio-tts cannot train on '{spec}' yet: recordings without phone times need learned "
+                        "alignment (monotonic alignment search), which is not built; use builtin:speech")
+    data = load_speech(spec, utterances=cfg.data.utterances)
+    for note in data.notes:
+        logger.info(note)
+    frontend = Frontend(stress=inventory.stress)
+    train_u, test_u = data.split()
+    started = time.monotonic()
+    train = [extract(u, data, frontend, inventory) for u in train_u]
+    test = [extract(u, data, frontend, inventory) for u in test_u]
+    if time.monotonic() - started > 5:
+        logger.info(f"made the training targets of {len(data)} utterances in {time.monotonic() - started:.0f} s "
+                    "(cached for next time)")
+    if not train:
+        raise DataError(f"{spec} with {cfg.data.utterances} utterances leaves none for training; ask for more")
+    info = {**data.info, "spec": spec, "durations": "flite's phone times aligned to the front end's phonemes",
+            "pitch": "YIN median per voiced phoneme (semitones above 55 Hz)"}
+    return train, test, info
+
+
+# -- vocoders ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def load_vocoder(path: str) -> Vocoder:
+    """An audio-vocoder run's network, read from its safetensors weights."""
+    from muselab.audio.vocoder_recipe import VocoderRecipeConfig
+    from muselab.core import rundir as files
+    from muselab.core.checkpoint import load_into, load_tensors
+
+    run = RunDir(path)
+    if not (Path(path) / files.CONFIG).is_file():
+        raise ControlError(f"--vocoder '{path}' is not a run directory; pass a trained audio-vocoder run")
+    saved = run.read_config()
+    if saved.get("recipe") != "audio-vocoder":
+        raise ControlError(f"--vocoder '{path}' is a {saved.get('recipe')} run; pass an audio-vocoder run")
+    try:
+        cfg = VocoderRecipeConfig.model_validate(saved["config"])
+    except ValueError as err:
+        raise CheckpointError(f"--vocoder '{path}' has a config this muselab version cannot read ({err})") from None
+    model = Vocoder(cfg.model)
+    load_into(model, load_tensors(Path(path) / files.MODEL), Path(path) / files.MODEL)
+    return model.eval()
+
+
+def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -> np.ndarray:
+    """A log-mel [80, T] -> float32 samples (T * hop) at 22,050 Hz."""
+    mel = mel.detach().float().cpu()
+    with torch.no_grad():
+        audio = vocoder.vocode(mel) if vocoder is not None else griffin_lim_from_mel(mel, n_iter, seed)
+    return audio.numpy().astype(np.float32)
+
+
+# -- the recipe ----------------------------------------------------------------------------------------
+class TTSRecipe(Recipe):
+    name = "audio-tts"
+    summary = "text to speech: FastSpeech 2-style acoustic model on builtin:speech, vocoder or Griffin-Lim"
+    config_class = TTSRecipeConfig
+    controls_class = TTSControls
+    default_data = "builtin:speech"
+    capabilities = Capabilities(main_control="text", writes_files=True, inputs={"text": "transform"})
+    presets = {
+        "tiny": {
+            "data": {"utterances": 40},
+            "model": {"dim": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn_hidden": 64,
+                      "predictor_hidden": 32, "dropout": 0.0},
+            "train": {"max_steps": 30, "max_minutes": None, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5,
+                      "eval_every": 15, "eval_batches": 1, "checkpoint_every": 15, "log_every": 5},
+            "synthesis": {"griffin_lim_iters": 4},
+            "eval": {"sentences": 2, "samples": 1},
+        },
+        "default": {},
+        "base": {
+            "model": {"dim": 256, "encoder_layers": 4, "decoder_layers": 6, "ffn_hidden": 1024,
+                      "predictor_hidden": 256, "postnet": True},
+            "train": {"max_steps": 100_000, "max_minutes": None, "batch_size": 32, "lr": 1e-3, "warmup_steps": 4000,
+                      "eval_every": 2000, "checkpoint_every": 2000},
+        },
+    }
+
+    # -- data -------------------------------------------------------------------------------------
+    def prepare_data(self, cfg: TTSRecipeConfig, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
+        inventory = assets["inventory"] if assets else PhonemeInventory()
+        train, test, info = load_speech_features(data, cfg, inventory)
+        speakers = assets["speakers"] if assets else sorted({f.speaker for f in train})
+        unknown = sorted({f.speaker for f in train + test} - set(speakers))
+        if unknown:
+            raise ConfigError(f"the data has speakers this model does not know ({', '.join(unknown)}); start a new run")
+        stats = Stats(**assets["stats"]) if assets else _stats(train)
+        made = {"inventory": inventory, "speakers": speakers, "stats": asdict(stats)}
+        val = UtteranceBatches(test, speakers, stats) if test else None
+        return PreparedData(UtteranceBatches(train, speakers, stats), val,
+                            {**info, "train_utterances": len(train), "val_utterances": len(test)}, made)
+
+    def build_model(self, cfg: TTSRecipeConfig, assets: dict[str, Any]) -> AcousticModel:
+        inventory: PhonemeInventory = assets["inventory"]
+        pauses = [i for i, s in enumerate(inventory.symbols) if s in PAUSES]
+        voiced = [i for i, s in enumerate(inventory.symbols) if voiced_symbol(s)]
+        return AcousticModel(cfg.model, len(inventory), len(assets["speakers"]), pauses, voiced,
+                             Stats(**assets["stats"]))
+
+    def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
+        assets["inventory"].save(run / "phonemes.json")
+        run.write_json("speakers.json", {"speakers": assets["speakers"], "stats": assets["stats"]})
+
+    def load_assets(self, cfg: TTSRecipeConfig, run: RunDir) -> dict[str, Any]:
+        saved = run.read_json("speakers.json")
+        return {"inventory": PhonemeInventory.load(run / "phonemes.json"), "speakers": saved["speakers"],
+                "stats": saved["stats"]}
+
+    def check_transfer(self, cfg: TTSRecipeConfig, source_cfg: TTSRecipeConfig, prepared: PreparedData,
+                       source: Path) -> None:
+        """The phoneme inventory and speakers travel with the assets; prepare_data checks the speakers."""
+
+    # -- generation -------------------------------------------------------------------------------
+    def speaker_index(self, assets: dict[str, Any], speaker: str | None) -> int:
+        speakers: list[str] = assets["speakers"]
+        if speaker is None:
+            return 0
+        if speaker in speakers:
+            return speakers.index(speaker)
+        if speaker.strip().isdigit() and int(speaker) < len(speakers):
+            return int(speaker)
+        raise ControlError(f"unknown speaker {speaker!r}; this model speaks with: "
+                           + ", ".join(f"{s} ({i})" for i, s in enumerate(speakers)))
+
+    def speak(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The whole text as one clip at 22,050 Hz, and its timing (sentences, words, phonemes)."""
+        if controls.text is None or not controls.text.strip():
+            raise ControlError("the text is empty; give some words to speak, e.g. --text \"Hello there.\"")
+        speaker = self.speaker_index(assets, controls.speaker)
+        inventory: PhonemeInventory = assets["inventory"]
+        sentences = Frontend(stress=inventory.stress).sentences(controls.text)
+        vocoder = load_vocoder(str(Path(controls.vocoder).resolve())) if controls.vocoder else None
+        device = next(model.parameters()).device
+        seed = controls.seed or 0
+        clips: list[np.ndarray] = []
+        timing: dict[str, Any] = {"words": [], "sentences": [], "spelled_out": []}
+        offset = 0
+        step = cfg.synthesis.batch_sentences
+        for first in range(0, len(sentences), step):
+            group = sentences[first:first + step]
+            ids = pad_stack([np.array(inventory.encode(symbols_of(s)), dtype=np.int64) for s in group],
+                            torch.long).to(device)
+            out = model.synthesise(ids, torch.full((len(group),), speaker, device=device), speed=controls.speed,
+                                   pause_scale=controls.pause, pitch_shift=controls.pitch_shift,
+                                   pitch_scale=controls.pitch_scale, energy_db=controls.energy)
+            for row, sentence in enumerate(group):
+                mel = out["mel"][row, :, : int(out["mel_lengths"][row])]
+                if mel.shape[1] < MIN_FRAMES:
+                    mel = torch.nn.functional.pad(mel, (0, MIN_FRAMES - mel.shape[1]), value=SILENT_LOG_MEL)
+                audio = vocode(mel, vocoder, cfg.synthesis.griffin_lim_iters, seed)
+                durations = out["durations"][row].cpu().tolist()
+                ends = np.cumsum(durations).tolist()
+                starts = [e - d for e, d in zip(ends, durations, strict=True)]
+                base = offset / SAMPLE_RATE
+                for word in sentence.words:  # +1: <bos> comes first
+                    timing["words"].append({"word": word.word, "source": word.source,
+                                            "start": round(base + starts[word.start + 1] * SECONDS_PER_FRAME, 3),
+                                            "end": round(base + ends[word.end] * SECONDS_PER_FRAME, 3)})
+                timing["sentences"].append({"text": sentence.text, "start": round(base, 3),
+                                            "end": round(base + len(audio) / SAMPLE_RATE, 3)})
+                timing["spelled_out"] += [w for w in sentence.unknown if w not in timing["spelled_out"]]
+                clips.append(audio)
+                offset += len(audio)
+        audio = np.concatenate(clips)
+        peak = float(np.abs(audio).max()) if len(audio) else 0.0
+        if peak > 0.99:  # 16-bit WAV clips at 1: scale down instead
+            audio = audio * (0.99 / peak)
+        return audio.astype(np.float32), timing
+
+    def generate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
+                 context: GenerationContext) -> AudioResult:
+        audio, timing = self.speak(model, cfg, assets, controls)
+        note: dict[str, Any] = {"vocoder": controls.vocoder or "griffin_lim",
+                                "speaker": assets["speakers"][self.speaker_index(assets, controls.speaker)],
+                                "sentences": len(timing["sentences"])}
+        if timing["spelled_out"]:
+            note["spelled_out"] = timing["spelled_out"]
+            logger.warning(f"spelled out letter by letter (not in the dictionary): {', '.join(timing['spelled_out'])}")
+        return AudioResult(clips=[audio], sample_rate=SAMPLE_RATE, timing=[timing], notes=[note])
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], run: RunDir,
+                 data: str | None) -> Evaluation:
+        from muselab.audio.dsp import mel_cepstral_distortion, resample
+        from muselab.audio.io import load_audio
+        from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
+
+        speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
+        if not speakers:
+            raise DataError("evaluation compares with flite's voices; this model knows none of them")
+        sentences = held_out_sentences()[: cfg.eval.sentences]
+        recognizer = Recognizer() if cfg.eval.recognizer else None
+        scores: dict[str, list[float]] = {"mcd": [], "f0_rmse_cents": []}
+        errors = {"ours": [0, 0], "flite": [0, 0]}  # word errors, reference words
+        examples: list[tuple[np.ndarray, np.ndarray]] = []
+        spoken_seconds, synth_seconds = 0.0, 0.0
+        for i, sentence in enumerate(sentences):
+            voice = speakers[i % len(speakers)]
+            reference = flite_utterance(sentence, voice)
+            ref, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
+            started = time.perf_counter()
+            ours, _ = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0))
+            synth_seconds += time.perf_counter() - started
+            spoken_seconds += len(ours) / SAMPLE_RATE
+            ours_16k = resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy()
+            scores["mcd"].append(mel_cepstral_distortion(ref, ours_16k, SPEECH_SAMPLE_RATE, use_dtw=True))
+            cents = f0_rmse_cents(ref, ours_16k, SPEECH_SAMPLE_RATE)
+            if cents is not None:
+                scores["f0_rmse_cents"].append(cents)
+            if recognizer is not None:
+                words = Frontend().phonemize(sentence).normalized.split()
+                truth = [w for w in words if w not in PAUSES]
+                for name, clip in (("ours", ours_16k), ("flite", ref)):
+                    errors[name][0] += word_errors(truth, recognizer.transcribe(clip, SPEECH_SAMPLE_RATE).split())
+                    errors[name][1] += len(truth)
+            if len(examples) < max(1, cfg.eval.samples):
+                examples.append((ref, ours))
+        metrics: dict[str, Any] = {"mcd_db": float(np.mean(scores["mcd"])),
+                                   "f0_rmse_cents": float(np.mean(scores["f0_rmse_cents"])) if scores["f0_rmse_cents"]
+                                   else None,
+                                   "realtime_factor": spoken_seconds / max(synth_seconds, 1e-9),
+                                   "eval_sentences": len(sentences), "vocoder": "griffin_lim",
+                                   "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
+        if recognizer is not None:
+            metrics["wer"] = errors["ours"][0] / max(1, errors["ours"][1])
+            metrics["wer_flite_reference"] = errors["flite"][0] / max(1, errors["flite"][1])
+            metrics["recognizer"] = "pocketsphinx (default US English model)"
+        return Evaluation(metrics, audio=self._pictures_and_samples(examples, cfg.eval.samples, run))
+
+    def _pictures_and_samples(self, examples: list[tuple[np.ndarray, np.ndarray]], n_samples: int,
+                              run: RunDir) -> list[EvalAudio]:
+        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.io import save_audio
+        from muselab.audio.plots import plot_spectrograms
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
+
+        reference, ours = examples[0]
+        ref_22k = resample(reference, SPEECH_SAMPLE_RATE, SAMPLE_RATE)
+        panels = [("flite (reference)", log_mel(ref_22k).numpy()), ("muselab", log_mel(torch.from_numpy(ours)).numpy())]
+        plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out sentence 1")
+        if not n_samples:
+            return []
+        folder = run / "samples"
+        folder.mkdir(exist_ok=True)
+        for i, (ref, _) in enumerate(examples[:n_samples]):  # flite's recordings: not muselab's, so no manifest
+            save_audio(folder / f"flite_{i:03d}.wav", ref, SPEECH_SAMPLE_RATE)
+        return [EvalAudio("tts.wav", [ours for _, ours in examples[:n_samples]], SAMPLE_RATE,
+                          {"source": "held-out sentences of builtin:speech", "seed": 0})]
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+def word_errors(reference: list[str], hypothesis: list[str]) -> int:
+    """Substitutions + insertions + deletions turning `hypothesis` into `reference` (Levenshtein on words)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, word in enumerate(reference, start=1):
+        current = [i] + [0] * len(hypothesis)
+        for j, guess in enumerate(hypothesis, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != guess))
+        previous = current
+    return previous[-1]
+
+
+def f0_rmse_cents(reference: np.ndarray, synthesised: np.ndarray, sr: int, hop: int = 256) -> float | None:
+    """RMSE in cents between the two f0 curves (pYIN) over frames both call voiced, the frames paired by
+    DTW on mel-cepstra; None when no frame pair is voiced in both."""
+    import librosa
+
+    from muselab.audio.dsp import f0_pyin, mel_cepstrum
+
+    # pYIN's frames are 2048 samples: shorter clips are padded with silence
+    reference, synthesised = (np.pad(x, (0, max(0, 4096 - len(x)))) for x in (reference, synthesised))
+    ref_f0, _ = f0_pyin(reference, sr, hop, 60.0, 500.0, resolution=0.25)
+    syn_f0, _ = f0_pyin(synthesised, sr, hop, 60.0, 500.0, resolution=0.25)
+    ref_c = mel_cepstrum(reference, sr, hop=hop)[:, 1:]
+    syn_c = mel_cepstrum(synthesised, sr, hop=hop)[:, 1:]
+    n_ref, n_syn = min(len(ref_f0), len(ref_c)), min(len(syn_f0), len(syn_c))
+    _, path = librosa.sequence.dtw(X=ref_c[:n_ref].T, Y=syn_c[:n_syn].T, metric="euclidean")
+    a, b = ref_f0[path[:, 0]], syn_f0[path[:, 1]]
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return None
+    return float(np.sqrt(np.mean((1200.0 * np.log2(b[both] / a[both])) ** 2)))
+
+
+class Recognizer:
+    """pocketsphinx's offline US English recogniser (its bundled model), for intelligibility."""
+
+    def __init__(self) -> None:
+        try:
+            from pocketsphinx import Decoder
+        except ImportError:
+            raise ConfigError("intelligibility needs pocketsphinx: pip install pocketsphinx (or set "
+                              "eval.recognizer=false)") from None
+        self.decoder = Decoder(samprate=16000, logfn="/dev/null")
+
+    def transcribe(self, audio: np.ndarray, sr: int) -> str:
+        from muselab.audio.dsp import resample
+
+        pcm = resample(audio, sr, 16000).numpy() if sr != 16000 else np.asarray(audio, dtype=np.float32)
+        samples = (np.clip(pcm, -1.0, 1.0) * 32767).astype(np.int16)
+        self.decoder.start_utt()
+        self.decoder.process_raw(samples.tobytes(), full_utt=True)
+        self.decoder.end_utt()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr.lower() if hyp is not None else ""

@@ -1,0 +1,147 @@
+"""The audio-tts recipe: duration targets from flite's phones, the length regulator and the synthesis controls
+on the model, and a tiny model trained on builtin:speech end to end (generate, save, detect, errors, long text)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import error_message
+from muselab import api
+from muselab.audio.tts.features import align_durations, symbols_of
+from muselab.audio.tts.frontend import Frontend
+from muselab.audio.tts.model import length_regulate, scaled_durations
+from muselab.audio.tts_recipe import SAMPLE_RATE, word_errors
+from muselab.core.errors import ControlError, DataError
+from muselab.safety.detect import detect_file
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="builtin:speech needs flite")
+
+
+# -------------------------------------------------------------------------------- units, no training
+
+def test_flite_phones_become_frame_durations_of_the_front_ends_phonemes() -> None:
+    symbols = symbols_of(Frontend().phonemize("The cat."))  # <bos> DH AH K AE T <lp>
+    assert symbols == ["<bos>", "DH", "AH", "K", "AE", "T", "<lp>"]
+    # flite says "dh iy" for "the": a substitution keeps its duration; ax is read as AH
+    phones = [("pau", 0.1), ("dh", 0.15), ("iy", 0.2), ("k", 0.3), ("ae", 0.4), ("t", 0.45), ("pau", 0.6)]
+    frames = round(0.6 * SAMPLE_RATE / 256) + 1
+    durations = align_durations(symbols, phones, frames)
+    assert durations.sum() == frames and (durations >= 0).all()
+    assert durations[3] == round(0.3 * SAMPLE_RATE / 256) - round(0.2 * SAMPLE_RATE / 256)  # K matched
+    # a phone flite adds is given to the symbol before it, so nothing is lost
+    extra = align_durations(symbols, [*phones[:4], ("ah", 0.35), *phones[4:]], frames)
+    assert extra.sum() == frames and extra[3] > durations[3]
+
+
+def test_length_regulator_repeats_each_phoneme_for_its_frames() -> None:
+    hidden = torch.arange(6, dtype=torch.float32).view(1, 3, 2)
+    frames, mask = length_regulate(hidden, torch.tensor([[2, 0, 3]]))
+    assert mask.tolist() == [[True] * 5]
+    assert frames[0, :, 0].tolist() == [0, 0, 4, 4, 4]
+
+
+def test_speed_two_halves_the_total_within_one_frame() -> None:
+    durations = torch.rand(4, 50) * 12
+    full = scaled_durations(durations, torch.ones(4, 50)).sum(1)
+    half = scaled_durations(durations, torch.full((4, 50), 0.5)).sum(1)
+    assert ((half - full / 2).abs() <= 1).all()
+
+
+def test_word_errors_count_edits() -> None:
+    assert word_errors("the cat sat".split(), "the cat sat".split()) == 0
+    assert word_errors("the cat sat".split(), "a cat sat down".split()) == 2
+
+
+def test_a_folder_without_phone_times_is_refused_with_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        api.train("audio-tts", str(tmp_path), tmp_path / "run", preset="tiny", quiet=True)
+    assert "builtin:speech" in error_message(err) and "\n" not in error_message(err)
+
+
+# ------------------------------------------------------------------------------ a tiny trained model
+
+@pytest.fixture(scope="module")
+def tts_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("flite") is None:
+        pytest.skip("builtin:speech needs flite (apt-get install flite)")
+    out = tmp_path_factory.mktemp("runs") / "tts"
+    api.train("audio-tts", "builtin:speech", out, preset="tiny", quiet=True)
+    return out
+
+
+def _ids(run: api.Run, text: str) -> torch.Tensor:
+    return torch.tensor([run.assets["inventory"].encode(symbols_of(Frontend().phonemize(text)))])
+
+
+@pytest.mark.slow
+@needs_flite
+def test_speak_save_and_detect(tts_run: Path, tmp_path: Path) -> None:
+    run = api.load(tts_run, device="cpu")
+    result = run.generate("Dr. Smith paid $3.50 at 10:30. The boat drifted toward the shore!", seed=1)
+    (audio,) = result.items
+    assert result.sample_rate == 22050 and audio.dtype == np.float32 and np.isfinite(audio).all()
+    words = result.timing[0]["words"]
+    assert [w["word"] for w in words[:3]] == ["doctor", "smith", "paid"]
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(w["start"] <= w["end"] <= len(audio) / 22050 + 1e-3 for w in words)
+    assert len(result.timing[0]["sentences"]) == 2
+    (path,) = result.save(tmp_path / "speech.wav")
+    found = detect_file(path)
+    assert found["kind"] == "audio" and found["watermark"] is True
+    assert found["manifest"]["recipe"] == "audio-tts" and found["manifest"]["controls"]["text"].startswith("Dr.")
+
+
+@pytest.mark.slow
+@needs_flite
+def test_speed_and_pitch_shift_act_on_the_model(tts_run: Path) -> None:
+    run = api.load(tts_run, device="cpu")
+    ids = _ids(run, "The old boat drifted slowly toward the rocky shore, and then it stopped.")
+    speaker = torch.zeros(1, dtype=torch.long)
+    normal = run.model.synthesise(ids, speaker)
+    fast = run.model.synthesise(ids, speaker, speed=2.0)
+    total, half = int(normal["mel_lengths"][0]), int(fast["mel_lengths"][0])
+    assert total > 20
+    assert abs(half - total / 2) <= 0.1 * total / 2
+    up = run.model.synthesise(ids, speaker, pitch_shift=12.0)
+    voiced = normal["f0_hz"][0] > 0
+    assert voiced.any()
+    ratio = up["f0_hz"][0][voiced] / normal["f0_hz"][0][voiced]
+    assert torch.allclose(ratio, torch.full_like(ratio, 2.0), rtol=0.05)
+    # and through the whole pipeline: twice as fast is half as long
+    slow_audio = run.generate("The old boat drifted slowly toward the rocky shore.", seed=0).items[0]
+    fast_audio = run.generate("The old boat drifted slowly toward the rocky shore.", speed=2.0, seed=0).items[0]
+    assert abs(len(fast_audio) - len(slow_audio) / 2) <= 0.1 * len(slow_audio) / 2
+
+
+@pytest.mark.slow
+@needs_flite
+def test_unknown_speaker_and_empty_text_are_one_line_errors(tts_run: Path) -> None:
+    run = api.load(tts_run, device="cpu")
+    with pytest.raises(ControlError) as err:
+        run.generate("Hello.", speaker="nobody")
+    message = error_message(err)
+    assert "nobody" in message and "slt" in message and "\n" not in message
+    for text in ("", "   ", "!!! ???"):
+        with pytest.raises(ControlError) as err:
+            run.generate(text)
+        assert "\n" not in error_message(err)
+    by_index = run.generate("Hello.", speaker="1", seed=0)
+    assert by_index.notes[0]["speaker"] == run.assets["speakers"][1]
+
+
+@pytest.mark.slow
+@needs_flite
+def test_ten_thousand_characters_are_split_and_spoken(tts_run: Path) -> None:
+    run = api.load(tts_run, device="cpu")
+    run.config.synthesis.griffin_lim_iters = 1  # the test is about splitting, not sound quality
+    sentence = "The quick brown fox, who was 21 years old, jumped over 3 lazy dogs on May 5th. "
+    text = (sentence * (10_000 // len(sentence) + 1))[:10_000]
+    result = run.generate(text, seed=0)
+    timing = result.timing[0]
+    assert len(timing["sentences"]) >= 100
+    assert timing["words"][-1]["end"] <= len(result.items[0]) / 22050 + 1e-3
