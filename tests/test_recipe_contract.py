@@ -105,7 +105,7 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
                   {"num_samples": 2}),
     "audio-ddsp": ("builtin:tones", [], {"notes": "C4:0.5 E4:0.5"}),
     "audio-vocoder": ("builtin:tones", [], {}),
-    "audio-tts": ("builtin:speech", ["eval.recognizer=false"], {"text": "Hello there."}),
+    "audio-tts": ("builtin:speech", ["eval.recognizer=false"], {"text": "Hello there. This sentence is long enough to carry a watermark in its sound."}),
 }
 
 

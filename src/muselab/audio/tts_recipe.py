@@ -203,8 +203,8 @@ class TTSRecipe(Recipe):
     controls_class = TTSControls
     default_data = "builtin:speech"
     capabilities = Capabilities(main_control="text", writes_files=True, inputs={"text": "transform"})
-    data_formats = ("builtin:speech (LJSpeech folders, metadata.csv id|text|normalized and wavs/, need "
-                    "monotonic alignment search, which is not built yet)")
+    data_formats = ("LJSpeech folders (metadata.csv id|text|normalized, wavs/) are read and checked, but training "
+                    "on them needs monotonic alignment search, which is not built yet: use builtin:speech")
     builtin_data = {"builtin:speech": "715 sentences spoken by flite's four voices (slt, rms, awb, kal16), with "
                                       "exact phone durations; 45 sentences held out"}
     presets = {

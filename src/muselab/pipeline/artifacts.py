@@ -115,14 +115,22 @@ class ArtifactWriter:
         return written
 
     def write_audio(self, clips: Sequence[np.ndarray], sample_rate: int, controls: dict[str, Any],
-                    notes: Sequence[dict[str, Any]] | None = None) -> list[Path]:
-        """WAV files (16-bit, watermarked, manifest inside and beside); `notes[i]` joins clip i's manifest."""
+                    notes: Sequence[dict[str, Any]] | None = None,
+                    words: Sequence[list[dict[str, Any]] | None] | None = None) -> list[Path]:
+        """WAV files (16-bit, watermarked, manifest inside and beside); `notes[i]` joins clip i's manifest;
+        `words[i]` (spoken words with their times) is written beside clip i as `NAME.words.json`."""
         from muselab.safety.embed import write_wav
         from muselab.safety.watermark import embed_audio
 
         targets = self._targets(len(clips), "audio", ".wav")
-        self._check_free(targets)
+        timed = [(i, path.with_suffix(".words.json"), w)
+                 for i, (path, w) in enumerate(zip(targets, words or [], strict=False)) if w]
+        self._check_free([*targets, *(side for _, side, _ in timed)])
         written = []
+        for index, side, spoken in timed:  # word timestamps, with a manifest of their own like every file
+            atomic_write_json(side, {"words": spoken, "audio": targets[index].name})
+            atomic_write_json(manifest_path(side), make_manifest(self.provenance, controls, index, side.name))
+            written.append(side)
         for index, (clip, path) in enumerate(zip(clips, targets, strict=True)):
             marked = embed_audio(np.asarray(clip, dtype=np.float32), sample_rate)
             manifest = {**make_manifest(self.provenance, controls, index, path.name), "watermark": True,
@@ -157,5 +165,6 @@ def save_result(result: Result, path: Path, overwrite: bool) -> list[Path]:
     if isinstance(result, ImageResult):
         return writer.write_images(result.arrays, result.controls, result.grid, result.animation, result.notes)
     if isinstance(result, AudioResult):
-        return writer.write_audio(result.clips, result.sample_rate, result.controls, result.notes)
+        words = [t.get("words") for t in result.timing] if result.timing else None
+        return writer.write_audio(result.clips, result.sample_rate, result.controls, result.notes, words)
     raise TypeError(f"no writer for {type(result).__name__}")
