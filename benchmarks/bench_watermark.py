@@ -209,7 +209,8 @@ def _sized(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A picture as uint8 RGB resized to 64-256 px per side."""
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
-        pixels = (255 * (pixels.astype(np.float64) - pixels.min()) / (np.ptp(pixels) + 1e-12)).astype(np.uint8)
+        values = pixels.astype(np.float64)
+        pixels = (255 * (values - values.min()) / (np.ptp(values) + 1e-12)).astype(np.uint8)
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[..., None], 3, axis=2)
     height, width = (int(s) for s in rng.integers(64, 257, size=2))
