@@ -200,9 +200,13 @@ def test_evaluate_writes_the_metrics_pictures_and_labelled_samples(ddsp_run, tmp
     run = tmp_path / "run"
     shutil.copytree(ddsp_run, run)
     metrics = api.evaluate(run)
-    for key in ("mrstft", "mrstft_sine_baseline", "mrstft_ratio", "pitch_within_20_cents", "realtime_factor"):
+    for key in ("mrstft", "mrstft_sine_baseline", "mrstft_ratio", "pitch_within_20_cents", "realtime_factor",
+                "mrstft_avg_spectrum_baseline", "timbre_mfcc_dtw", "timbre_mfcc_dtw_avg_spectrum_baseline",
+                "timbre_mfcc_dtw_sine_baseline", "timbre_mfcc_dtw_ratio"):
         assert np.isfinite(metrics[key])
     assert metrics["mrstft_ratio"] == pytest.approx(metrics["mrstft_sine_baseline"] / metrics["mrstft"])
+    assert metrics["timbre_mfcc_dtw_ratio"] == pytest.approx(metrics["timbre_mfcc_dtw_avg_spectrum_baseline"]
+                                                             / metrics["timbre_mfcc_dtw"])
     assert 0.0 <= metrics["pitch_within_20_cents"] <= 1.0 and metrics["realtime_factor"] > 0
     for picture in ("spectrograms.png", "f0.png"):
         assert (run / picture).stat().st_size > 1000

@@ -132,3 +132,22 @@ def test_audio_at_other_rates_and_silence():
     silence = np.zeros(SR, dtype=np.float32)
     assert not np.any(wm.embed_audio(silence, SR))
     assert not wm.detect_audio(silence, SR).found
+
+
+def test_thresholds_are_where_the_null_distributions_reach_the_false_positive_rate():
+    image_z, audio_z = wm.IMAGE_THRESHOLD, wm.AUDIO_THRESHOLD
+    assert 1.0 - (1.0 - wm._normal_sf(image_z)) == pytest.approx(wm.FALSE_POSITIVE_RATE, rel=1e-6)
+    # the audio score is the best of BLOCK lags: P(max >= z) = 1 - (1 - P(lag >= z)) ** BLOCK
+    assert 1.0 - (1.0 - wm._normal_sf(audio_z)) ** wm.BLOCK == pytest.approx(wm.FALSE_POSITIVE_RATE, rel=1e-6)
+    assert 3.0 < image_z < 3.2 and 4.8 < audio_z < 5.0
+
+
+def test_unmarked_scores_follow_the_null_the_thresholds_assume():
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (int(rng.integers(64, 200)), 160, 3), dtype=np.uint8) for _ in range(150)]
+    z = np.array([wm.image_score(image) for image in images])
+    assert abs(z.mean()) < 0.3 and 0.8 < z.std() < 1.2 and np.mean(z >= wm.IMAGE_THRESHOLD) <= 0.01
+    clips = [rng.normal(0, 0.1, int(SR * rng.uniform(1, 3))).astype(np.float32) for _ in range(60)]
+    best = np.array([wm.audio_score(clip, SR) for clip in clips])
+    # the maximum of 2,048 standard normals: median about 3.4, 99.9 % below AUDIO_THRESHOLD
+    assert 3.1 < np.median(best) < 3.8 and np.mean(best >= wm.AUDIO_THRESHOLD) <= 0.02

@@ -469,21 +469,37 @@ class AudioDDSPRecipe(Recipe):
     def evaluate(self, model: DDSP, cfg: DDSPRecipeConfig, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> dict[str, Any]:
         from muselab.audio.dsp import mrstft_distance
+        from muselab.audio.timbre import AverageSpectrum, mfcc_dtw_distance
 
         if data is None:
             raise DataError("this run does not record its data; pass --data")
-        _, test, _ = load_features(cfg, data)
+        train, test, _ = load_features(cfg, data)
         test = test[:cfg.eval.clips]
         sr = cfg.model.sample_rate
         resynth = [self._resynthesize(model, cfg, clip) for clip in test]
-        model_scores = [mrstft_distance(audio, clip.audio) for audio, clip in zip(resynth, test, strict=True)]
-        sine_scores = [best_gain_sine(clip, sr, cfg.model.hop)[1] for clip in test]
+        sines = [best_gain_sine(clip, sr, cfg.model.hop) for clip in test]
+        # The stronger baseline: the training set's average spectrum at each clip's pitch and loudness
+        average = AverageSpectrum.fit(train, cfg.model.n_harmonics, cfg.model.n_noise_bands, sr, cfg.model.hop)
+        averaged = [average.render(clip.f0_hz, clip.loudness_db) for clip in test]
+
+        def mean_of(score: Any, renders: Sequence[np.ndarray]) -> float:
+            return float(np.mean([score(audio, clip.audio) for audio, clip in zip(renders, test, strict=True)]))
+
+        def timbre(audio: np.ndarray, reference: np.ndarray) -> float:
+            return mfcc_dtw_distance(audio, reference, sr)
+
         pitch = self._pitch_test(model, cfg, assets, test, run)
         metrics: dict[str, Any] = {
-            "mrstft": float(np.mean(model_scores)),
-            "mrstft_sine_baseline": float(np.mean(sine_scores)),
+            "mrstft": mean_of(mrstft_distance, resynth),
+            "mrstft_sine_baseline": float(np.mean([score for _, score in sines])),
+            "mrstft_avg_spectrum_baseline": mean_of(mrstft_distance, averaged),
+            # Timbre apart from the training loss: librosa MFCCs compared after DTW alignment
+            "timbre_mfcc_dtw": mean_of(timbre, resynth),
+            "timbre_mfcc_dtw_avg_spectrum_baseline": mean_of(timbre, averaged),
+            "timbre_mfcc_dtw_sine_baseline": mean_of(timbre, [audio for audio, _ in sines]),
         }
         metrics["mrstft_ratio"] = metrics["mrstft_sine_baseline"] / metrics["mrstft"]
+        metrics["timbre_mfcc_dtw_ratio"] = metrics["timbre_mfcc_dtw_avg_spectrum_baseline"] / metrics["timbre_mfcc_dtw"]
         metrics.update(pitch["metrics"])
         metrics["realtime_factor"] = realtime_factor(model, test, cfg.eval.realtime_seconds, cfg.model.hop, sr)
         metrics["heldout_clips"] = len(test)
