@@ -103,7 +103,7 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
                   {"num_samples": 2}),
     "image-vae": ("builtin:digits", ["data.size=64", "eval.samples_per_class=10", "eval.reference_images=100"],
                   {"num_samples": 2}),
-    "audio-ddsp": ("builtin:tones", [], {"notes": "C4:0.5 E4:0.5"}),
+    "audio-ddsp": ("builtin:tones", [], {"notes": "C4:1 E4:1 G4:1 C5:1 G4:1 E4:1 C4:2"}),
     "audio-vocoder": ("builtin:tones", [], {}),
     "audio-tts": ("builtin:speech", ["eval.recognizer=false"], {"text": "Hello there. This sentence is long enough to carry a watermark in its sound."}),
 }
