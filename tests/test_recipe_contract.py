@@ -105,7 +105,8 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
                   {"num_samples": 2}),
     "audio-ddsp": ("builtin:tones", [], {"notes": "C4:1 E4:1 G4:1 C5:1 G4:1 E4:1 C4:2"}),
     "audio-vocoder": ("builtin:tones", [], {}),
-    "audio-tts": ("builtin:speech", ["eval.recognizer=false"], {"text": "Hello there. This sentence is long enough to carry a watermark in its sound."}),
+    "audio-tts": ("builtin:speech", ["eval.recognizer=false"],
+                  {"text": "Hello there. This sentence is long enough to carry a watermark in its sound."}),
 }
 
 
