@@ -232,7 +232,11 @@ def load_copy_index(path: str | Path) -> CopyIndex:
     from muselab.core.errors import CheckpointError
 
     path = Path(path)
-    check_safetensors(path)  # a damaged header is named before the library reads it
+    try:
+        check_safetensors(path)  # a damaged header is named before the library reads it
+    except CheckpointError as err:
+        raise CheckpointError(f"'{path}' is not a readable copy index ({str(err).split('(')[-1].split(')')[0]}); "
+                              "delete it or train the run again") from None
     try:
         with safe_open(str(path), framework="numpy") as handle:
             if (handle.metadata() or {}).get("format") != COPY_INDEX_FORMAT:
