@@ -231,7 +231,9 @@ class Trainer:
         self.latest_loss: float | None = None
         self._saved_best_step: int | None = None
         self.budget = TimeBudget(60.0 * cfg.max_minutes) if cfg.max_minutes else None
+        self._probe_batch: Any = None
         self.precision_choice = self._choose_precision()
+        self._probe_batch = None
         self.precision = self.precision_choice.value
         step_module = _TrainingStep(self.model)
         if cfg.compile:
@@ -249,7 +251,9 @@ class Trainer:
         shapes = ",".join(f"{tuple(p.shape)}" for p in self.model.parameters())
         model_key = f"{type(self.model).__name__}|{hashlib.sha256(shapes.encode()).hexdigest()[:12]}|" \
                     f"{self.cfg.batch_size}|{self.device.type}"
-        choice = resolve_precision(self.cfg.precision, self.device, self.time_step, model_key)
+        # Rank 0 alone times steps (the others would only compete with it for the cores) and tells the rest
+        probe = self.time_step if self.dist.is_main else None
+        choice = resolve_precision(self.cfg.precision, self.device, probe, model_key)
         if self.dist.enabled:  # every rank trains as rank 0 decided
             import torch.distributed as dist
 
@@ -268,7 +272,10 @@ class Trainer:
         cfg = self.cfg
         copy_model = copy.deepcopy(self.model).train()
         step_module = _TrainingStep(copy_model)
-        batch = to_device(self.train_data.sample(cfg.batch_size, make_generator(cfg.seed, "probe")), self.device)
+        if self._probe_batch is None:  # one batch for every timing: both precisions see the same work
+            self._probe_batch = to_device(self.train_data.sample(cfg.batch_size, make_generator(cfg.seed, "probe")),
+                                          self.device)
+        batch = self._probe_batch
         cpu_rng = torch.get_rng_state()
 
         def once() -> float:
