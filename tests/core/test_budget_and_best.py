@@ -180,9 +180,11 @@ def test_resume_keeps_the_best_so_far_exactly(tmp_path):
     settings = dict(lr=0.5, eval_every=5, checkpoint_every=10, max_steps=40)  # lr high enough to get worse
     full = make(tmp_path / "full", **settings)
     expected = full.fit()
+    torch.manual_seed(0)  # the same initial weights as the uninterrupted run
+    crashing = CrashingLine(at=27)
     with pytest.raises(Crash):
-        make(tmp_path / "part", model=CrashingLine(at=27), **settings).fit()
-    # a model file written after the checkpoint must not survive the resume
+        make(tmp_path / "part", model=crashing, **settings).fit()
+    # the best-so-far (loss, step, weights) travels in the checkpoint
     resumed = make(tmp_path / "part", **settings).fit(resume=True)
     assert (resumed.best_val_loss, resumed.best_step, resumed.final_val_loss) == (
         expected.best_val_loss, expected.best_step, expected.final_val_loss)
