@@ -394,7 +394,7 @@ class Trainer:
         self.since_best = int(meta.get("validations_since_best", 0))
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_weights = best if best and self.best_step is not None else None
-        self.last_checkpoint = self._saved_best_step = self.step
+        self.last_checkpoint, self._saved_best_step = self.step, self.best_step
         if self.dist.is_main:  # a run killed after a later save may hold other weights: back to the checkpoint's
             self._write_model()
 
@@ -616,7 +616,10 @@ class Trainer:
                                    "steps_per_s": rate, "examples_per_s": rate * cfg.batch_size
                                    * cfg.grad_accum * self.dist.world_size, "elapsed_s": self.elapsed})
                         window_start, window_steps = time.monotonic(), 0
-                    if self.dist.any(self._validation_due(self.step, self.elapsed, last_validation)):
+                    due = self._validation_due(self.step, self.elapsed, last_validation)
+                    if self.budget is not None:  # the clock can differ between ranks: they must agree
+                        due = self.dist.any(due)
+                    if due:
                         val_loss = self.validate(cfg.eval_batches)
                         self._record_validation(val_loss)
                         if val_loss is not None:
