@@ -39,6 +39,16 @@ def test_cpus_with_bf16_units_follow_the_timed_step(flag):
     assert decide_precision("cpu", flags=frozenset({flag}), probe=None).value == "fp32"
 
 
+def test_a_model_that_fails_under_bf16_stays_fp32():
+    def probe(precision):
+        if precision == "bf16":
+            raise RuntimeError("expected dtype c10::BFloat16 for `weight` but got dtype float")
+        return 0.01
+
+    choice = decide_precision("cpu", flags=frozenset({"amx_bf16"}), probe=probe)
+    assert choice.value == "fp32" and "fails under bf16" in choice.reason
+
+
 def test_the_probe_is_cached_per_machine_and_model(tmp_path, monkeypatch):
     monkeypatch.setenv("MUSELAB_CACHE", str(tmp_path))
     calls = []

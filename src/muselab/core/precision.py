@@ -78,7 +78,11 @@ def decide_precision(device_type: str, *, cuda_bf16: bool = False, flags: frozen
         return PrecisionChoice("fp32", "this CPU has no AMX or AVX512-BF16, so bf16 would be slower")
     if probe is None:
         return PrecisionChoice("fp32", f"this CPU has {', '.join(units)} but no step was timed")
-    fp32_s, bf16_s = probe("fp32"), probe("bf16")
+    fp32_s = probe("fp32")
+    try:
+        bf16_s = probe("bf16")
+    except (RuntimeError, TypeError) as err:  # an op without bf16 support (some signal-processing kernels)
+        return PrecisionChoice("fp32", f"this model's step fails under bf16 autocast ({str(err).splitlines()[0]})")
     timing = f"a training step takes {fp32_s * 1e3:.1f} ms in fp32, {bf16_s * 1e3:.1f} ms in bf16"
     if bf16_s <= PROBE_GAIN * fp32_s:
         return PrecisionChoice("bf16", f"{timing} (this CPU has {', '.join(units)})")
