@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import platform
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +21,13 @@ from pydantic import BaseModel, ValidationError
 from muselab import __version__, pipeline
 from muselab.core import rundir as files
 from muselab.core.checkpoint import load_into, load_tensors, weights_fingerprint
-from muselab.core.config import build_config, describe_validation_error, load_toml, parse_overrides
+from muselab.core.config import (
+    budget_layer,
+    build_config,
+    describe_validation_error,
+    load_toml,
+    parse_overrides,
+)
 from muselab.core.controls import parse_controls
 from muselab.core.errors import CheckpointError, ConfigError, ControlError
 from muselab.core.modelcard import write_model_card
@@ -30,6 +38,8 @@ from muselab.core.runtime import init_distributed, resolve_device, shutdown_dist
 from muselab.core.trainer import Trainer, TrainResult
 from muselab.pipeline.artifacts import ArtifactWriter
 from muselab.pipeline.generate import OnRefused
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -198,7 +208,12 @@ def train(
     freeze: Sequence[str] = (),
     quiet: bool = False,
 ) -> TrainResult:
-    """Train a recipe on data into the run directory `out` (or continue it with resume=True)."""
+    """Train a recipe on data into the run directory `out` (or continue it with resume=True).
+
+    A time budget (`max_minutes`, or train.max_minutes in a config file or override) without steps the user
+    set means "train for that long": the preset's max_steps no longer ends training, and the budget covers
+    everything from here on (data preparation, training, the final validation and checkpoint)."""
+    clock_start = time.monotonic()
     run = RunDir(out)
     flags = _flag_layer(seed, max_steps, max_minutes)
 
@@ -209,7 +224,7 @@ def train(
         the_recipe = get_recipe(saved["recipe"])
         if recipe and recipe != the_recipe.name:
             raise ConfigError(f"'{run}' is a {the_recipe.name} run, not {recipe}")
-        cfg = build_config(the_recipe.config_class, [saved["config"], flags])
+        cfg = build_config(the_recipe.config_class, [saved["config"], flags, budget_layer([flags])])
         data = data or saved["data"]["spec"]
         assets = the_recipe.load_assets(cfg, run)
         prepared = the_recipe.prepare_data(cfg, data, assets)
@@ -221,8 +236,11 @@ def train(
         if not recipe:
             raise ConfigError("name a recipe to train, e.g. `muselab train text-lm` (see `muselab recipes`)")
         the_recipe = get_recipe(recipe)
-        cfg = build_config(the_recipe.config_class,
-                           [*_config_layers(the_recipe, preset, config_file, overrides), flags])
+        layers = [*_config_layers(the_recipe, preset, config_file, overrides), flags]
+        cfg = build_config(the_recipe.config_class, [*layers, budget_layer(layers[1:])])
+        if budget_layer(layers[1:]):
+            log.info("a time budget without train.max_steps: training runs for %g minutes, the final "
+                     "validation included", cfg.train.max_minutes)
         data = data or the_recipe.default_data
         source = load(init_from) if init_from else None
         prepared = the_recipe.prepare_data(cfg, data, source.assets if source else None)
@@ -240,6 +258,10 @@ def train(
         frozen = _freeze(model, freeze) if freeze else []
         if resume and saved.get("freeze"):
             frozen = _freeze(model, saved["freeze"])
+        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, dist=dist, quiet=quiet,
+                          clock_start=clock_start)
+        requested_precision = cfg.train.precision
+        cfg.train.precision = trainer.precision  # config.json records what ran; a resume keeps it
         if not resume:
             if dist.is_main:
                 run.claim(overwrite)
@@ -249,6 +271,8 @@ def train(
                     "recipe": the_recipe.name, "preset": preset, "config": json.loads(cfg.model_dump_json()),
                     "data": prepared.info, "init_from": str(init_from) if init_from else None,
                     "freeze": list(freeze), "frozen_parameters": len(frozen),
+                    "precision": {"requested": requested_precision, "resolved": trainer.precision,
+                                  "reason": trainer.precision_choice.reason},
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "versions": _versions(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 })
@@ -257,9 +281,7 @@ def train(
             run.reopen()
             saved["config"] = json.loads(cfg.model_dump_json())
             run.write_json(files.CONFIG, saved)
-        hook = the_recipe.validation_hook(model, cfg, assets, run) if dist.is_main else None
-        trainer = Trainer(model, cfg.train, run, prepared.train, prepared.val, device=device, dist=dist, quiet=quiet,
-                          on_validate=hook)
+        trainer.on_validate = the_recipe.validation_hook(model, cfg, assets, run) if dist.is_main else None
         result = trainer.fit(resume=resume)
         if dist.is_main:
             _finish_run(run, result)
@@ -272,7 +294,8 @@ def _finish_run(run: RunDir, result: TrainResult) -> None:
     from muselab.report.plots import plot_training_curves
 
     state = _read_state(run)
-    state.update({"final_val_loss": result.val_loss, "stopped_by": result.stopped_by})
+    state.update({"best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                  "final_val_loss": result.final_val_loss, "weights": result.kept, "stopped_by": result.stopped_by})
     run.write_json(files.TRAINER_STATE_JSON, state)
     records = run.read_metrics()
     if records:

@@ -208,9 +208,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        overrides=overrides, seed=args.seed, max_steps=args.max_steps,
                        max_minutes=args.max_minutes, resume=args.resume, overwrite=args.overwrite,
                        init_from=args.init_from, freeze=args.freeze, quiet=args.quiet)
-    val = f"; validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    if result.best_val_loss is not None:
+        val = (f"; validation loss: best {result.best_val_loss:.4f} (step {result.best_step}, kept), "
+               f"last {result.final_val_loss:.4f}")
+    else:
+        val = "; no validation loss: the last weights are kept"
     skipped = f"; {result.bad_steps} non-finite steps skipped" if result.bad_steps else ""
-    print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min{val}{skipped}; run: {args.out}",
+    stopped = {"time": " (time budget)", "patience": " (no better validation: patience)"}.get(result.stopped_by, "")
+    print(f"trained {result.step} steps{stopped} in {result.elapsed_s / 60:.1f} min{val}{skipped}; run: {args.out}",
           file=sys.stderr)
     return 0
 

@@ -49,7 +49,7 @@ def main(out: Path) -> None:
     torch.manual_seed(0)
     data = Recorded()
     cfg = TrainConfig(max_steps=3, batch_size=4, grad_accum=2, lr=0.1, warmup_steps=0, eval_every=0,
-                      checkpoint_every=0, log_every=1)
+                      checkpoint_every=0, log_every=1, precision="fp32")  # auto's probe would draw a batch
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
     Trainer(Line(), cfg, run, data, Recorded(), device=torch.device("cpu"), dist=dist, quiet=True).fit()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from muselab.core.errors import ConfigError
 
@@ -27,7 +27,8 @@ class Section(BaseModel):
 class TrainConfig(Section):
     """Everything the one Trainer needs; shared by all recipes."""
 
-    max_steps: int = Field(2000, ge=1, description="optimizer steps to run")
+    max_steps: int | None = Field(2000, ge=1, description="optimizer steps to run; null = until train.max_minutes "
+                                  "ends (what a budget without explicit steps means)")
     batch_size: int = Field(32, ge=1, description="examples per micro-batch on each process")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -38,17 +39,47 @@ class TrainConfig(Section):
     beta2: float = Field(0.99, ge=0, lt=1, description="AdamW beta2")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this value; 0 = off")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights (0 = off); saved weights are the EMA")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for matmuls (CPU AMX, GPUs)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for matmuls, or auto: bf16 where it trains faster here (GPUs with bf16; "
+        "CPUs with AMX/AVX512-BF16 when a timed step of the model gains), else fp32")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="where to train")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     eval_every: int = Field(250, ge=0, description="validate every N steps (0 = only at the end)")
-    eval_batches: int = Field(20, ge=0, description="batches per validation during training (0 = all)")
+    eval_batches: int = Field(20, ge=0, description="batches per validation, during and at the end of training "
+                              "(0 = all); the same batches each time, so validations compare")
+    patience: int = Field(0, ge=0, description="stop after this many validations without a new best (0 = off)")
     checkpoint_every: int = Field(500, ge=0, description="write a checkpoint every N steps (0 = only at the end)")
     log_every: int = Field(10, ge=1, description="write a metrics.jsonl line every N steps")
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget; the schedule fits itself to it")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget, final validation included; the "
+                                      "schedule fits itself to it")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard")
     seed: int = Field(1337, description="seed for weights, data order and dropout")
+
+
+    @model_validator(mode="after")
+    def _has_an_end(self) -> TrainConfig:
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("train.max_steps is null and there is no train.max_minutes: give one of them")
+        return self
+
+
+def budget_layer(user_layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The config layer that makes a user's time budget mean "train for that long".
+
+    When a layer the user wrote (a config file, `--set`, flags; not a preset) gives `train.max_minutes` and
+    none gives `train.max_steps`, the preset's step count no longer ends training: `max_steps` becomes null
+    and the schedule follows the clock. A budget from a preset, or steps the user set, keep both limits.
+    """
+    budget = steps = False
+    for layer in user_layers:
+        train = layer.get("train")
+        if isinstance(train, Mapping):
+            budget = budget or ("max_minutes" in train and train["max_minutes"] is not None)
+            steps = steps or "max_steps" in train
+            if "max_minutes" in train and train["max_minutes"] is None:
+                budget = False
+    return {"train": {"max_steps": None}} if budget and not steps else {}
 
 
 def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
@@ -58,6 +89,9 @@ def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
     key = f"{prefix}{key}" if key else prefix.rstrip(".")
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        # a check across fields (a model validator) already names the keys in its message
+        return str(first["msg"]).removeprefix("Value error, ")
     value = first.get("input")
     return f"bad value for {key}: {value!r} ({first['msg'][0].lower()}{first['msg'][1:]})"
 

@@ -28,14 +28,17 @@ def write_model_card(run: RunDir, saved: dict[str, Any], state: dict[str, Any], 
         "",
         "## Training",
         f"- preset: {saved.get('preset')}; parameters: {saved.get('parameters', '?')}",
-        f"- steps: {state.get('step')} of {train.get('max_steps')}; wall-clock: {state.get('elapsed_s', 0) / 60:.1f} min",
+        f"- steps: {state.get('step')} of {train.get('max_steps') or 'a time budget'}; wall-clock: {state.get('elapsed_s', 0) / 60:.1f} min",
         f"- non-finite steps skipped: {state.get('bad_steps', 0)}",
         f"- started from: {saved['init_from']}" if saved.get("init_from") else "- started from: random weights",
     ]
     if saved.get("freeze"):
         lines.append(f"- frozen parameters: {', '.join(saved['freeze'])}")
-    if state.get("final_val_loss") is not None:
-        lines.append(f"- final validation loss (whole split): {state['final_val_loss']:.4f}")
+    if state.get("best_val_loss") is not None:
+        lines.append(f"- validation loss of the kept weights: {state['best_val_loss']:.4f} (step {state.get('best_step')}, "
+                     f"the best); of the last weights: {state.get('final_val_loss', float('nan')):.4f}")
+    elif state.get("final_val_loss") is not None:
+        lines.append(f"- final validation loss: {state['final_val_loss']:.4f}")
     if evaluation:
         lines += ["", "## Evaluation (`muselab evaluate`)", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in evaluation.items()]

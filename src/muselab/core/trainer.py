@@ -17,7 +17,10 @@ from a checkpoint at step s replays steps s+1... exactly as the uninterrupted ru
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -31,13 +34,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from muselab.core import rundir as files
+from muselab.core.budget import TimeBudget
 from muselab.core.checkpoint import load_into, load_tensors, read_metadata, save_tensors, weights_fingerprint
 from muselab.core.config import TrainConfig
 from muselab.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from muselab.core.io import Fields, field_problem
+from muselab.core.precision import PrecisionChoice, resolve_precision
 from muselab.core.progress import TrainingProgress
 from muselab.core.rundir import RunDir
 from muselab.core.runtime import Distributed, autocast, derive_seed, make_generator
+
+log = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
@@ -119,10 +126,33 @@ def mean_loss(model: nn.Module, data: BatchSource, batch_size: int, device: torc
     return total / count if count else None
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up to the peak, then cosine decay to min_lr_ratio x peak at progress 1."""
-    if step <= cfg.warmup_steps:
-        return cfg.lr * step / max(1, cfg.warmup_steps)
+WARMUP_SHARE = 0.05  # under a time budget, warm-up ends by this share of the training time at the latest
+VALIDATIONS_PER_BUDGET = 10  # under a time budget, validate at least this often over the training time
+
+
+class _CountedBatches:
+    """A validation source that counts the batches it hands out (to time one batch)."""
+
+    def __init__(self, data: BatchSource) -> None:
+        self.data, self.count = data, 0
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> Iterable[Any]:
+        for batch in self.data.eval_batches(batch_size, limit):
+            self.count += 1
+            yield batch
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float, clock: float | None = None) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio x peak at progress 1.
+
+    `clock` is the share of a time budget's training time spent (None without a budget): warm-up then ends
+    after `warmup_steps` steps or WARMUP_SHARE of the time, whichever comes first, so slow steps cannot
+    spend the budget warming up."""
+    warm = step / max(1, cfg.warmup_steps)
+    if clock is not None:
+        warm = max(warm, clock / WARMUP_SHARE)
+    if step <= cfg.warmup_steps and warm <= 1.0:
+        return cfg.lr * warm
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
 
@@ -130,10 +160,14 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 @dataclass
 class TrainResult:
     step: int
-    val_loss: float | None
+    val_loss: float | None  # validation loss of the weights kept in model.safetensors
     elapsed_s: float
     bad_steps: int
-    stopped_by: str  # "max_steps" | "time"
+    stopped_by: str  # "max_steps" | "time" | "patience"
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    final_val_loss: float | None = None  # of the last weights, on the same validation batches
+    kept: str = "last"  # "best": model.safetensors holds the best validated weights; "last": the last ones
 
 
 def _phase_parameters(params: dict[str, nn.Parameter], phases: list[OptimizerPhase]) -> dict[str, list[str]]:
@@ -229,7 +263,10 @@ class Trainer:
         dist: Distributed | None = None,
         quiet: bool = False,
         on_validate: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+        clock_start: float | None = None,
     ) -> None:
+        """`clock_start`: the `time.monotonic()` at which the run's wall clock started (e.g. before the data
+        was prepared), so a time budget covers that too; by default the clock starts when fit() does."""
         self.cfg, self.run, self.device = cfg, run, device
         self.dist = dist or Distributed()
         self.model = model.to(device)
@@ -252,6 +289,20 @@ class Trainer:
         self.bad_total = 0
         self.bad_in_row = 0
         self.last_checkpoint = 0
+        self.clock_start = clock_start
+        # The best validation so far and its weights (what model.safetensors keeps); part of the checkpoint
+        self.best_loss: float | None = None
+        self.best_step: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.since_best = 0  # validations without a new best, for train.patience
+        self.final_loss: float | None = None
+        self.latest_loss: float | None = None
+        self._saved_best_step: int | None = None
+        self.budget = TimeBudget(60.0 * cfg.max_minutes) if cfg.max_minutes else None
+        self._probe_batch: Any = None
+        self.precision_choice = self._choose_precision()
+        self._probe_batch = None
+        self.precision = self.precision_choice.value
         step_module = _TrainingStep(self.model)
         if cfg.compile:
             step_module = torch.compile(step_module)
@@ -262,6 +313,57 @@ class Trainer:
                                                   find_unused_parameters=len(self.phases) > 1)
         self.step_module = step_module
         self._tb = None
+
+    # -- precision --------------------------------------------------------------------------------
+    def _choose_precision(self) -> PrecisionChoice:
+        shapes = ",".join(f"{tuple(p.shape)}" for p in self.model.parameters())
+        model_key = f"{type(self.model).__name__}|{hashlib.sha256(shapes.encode()).hexdigest()[:12]}|" \
+                    f"{self.cfg.batch_size}|{self.device.type}"
+        # Rank 0 alone times steps (the others would only compete with it for the cores) and tells the rest
+        probe = self.time_step if self.dist.is_main else None
+        choice = resolve_precision(self.cfg.precision, self.device, probe, model_key)
+        if self.dist.enabled:  # every rank trains as rank 0 decided
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if choice.value == "bf16" else 0.0],
+                                device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(flag, src=0)
+            if (flag.item() > 0) != (choice.value == "bf16"):
+                choice = PrecisionChoice("bf16" if flag.item() > 0 else "fp32", "as rank 0 chose")
+        if self.cfg.precision == "auto" and self.dist.is_main:
+            log.info("precision auto: %s (%s)", choice.value, choice.reason)
+        return choice
+
+    def time_step(self, precision: str, repeats: int = 3) -> float:
+        """Seconds of one forward + backward of this model on a real batch under `precision`, timed on a copy
+        of the model so the run itself (weights, buffers, random numbers) is untouched."""
+        cfg = self.cfg
+        copy_model = copy.deepcopy(self.model).train()
+        step_module = _TrainingStep(copy_model)
+        if self._probe_batch is None:  # one batch for every timing: both precisions see the same work
+            self._probe_batch = to_device(self.train_data.sample(cfg.batch_size, make_generator(cfg.seed, "probe")),
+                                          self.device)
+        batch = self._probe_batch
+        cpu_rng = torch.get_rng_state()
+
+        def once() -> float:
+            started = time.perf_counter()
+            carry = PhaseCarry()
+            for phase in self.phases:
+                with autocast(self.device, precision):
+                    loss = step_module(batch, phase.name, carry)
+                loss.backward()
+                copy_model.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter() - started
+
+        try:
+            first = once()  # warm-up: allocations, kernels chosen
+            times = [once() for _ in range(1 if first > 0.3 else repeats)]
+        finally:
+            torch.set_rng_state(cpu_rng)
+        return min(times)
 
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.AdamW:
         decay = [p for p in params if p.dim() >= 2]
@@ -286,12 +388,21 @@ class Trainer:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
 
+    def kept_weights(self) -> tuple[dict[str, torch.Tensor], str]:
+        """What model.safetensors holds: the best validated weights when there are any, else the last."""
+        if self.best_weights is not None:
+            return self.best_weights, "best"
+        return self.weights_for_saving(), "last"
+
     def save_checkpoint(self) -> None:
+        started = time.monotonic()
         self._sync_buffers()
         if self.dist.is_main:
             tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
             if self.ema is not None:
                 tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+            if self.best_weights is not None:
+                tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
             param_groups = {}
             for phase, optimizer in self.optimizers.items():
                 opt_state = optimizer.state_dict()
@@ -300,13 +411,23 @@ class Trainer:
                     for key, value in state.items():
                         tensors[f"opt.{phase}.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
             meta = {"step": self.step, "elapsed_s": self.elapsed, "bad_steps": self.bad_total,
-                    "bad_in_row": self.bad_in_row, "param_groups": param_groups}
-            # One file holds weights, optimizer and counters, so it is consistent by construction
+                    "bad_in_row": self.bad_in_row, "best_val_loss": self.best_loss, "best_step": self.best_step,
+                    "validations_since_best": self.since_best, "param_groups": param_groups}
+            # One file holds weights, optimizer, counters and the best weights so far, so it is consistent by
+            # construction; model.safetensors is rewritten from it on resume
             save_tensors(self.run / files.TRAINER_STATE, tensors, metadata={"state": json.dumps(meta)})
-            save_tensors(self.run / files.MODEL, self.weights_for_saving(), metadata={"step": str(self.step)})
+            self._write_model()
             self.run.write_json(files.TRAINER_STATE_JSON, {k: v for k, v in meta.items() if k != "param_groups"})
         self.last_checkpoint = self.step
+        self._saved_best_step = self.best_step
         self.dist.barrier()
+        if self.budget is not None:
+            self.budget.checkpoint_s = time.monotonic() - started
+
+    def _write_model(self) -> None:
+        weights, kept = self.kept_weights()
+        step = self.best_step if kept == "best" else self.step
+        save_tensors(self.run / files.MODEL, weights, metadata={"step": str(step), "weights": kept})
 
     def load_checkpoint(self) -> None:
         path = self.run / files.TRAINER_STATE
@@ -332,26 +453,104 @@ class Trainer:
             optimizer.load_state_dict(_checked_optimizer_state(opt_states[phase], optimizer, path))
         self.step, self.elapsed = meta["step"], float(meta["elapsed_s"])
         self.bad_total, self.bad_in_row = meta["bad_steps"], meta["bad_in_row"]
-        self.last_checkpoint = self.step
+        best_loss, best_step = meta.get("best_val_loss"), meta.get("best_step")
+        since_best = meta.get("validations_since_best", 0)
+        if (not (best_loss is None or (isinstance(best_loss, (int, float)) and not isinstance(best_loss, bool)))
+                or not (best_step is None or (isinstance(best_step, int) and not isinstance(best_step, bool)))
+                or not isinstance(since_best, int) or isinstance(since_best, bool)):
+            raise CheckpointError(f"'{path}' has a damaged best-weights record; restore it or start again "
+                                  "with --overwrite")
+        self.best_loss, self.best_step, self.since_best = best_loss, best_step, since_best
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_weights = best if best and self.best_step is not None else None
+        self.last_checkpoint, self._saved_best_step = self.step, self.best_step
+        if self.dist.is_main:  # a run killed after a later save may hold other weights: back to the checkpoint's
+            self._write_model()
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self, limit: int) -> float | None:
         if self.val_data is None:
             return None
-        return mean_loss(self.model, self.val_data, self.cfg.batch_size, self.device, self.cfg.precision, limit)
+        started = time.monotonic()
+        counted = _CountedBatches(self.val_data)
+        loss = mean_loss(self.model, counted, self.cfg.batch_size, self.device, self.precision, limit)
+        if self.budget is not None and counted.count:
+            self.budget.val_batch_s = (time.monotonic() - started) / counted.count
+        return loss
+
+    def _record_validation(self, loss: float | None, final: bool = False) -> None:
+        """Keep the weights if `loss` is the best so far, count validations without a new best, and log both."""
+        self.latest_loss = loss
+        if loss is None:
+            return
+        if self.best_loss is None or loss < self.best_loss:
+            self.best_loss, self.best_step, self.since_best = loss, self.step, 0
+            if self.dist.is_main:  # a copy: the live weights move on
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.weights_for_saving().items()}
+        else:
+            self.since_best += 1
+        record: dict[str, Any] = {"step": self.step, "val_loss": loss, "best_val_loss": self.best_loss,
+                                  "best_step": self.best_step}
+        self._log({**record, "final": True} if final else record)
 
     # -- the loop -------------------------------------------------------------------------------
+    def _clock(self) -> float | None:
+        """Share of the time budget's training time spent (None without a budget)."""
+        if self.budget is None:
+            return None
+        return self.elapsed / max(1e-9, self.budget.training_s())
+
     def _progress(self) -> float:
-        by_steps = self.step / self.cfg.max_steps
-        if self.cfg.max_minutes:
-            return max(by_steps, self.elapsed / (60.0 * self.cfg.max_minutes))
-        return by_steps
+        clock = self._clock()
+        by_steps = self.step / self.cfg.max_steps if self.cfg.max_steps else 0.0
+        return by_steps if clock is None else max(by_steps, clock)
+
+    def _now(self, base_elapsed: float, started: float) -> float:
+        return base_elapsed + time.monotonic() - started
+
+    def _validation_due(self, step: int, elapsed: float, last_validation: float) -> bool:
+        """After `step`: every eval_every steps and, under a budget, at least VALIDATIONS_PER_BUDGET times."""
+        if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
+            return False  # the final validation follows
+        if self.cfg.eval_every and step % self.cfg.eval_every == 0:
+            return True
+        if self.budget is None or self.val_data is None:
+            return False
+        return elapsed - last_validation >= self.budget.training_s() / VALIDATIONS_PER_BUDGET
+
+    def _out_of_time(self, elapsed: float, last_validation: float) -> bool:
+        """Whether the next step, with the validation or checkpoint it brings, would end past the time left
+        for training (the budget less what the final validation and checkpoint will take)."""
+        budget = self.budget
+        assert budget is not None
+        after = elapsed + budget.step_s
+        extra = budget.validation_s() if self._validation_due(
+            self.step + 1, after, last_validation) else 0.0
+        if self.cfg.checkpoint_every and (self.step + 1) % self.cfg.checkpoint_every == 0:
+            extra += budget.checkpoint_s
+        return after + extra > budget.training_s()
+
+    def _prepare_budget(self) -> None:
+        """Measure what the end of a budgeted run will cost: the final validation (its batch count, and one
+        batch timed) and a checkpoint (estimated from the state's size until one is written)."""
+        budget = self.budget
+        assert budget is not None
+        state_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        budget.checkpoint_s = 0.05 + 5 * state_bytes / 200e6  # weights, EMA, optimizer moments, best weights
+        if self.val_data is not None:
+            budget.final_batches = sum(1 for _ in self.val_data.eval_batches(self.cfg.batch_size,
+                                                                              self.cfg.eval_batches))
+            self.validate(limit=1)
+            self.model.train()
 
     def _snapshot(self) -> None:
         if self.on_validate is not None and self.dist.is_main:
+            started = time.monotonic()
             was_training = self.model.training
             self.on_validate(self.step, self.weights_for_saving())
             self.model.train(was_training)
+            if self.budget is not None:
+                self.budget.snapshot_s = time.monotonic() - started
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -432,26 +631,38 @@ class Trainer:
                 self.run.truncate_metrics(self.step)
         self._open_tensorboard()
         self.model.train()
-        start_step, started = self.step, time.monotonic()
-        base_elapsed = self.elapsed
+        if self.val_data is None and self.dist.is_main:
+            log.info("no validation data for this recipe: the run keeps its last weights")
+        start_step, base_elapsed = self.step, self.elapsed
+        started = self.clock_start if self.clock_start is not None else time.monotonic()
+        if self.budget is not None:
+            self._prepare_budget()
+        self.elapsed = self._now(base_elapsed, started)
+        last_validation = self.elapsed
+        validated_at: int | None = None
         stopped_by = "max_steps"
-        val_loss: float | None = None
         window_start, window_steps = time.monotonic(), 0
-        progress = TrainingProgress(cfg.max_steps, start_step, enabled=not self.quiet)
+        progress = TrainingProgress(cfg.max_steps, start_step, enabled=not self.quiet,
+                                    budget_s=self.budget.seconds if self.budget else None)
         try:
             with progress:
-                while self.step < cfg.max_steps:
-                    if cfg.max_minutes and self.dist.any(self.elapsed >= 60.0 * cfg.max_minutes):
+                while cfg.max_steps is None or self.step < cfg.max_steps:
+                    if self.budget is not None and self.step > start_step and self.dist.any(
+                            self._out_of_time(self._now(base_elapsed, started), last_validation)):
                         stopped_by = "time"
                         break
                     step = self.step + 1
-                    lr = lr_at(cfg, step, self._progress())
+                    self.elapsed = self._now(base_elapsed, started)
+                    lr = lr_at(cfg, step, self._progress(), self._clock())
                     for phase in self.phases:
                         for group in self.optimizers[phase.name].param_groups:
                             group["lr"] = lr * phase.lr_scale
+                    step_started = time.monotonic()
                     losses, metrics, grad_norm, bad = self._train_step(step)
+                    if self.budget is not None:
+                        self.budget.observe_step(time.monotonic() - step_started)
                     self.step = step  # only a finished step counts: an interrupt mid-step saves the one before
-                    self.elapsed = base_elapsed + time.monotonic() - started
+                    self.elapsed = self._now(base_elapsed, started)
                     window_steps += 1
                     if bad:
                         self.bad_total += 1
@@ -468,35 +679,54 @@ class Trainer:
                     rate = window_steps / max(1e-9, time.monotonic() - window_start)
                     loss_record = self._loss_record(losses, metrics)
                     progress.update(self.step, "  ".join(f"{k} {v:.4f}" for k, v in loss_record.items()
-                                                         if k.startswith("loss")), rate)
+                                                         if k.startswith("loss")), rate, self.elapsed)
                     if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                         self._log({"step": self.step, **loss_record, "lr": lr, "grad_norm": grad_norm,
                                    "steps_per_s": rate, "examples_per_s": rate * cfg.batch_size
                                    * cfg.grad_accum * self.dist.world_size, "elapsed_s": self.elapsed})
                         window_start, window_steps = time.monotonic(), 0
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    due = self._validation_due(self.step, self.elapsed, last_validation)
+                    if self.budget is not None:  # the clock can differ between ranks: they must agree
+                        due = self.dist.any(due)
+                    if due:
                         val_loss = self.validate(cfg.eval_batches)
+                        self._record_validation(val_loss)
                         if val_loss is not None:
-                            self._log({"step": self.step, "val_loss": val_loss})
-                            progress.log(f"step {self.step}: val_loss {val_loss:.4f}")
+                            progress.log(f"step {self.step}: val_loss {val_loss:.4f} (best {self.best_loss:.4f} "
+                                         f"at step {self.best_step})")
                         self._snapshot()
+                        validated_at, last_validation = self.step, self._now(base_elapsed, started)
+                        if cfg.patience and self.dist.any(self.since_best >= cfg.patience):
+                            stopped_by = "patience"
+                            break
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
         except KeyboardInterrupt:
             if self.step > self.last_checkpoint and self.bad_in_row == 0:
                 self.save_checkpoint()
             raise
-        val_loss = self.validate(limit=0)
-        if val_loss is not None:
-            self._log({"step": self.step, "val_loss": val_loss, "final": True})
-        self._snapshot()
-        if self.step > self.last_checkpoint or not self.run.has_checkpoint():
+        # The last weights, measured on the same batches as every validation before, compete for the best
+        if validated_at == self.step and self.val_data is not None:
+            self.final_loss = self.latest_loss
+            self._log({"step": self.step, "val_loss": self.final_loss, "best_val_loss": self.best_loss,
+                       "best_step": self.best_step, "final": True})
+        else:
+            self.final_loss = self.validate(cfg.eval_batches)
+            self._record_validation(self.final_loss, final=True)
+            self._snapshot()
+        self.elapsed = self._now(base_elapsed, started)
+        if (self.step > self.last_checkpoint or self.best_step != self._saved_best_step
+                or not self.run.has_checkpoint()):
             self.save_checkpoint()
+        self.elapsed = self._now(base_elapsed, started)
         if self.dist.enabled:
             self._record_rank_fingerprints()
         if self._tb is not None:
             self._tb.close()
-        return TrainResult(self.step, val_loss, self.elapsed, self.bad_total, stopped_by)
+        kept = "best" if self.best_loss is not None else "last"
+        return TrainResult(self.step, self.best_loss if kept == "best" else None, self.elapsed, self.bad_total,
+                           stopped_by, best_val_loss=self.best_loss, best_step=self.best_step,
+                           final_val_loss=self.final_loss, kept=kept)
 
     def _record_rank_fingerprints(self) -> None:
         """Every rank must end with the same weights; record each rank's fingerprint to prove it."""

@@ -59,7 +59,8 @@ def _smooth(values: list[float]) -> list[float]:
 
 
 def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "Training") -> Path:
-    """Plot train loss (raw and smoothed), validation loss and learning rate against step.
+    """Plot train loss (raw and smoothed), validation loss with its best point marked, and learning rate
+    against step.
 
     ``records`` are the parsed lines of a ``metrics.jsonl``: dicts with ``step`` and any of ``loss``,
     ``val_loss`` and ``lr``; records without a finite value for a key are skipped for that curve.
@@ -94,6 +95,11 @@ def plot_training_curves(records: Sequence[dict], out_png: Path, title: str = "T
         loss_ax.plot(
             val_steps, val_loss, color=_VAL_COLOR, marker="o", markersize=4, linewidth=1.2, label="val loss"
         )
+        # The weights a run keeps are those of its best validation: mark it
+        best = min(range(len(val_loss)), key=val_loss.__getitem__)
+        loss_ax.plot([val_steps[best]], [val_loss[best]], linestyle="none", marker="*", markersize=14,
+                     color=_VAL_COLOR, markeredgecolor="black",
+                     label=f"best val {val_loss[best]:.4f} (step {val_steps[best]:g})")
     if train_loss or val_loss:
         loss_ax.set_ylabel("loss")
         loss_ax.legend(loc="upper right", frameon=False)

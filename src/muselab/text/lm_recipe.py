@@ -63,7 +63,7 @@ class TextLMConfig(Section):
     # (benchmarks/bench_text_lm.py compares shapes; see benchmarks/results/).
     model: GPTConfig = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
     train: TrainConfig = TrainConfig(
-        max_steps=2000, batch_size=32, lr=5e-3, warmup_steps=100, min_lr_ratio=0.05, precision="fp32",
+        max_steps=2000, batch_size=32, lr=5e-3, warmup_steps=100, min_lr_ratio=0.05, precision="auto",
         eval_every=250, eval_batches=20, checkpoint_every=250, weight_decay=0.1, beta2=0.99,
     )
     eval: TextEvalConfig = TextEvalConfig()
