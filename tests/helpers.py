@@ -45,3 +45,19 @@ class HandWrittenLoop:
             optimizer.zero_grad(set_to_none=True)
             self.model.training_step(batch, phase=name, carry=carry).backward()
             optimizer.step()
+
+
+class Line(nn.Module):
+    """y = a x + b fitted by squared error: the smallest model the Trainer can train."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return ((self.fc(x) - y) ** 2).mean()
+
+    def eval_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        return ((self.fc(x) - y) ** 2).sum(), y.numel()

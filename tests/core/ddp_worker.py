@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from muselab.core.config import TrainConfig
-from muselab.core.rundir import RunDir
-from muselab.core.runtime import init_distributed, shutdown_distributed
-from muselab.core.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
+from helpers import Line  # noqa: E402
+from muselab.core.config import TrainConfig  # noqa: E402
+from muselab.core.rundir import RunDir  # noqa: E402
+from muselab.core.runtime import init_distributed, shutdown_distributed  # noqa: E402
+from muselab.core.trainer import Trainer  # noqa: E402
 
 
 class Recorded:
@@ -28,20 +29,6 @@ class Recorded:
         for _ in range(limit or 2):
             x = torch.randn(batch_size, 1, generator=gen)
             yield x, 3 * x + 1
-
-
-class Line(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(1, 1)
-
-    def training_step(self, batch):
-        x, y = batch
-        return ((self.fc(x) - y) ** 2).mean()
-
-    def eval_step(self, batch):
-        x, y = batch
-        return ((self.fc(x) - y) ** 2).sum(), y.numel()
 
 
 def main(out: Path) -> None:

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import Line
 from muselab import api
 from muselab.core import rundir as files
 from muselab.core.checkpoint import load_tensors, read_metadata
@@ -28,20 +28,6 @@ class Regression:
         gen = torch.Generator().manual_seed(123)
         for _ in range(limit or 4):
             yield self.sample(batch_size, gen)
-
-
-class Line(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(1, 1)
-
-    def training_step(self, batch):
-        x, y = batch
-        return ((self.fc(x) - y) ** 2).mean()
-
-    def eval_step(self, batch):
-        x, y = batch
-        return ((self.fc(x) - y) ** 2).sum(), y.numel()
 
 
 class Scripted(Line):
