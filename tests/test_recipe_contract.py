@@ -103,6 +103,10 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
                   {"n": 2}),
     "image-vae": ("builtin:digits", ["data.size=64", "eval.samples_per_class=10", "eval.reference_images=100"],
                   {"n": 2}),
+    # x0 prediction: two steps leave an epsilon model's pictures clipped black and white and a v model's
+    # near noise, neither of which holds a watermark; an untrained x0 model draws smooth grey
+    "image-diffusion": ("builtin:digits", ["data.size=64", "model.prediction=x0", "eval.samples_per_class=10",
+                                           "eval.reference_images=100"], {"n": 2, "steps": 4}),
     "audio-ddsp": ("builtin:tones", [], {"notes": "C4:0.5 E4:0.5"}),
     "audio-vocoder": ("builtin:tones", [], {}),
 }
