@@ -58,7 +58,7 @@ class DiffusionConfig(Section):
     channel_mult: list[int] = Field([], description="channels of each resolution level as a multiple of width; "
                                                     "each level after the first halves the resolution ([] = "
                                                     "1, 2, 2, ... down to 4x4)")
-    res_blocks: int = Field(2, ge=1, description="residual blocks per level on the way down (one more up)")
+    res_blocks: int = Field(1, ge=1, description="residual blocks per level on the way down (one more up)")
     attention_resolution: int = Field(4, ge=0, description="self-attention in levels at this resolution or "
                                                            "lower (0 = none)")
     heads: int = Field(4, ge=1, description="attention heads")
