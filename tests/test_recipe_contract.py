@@ -103,6 +103,10 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
                   {"num_samples": 2}),
     "image-vae": ("builtin:digits", ["data.size=64", "eval.samples_per_class=10", "eval.reference_images=100"],
                   {"num_samples": 2}),
+    # x0 prediction: two steps leave an epsilon model's pictures clipped black and white and a v model's
+    # near noise, neither of which holds a watermark; an untrained x0 model draws smooth grey
+    "image-diffusion": ("builtin:digits", ["data.size=64", "model.prediction=x0", "eval.samples_per_class=10",
+                                           "eval.reference_images=100"], {"num_samples": 2, "steps": 4}),
     "audio-ddsp": ("builtin:tones", [], {"notes": "C4:1 E4:1 G4:1 C5:1 G4:1 E4:1 C4:2"}),
     "audio-vocoder": ("builtin:tones", [], {}),
     "audio-tts": ("builtin:speech", ["eval.recognizer=false"],

@@ -27,6 +27,7 @@ _RECIPES: dict[str, str] = {
     "text-seq2seq": "muselab.text.seq2seq_recipe:TextSeq2SeqRecipe",
     "image-gan": "muselab.image.gan_recipe:ImageGANRecipe",
     "image-vae": "muselab.image.vae_recipe:ImageVAERecipe",
+    "image-diffusion": "muselab.image.diffusion_recipe:ImageDiffusionRecipe",
     "audio-ddsp": "muselab.audio.ddsp_recipe:AudioDDSPRecipe",
     "audio-vocoder": "muselab.audio.vocoder_recipe:VocoderRecipe",
     "audio-tts": "muselab.audio.tts_recipe:TTSRecipe",

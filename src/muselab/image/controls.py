@@ -42,3 +42,29 @@ class VAEControls(ImageControls):
     temperature: float = Field(1.0, gt=0, le=5, allow_inf_nan=False,
                                description="Scale of the prior when sampling: below 1 gives typical images, above "
                                            "1 unusual ones.")
+
+
+class DiffusionControls(ImageControls):
+    """`steps` here counts denoising steps (as in other diffusion tools); the images of an interpolation
+    are `frames`."""
+
+    steps: int = Field(25, ge=1, le=10_000, description="Denoising steps, evenly spaced over the model's noise "
+                                                        "levels (at most model.timesteps): more is slower and "
+                                                        "closer to the model's own distribution.")
+    frames: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim: DDIM, deterministic at --eta 0; ddpm: "
+                                                                 "ancestral sampling (fresh noise every step, "
+                                                                 "--eta is 1).")
+    eta: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                       description="DDIM's noise per step: 0 = deterministic, 1 = as much as ancestral sampling.")
+    guidance: float = Field(2.0, ge=0, le=20, allow_inf_nan=False,
+                            description="Classifier-free guidance scale (conditional models): 1 = none, above 1 "
+                                        "follows the label more closely at some cost in variety, 0 ignores it.")
+    init_image: str | None = Field(None, description="A picture to start from (image-to-image, SDEdit): it is "
+                                                     "noised --strength of the way and denoised again.")
+    strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                   description="How far --init-image is noised: 0 returns it, 1 ignores it "
+                                               "(default 0.6, or 1 with --mask).")
+    mask: str | None = Field(None, description="A picture the size of --init-image's: white where new pixels "
+                                               "are drawn (inpainting), black where the picture is kept "
+                                               "exactly.")

@@ -1,0 +1,110 @@
+"""image-diffusion against image-gan: the same data, the same minutes each, trained one after the other in
+one go; then DDIM with 25 steps against ancestral DDPM with every step (1,000) on the diffusion run.
+
+    python benchmarks/bench_diffusion.py                          # builtin:digits, 15 minutes each
+    python benchmarks/bench_diffusion.py --data builtin:shapes    # 32x32 colour shapes
+    python benchmarks/bench_diffusion.py --minutes 0.5 --samples-per-class 20 --sampler-images 20  # smoke
+
+Both models are conditional and trained with their default preset; both are evaluated as `muselab
+evaluate` does (the diffusion model with its default controls: DDIM-25, guidance 2), with the same number
+of samples per class, on muselab's own feature network (`fd_muselab` is not FID: compare it only between
+these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
+times them and scores their Fréchet distance against the same training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from common import Timer, print_table, write_result
+
+from muselab import api
+
+SHOWN = ("control_accuracy", "classifier_test_accuracy", "fd_muselab", "kid_muselab", "precision", "recall",
+         "memorization_share")
+
+
+def train_and_evaluate(recipe: str, data: str, out: Path, minutes: float, overrides: list[str]) -> dict:
+    result = api.train(recipe, data, out, overrides=["model.conditional=true", *overrides], max_minutes=minutes,
+                       overwrite=True, quiet=not sys.stderr.isatty())
+    clock = Timer()
+    metrics = dict(api.evaluate(out))
+    return {**metrics, "steps": result.step, "minutes": result.elapsed_s / 60,
+            "eval_minutes": clock.stop() / 60, "run": str(out)}
+
+
+def compare_samplers(run_dir: Path, images: int) -> dict:
+    """DDIM-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of each."""
+    from muselab.data.images import load_images, split_images, to_float
+    from muselab.image.features import feature_net_for
+    from muselab.image.metrics import image_quality_report
+
+    run = api.load(run_dir, device="cpu")
+    cfg = run.config
+    train, _ = split_images(load_images(run.saved["data"]["spec"], size=cfg.model.size, channels=cfg.model.channels),
+                            test_share=cfg.data.test_share)
+    real = to_float(train.images)
+    net, _ = feature_net_for(real, train.labels, cfg.model.num_classes, cache_key=train.info["fingerprint"])
+    labels = torch.arange(images) % cfg.model.num_classes
+    rows = {}
+    for name, steps, eta in (("ddim25", 25, 0.0), ("ddpm1000", cfg.model.timesteps, 1.0)):
+        clock = Timer()
+        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=2.0,
+                                            generator=torch.Generator().manual_seed(i))
+                           for i, chunk in enumerate(labels.split(500))])
+        seconds = clock.stop()
+        report = image_quality_report(net, real, fakes, labels)
+        rows[name] = {"seconds_per_image": seconds / images, "fd_muselab": report["fd_muselab"],
+                      "control_accuracy": report.get("control_accuracy")}
+    rows["ddim25_speedup"] = rows["ddpm1000"]["seconds_per_image"] / rows["ddim25"]["seconds_per_image"]
+    rows["ddim25_fd_ratio"] = rows["ddim25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="builtin:digits", help="builtin:digits, builtin:shapes or a folder")
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each model")
+    parser.add_argument("--samples-per-class", type=int, default=1000, help="evaluation samples per class")
+    parser.add_argument("--sampler-images", type=int, default=500, help="images per sampler in the DDIM/DDPM "
+                                                                        "comparison (0 = skip it)")
+    parser.add_argument("--set-gan", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set-diffusion", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="keep both runs in this folder (default: a temporary one)")
+    parser.add_argument("--name", default=None, help="results file name (default: diffusion_vs_gan_DATA)")
+    args = parser.parse_args()
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-diffusion-"))
+    shared = [f"eval.samples_per_class={args.samples_per_class}"]
+    results = {
+        "gan": train_and_evaluate("image-gan", args.data, root / "gan", args.minutes, [*shared, *args.set_gan]),
+        "diffusion": train_and_evaluate("image-diffusion", args.data, root / "diffusion", args.minutes,
+                                        [*shared, *args.set_diffusion]),
+    }
+    rows = [(f"{key} gan / diffusion", f"{results['gan'].get(key, float('nan')):.4g} / "
+                                       f"{results['diffusion'].get(key, float('nan')):.4g}")
+            for key in (*SHOWN, "steps", "minutes", "eval_minutes")]
+    if args.sampler_images:
+        samplers = compare_samplers(root / "diffusion", args.sampler_images)
+        results["samplers"] = samplers
+        for name in ("ddim25", "ddpm1000"):
+            rows.append((f"{name} s/image, fd_muselab", f"{samplers[name]['seconds_per_image']:.4g}, "
+                                                        f"{samplers[name]['fd_muselab']:.4g}"))
+        rows += [("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]),
+                 ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"])]
+    command = (f"python benchmarks/bench_diffusion.py --data {args.data} --minutes {args.minutes:g} "
+               f"--samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
+               + "".join(f" --set-gan {o}" for o in args.set_gan)
+               + "".join(f" --set-diffusion {o}" for o in args.set_diffusion))
+    rows.append(("command", command))
+    print_table(rows)
+    name = args.name or "diffusion_vs_gan_" + args.data.replace("builtin:", "").replace("/", "_").strip("_")
+    print(f"written {write_result(name, {**results, 'command': command})}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

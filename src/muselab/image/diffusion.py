@@ -1,0 +1,395 @@
+"""A denoising diffusion model (Ho et al. 2020) with DDIM sampling (Song et al. 2021) and classifier-free
+guidance (Ho & Salimans 2022), in one file.
+
+Training adds Gaussian noise to an image x0 at a random timestep t,
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and a U-Net learns to predict from x_t the noise eps, the
+clean image x0 or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (`prediction`), with a plain
+mean squared error. abar_t falls from about 1 to about 0 along a linear (Ho et al.) or cosine (Nichol &
+Dhariwal 2021) schedule. A conditional model also sees the class, replaced by a learned "null" class for
+a share of the training images, so one network gives both the conditional and the unconditional
+prediction and sampling can push the former away from the latter (guidance scale w:
+out = out_null + w (out_label - out_null); w = 1 is the plain conditional model).
+
+The U-Net: a 3x3 conv, then per resolution level residual blocks (GroupNorm, SiLU, 3x3 convs, the time
+and class embedding added in between) with self-attention at low resolutions, a strided conv down to the
+next level; a middle of block, attention, block; the mirror path up with the skip connections
+concatenated; GroupNorm, SiLU and a zero-initialised 3x3 conv out.
+
+Sampling walks an evenly spaced subsequence of the training timesteps. Each step predicts x0 (clipped to
+[-1, 1]) and eps, then takes DDIM's update x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps
++ s z with s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev): eta = 0 is the
+deterministic DDIM sampler, eta = 1 is ancestral DDPM sampling (s^2 is then the variance of the true
+posterior q(x_prev | x_t, x0), and with every timestep it is Ho et al.'s sampler). The same loop does
+image-to-image (SDEdit, Meng et al. 2022: start from the picture noised to a fraction `strength` of the
+way) and inpainting (at every step the known pixels are replaced by the picture noised to that step, as
+in RePaint's simplest form, so they come out exactly as given).
+
+Read top to bottom: config, schedules, U-Net blocks, U-Net, the diffusion model (loss, then sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from muselab.core.config import Section
+from muselab.core.errors import ControlError
+from muselab.image.gan import check_conditioning, check_size
+from muselab.nn import evaluating
+
+Batch = dict[str, Tensor]  # "image" float [B, C, H, W] in [-1, 1], "label" int64 [B] (zeros if unlabelled)
+
+MIN_RESOLUTION = 2  # the lowest U-Net level is at least 2x2 pixels
+GROUPS = 8  # GroupNorm groups (fewer when a layer has fewer channels)
+
+
+class DiffusionConfig(Section):
+    size: int = Field(8, description="image height and width: a power of two from 8 to 256")
+    channels: Literal[1, 3] = Field(1, description="1 = greyscale, 3 = RGB")
+    num_classes: int = Field(0, ge=0, description="number of classes; set from the data (0 = unlabelled)")
+    conditional: bool = Field(False, description="condition the U-Net on the class label (needed for --label "
+                                                 "and --guidance)")
+    width: int = Field(32, ge=8, description="channels at full resolution (a multiple of 8)")
+    channel_mult: list[int] = Field([], description="channels of each resolution level as a multiple of width; "
+                                                    "each level after the first halves the resolution ([] = "
+                                                    "1, 2, 2, ... down to 4x4)")
+    res_blocks: int = Field(1, ge=1, description="residual blocks per level on the way down (one more up)")
+    attention_resolution: int = Field(4, ge=0, description="self-attention in levels at this resolution or "
+                                                           "lower (0 = none)")
+    heads: int = Field(4, ge=1, description="attention heads")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside the residual blocks")
+    timesteps: int = Field(1000, ge=2, description="noise levels of the forward process")
+    schedule: Literal["linear", "cosine"] = Field("cosine", description="noise schedule: linear betas (Ho et al. "
+                                                                        "2020) or cosine abar (Nichol & "
+                                                                        "Dhariwal 2021)")
+    prediction: Literal["epsilon", "x0", "v"] = Field("epsilon", description="what the U-Net predicts: the "
+                                                                             "noise, the clean image, or the "
+                                                                             "velocity v")
+    class_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as the null class "
+                                                              "(conditional models), for classifier-free guidance")
+
+    @field_validator("size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        return check_size(value)
+
+    @field_validator("width")
+    @classmethod
+    def _multiple_of_eight(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (GroupNorm groups)")
+        return value
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(m < 1 for m in value):
+            raise ValueError("every multiple must be 1 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> DiffusionConfig:
+        if self.size >> (len(self.levels()) - 1) < MIN_RESOLUTION:
+            raise ValueError(f"{len(self.channel_mult)} levels halve a {self.size}x{self.size} image below "
+                             f"{MIN_RESOLUTION}x{MIN_RESOLUTION}: shorten model.channel_mult")
+        return self
+
+    def levels(self) -> list[int]:
+        """The channel multiple of each level: the configured ones, or 1, 2, 2, ... down to 4x4."""
+        return self.channel_mult or [1] + [2] * (int(math.log2(self.size)) - 2)
+
+
+# -- noise schedules ----------------------------------------------------------------------------------
+
+def alphas_cumprod(schedule: str, timesteps: int) -> Tensor:
+    """abar_t for t = 0 .. timesteps-1 (float64): the share of the signal's variance left at step t."""
+    if schedule == "linear":
+        # Ho et al.'s betas 1e-4 .. 0.02 for 1,000 steps, scaled so other lengths reach the same noise
+        scale = 1000 / timesteps
+        betas = torch.linspace(scale * 1e-4, min(scale * 0.02, 0.999), timesteps, dtype=torch.float64)
+        return torch.cumprod(1.0 - betas, dim=0)
+    if schedule == "cosine":
+        s = 0.008
+        f = torch.cos((torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + s) / (1 + s) * math.pi / 2) ** 2
+        # betas capped at 0.999 as in Nichol & Dhariwal, so the last step does not divide by zero
+        betas = (1.0 - f[1:] / f[:-1]).clamp(max=0.999)
+        return torch.cumprod(1.0 - betas, dim=0)
+    raise ValueError(f"unknown schedule '{schedule}'")
+
+
+def sampling_timesteps(timesteps: int, steps: int) -> Tensor:
+    """`steps` timesteps evenly spaced from timesteps-1 down to 0, both included."""
+    if not 1 <= steps <= timesteps:
+        raise ControlError(f"--steps must be from 1 to {timesteps} (the model's noise levels), got {steps}")
+    if steps == 1:
+        return torch.tensor([timesteps - 1])
+    return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+# -- U-Net blocks -----------------------------------------------------------------------------------------
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of integer timesteps [B] -> [B, dim] (as the Transformer's positions)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = _norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2, self.dropout = _norm(out_ch), nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: deep U-Nets train from step 0
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = math.gcd(heads, channels)
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(3, 4).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # [b, heads, hw, c/heads]
+        return x + self.out(y.transpose(2, 3).reshape(b, c, h, w))
+
+
+class Level(nn.Module):
+    """Residual blocks (each followed by attention at low resolution) of one U-Net level."""
+
+    def __init__(self, in_chs: list[int], out_ch: int, emb_dim: int, attend: bool, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c, out_ch, emb_dim, cfg.dropout) for c in in_chs)
+        self.attn = nn.ModuleList(Attention(out_ch, cfg.heads) if attend else nn.Identity() for _ in in_chs)
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        emb_dim = 4 * cfg.width
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # the last row is the null class of classifier-free guidance
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.conditional else None
+        chans = [cfg.width * m for m in cfg.levels()]
+        self.stem = nn.Conv2d(cfg.channels, chans[0], 3, padding=1)
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        skips, ch, res = [chans[0]], chans[0], cfg.size
+        for i, out_ch in enumerate(chans):
+            attend = res <= cfg.attention_resolution
+            self.down.append(Level([ch] + [out_ch] * (cfg.res_blocks - 1), out_ch, emb_dim, attend, cfg))
+            ch = out_ch
+            skips += [ch] * cfg.res_blocks
+            if i < len(chans) - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+                res //= 2
+        self.mid1 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid_attn = Attention(ch, cfg.heads)
+        self.mid2 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, out_ch in reversed(list(enumerate(chans))):
+            attend = res <= cfg.attention_resolution
+            ins = []
+            for _ in range(cfg.res_blocks + 1):
+                ins.append(ch + skips.pop())
+                ch = out_ch
+            self.up.append(Level(ins, out_ch, emb_dim, attend, cfg))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+                res *= 2
+        self.out_norm = _norm(ch)
+        self.out = nn.Conv2d(ch, cfg.channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The prediction [B, C, H, W] for noisy images x [B, C, H, W] at timesteps t [B]; labels [B] (the
+        null class is `num_classes`) for conditional models."""
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.width))
+        if self.class_embed is not None:
+            emb = emb + self.class_embed(labels)
+        h = self.stem(x)
+        skips = [h]
+        for i, level in enumerate(self.down):
+            for block, attn in zip(level.blocks, level.attn, strict=True):
+                h = attn(block(h, emb))
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, level in enumerate(self.up):
+            for block, attn in zip(level.blocks, level.attn, strict=True):
+                h = attn(block(torch.cat((h, skips.pop()), dim=1), emb))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# -- the diffusion model ----------------------------------------------------------------------------------
+
+class Diffusion(nn.Module):
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        super().__init__()
+        check_conditioning(cfg)
+        self.cfg = cfg
+        self.net = UNet(cfg)
+        # Made from the config, so not saved (persistent=False) and untouched by the Trainer's EMA
+        self.register_buffer("abar", alphas_cumprod(cfg.schedule, cfg.timesteps).float(), persistent=False)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.abar.device
+
+    @property
+    def null_class(self) -> int:
+        return self.cfg.num_classes
+
+    def _coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t), shaped [B, 1, 1, 1] for timesteps [B]."""
+        abar = self.abar[t].view(-1, 1, 1, 1)
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        a, s = self._coefficients(t)
+        return a * x0 + s * noise
+
+    # -- loss -------------------------------------------------------------------------------------------
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        if self.cfg.prediction == "epsilon":
+            return noise
+        if self.cfg.prediction == "x0":
+            return x0
+        a, s = self._coefficients(t)
+        return a * noise - s * x0
+
+    def training_step(self, batch: Batch) -> Tensor:
+        """Mean squared error of the prediction at a random timestep per image (global RNG: the Trainer
+        seeds it per step)."""
+        x0 = batch["image"]
+        t = torch.randint(0, self.cfg.timesteps, (x0.size(0),), device=x0.device)
+        noise = torch.randn_like(x0)
+        labels = None
+        if self.cfg.conditional:
+            drop = torch.rand(x0.size(0), device=x0.device) < self.cfg.class_dropout
+            labels = torch.where(drop, torch.full_like(batch["label"], self.null_class), batch["label"])
+        out = self.net(self.add_noise(x0, noise, t), t, labels)
+        return F.mse_loss(out.float(), self.target(x0, noise, t).float())
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def predict(self, x: Tensor, t: int, labels: Tensor | None, guidance: float) -> tuple[Tensor, Tensor]:
+        """(x0, eps) predicted from x_t at one timestep t; x0 clipped to [-1, 1] and eps made consistent
+        with it. A conditional model with guidance != 1 runs labelled and null rows in one batch."""
+        n = x.size(0)
+        ts = torch.full((n,), t, device=x.device, dtype=torch.long)
+        if labels is not None and guidance != 1.0:
+            both = self.net(torch.cat((x, x)), torch.cat((ts, ts)),
+                            torch.cat((labels, torch.full_like(labels, self.null_class))))
+            cond, uncond = both.float().chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        else:
+            out = self.net(x, ts, labels).float()
+        a, s = self._coefficients(ts)
+        if self.cfg.prediction == "epsilon":
+            x0 = (x - s * out) / a
+        elif self.cfg.prediction == "x0":
+            x0 = out
+        else:
+            x0 = a * x - s * out
+        x0 = x0.clamp(-1.0, 1.0)
+        return x0, (x - a * x0) / s
+
+    def _labels(self, labels: Tensor | int | None, n: int) -> Tensor | None:
+        if not self.cfg.conditional:
+            if labels is not None:
+                raise ControlError("this model was trained without labels: generate without a label")
+            return None
+        if labels is None:  # no label: the unconditional (null-class) model
+            return torch.full((n,), self.null_class, dtype=torch.long, device=self.device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        labels = labels.expand(n) if labels.dim() == 0 else labels
+        if labels.shape != (n,) or bool(((labels < 0) | (labels >= self.cfg.num_classes)).any()):
+            raise ControlError(f"give one label or one per image ({n}), each from 0 to {self.cfg.num_classes - 1}")
+        return labels
+
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        # Drawn on the generator's device (the CPU by default), so a seed gives the same noise on any device
+        where = generator.device if generator is not None else torch.device("cpu")
+        return torch.randn(shape, generator=generator, device=where).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: Tensor | int | None = None, *, steps: int = 50, eta: float = 0.0,
+               guidance: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
+               init: Tensor | None = None, strength: float = 1.0, mask: Tensor | None = None) -> Tensor:
+        """n images [n, C, H, W] in [-1, 1].
+
+        steps: timesteps visited (evenly spaced); eta: 0 = deterministic DDIM, 1 = ancestral DDPM;
+        guidance: classifier-free guidance scale (conditional models; 1 = none); noise: the starting noise
+        [n, C, H, W] (default: drawn from `generator`). init: a picture [1 or n, C, H, W] in [-1, 1] to start
+        from, noised to `strength` of the way (0 returns it, 1 ignores it); mask [1 or n, 1, H, W]: 1 where
+        the picture is to be redrawn, 0 where it is kept exactly (needs init)."""
+        cfg = self.cfg
+        if not 0.0 <= strength <= 1.0:
+            raise ControlError(f"--strength must be from 0 to 1, got {strength}")
+        if mask is not None and init is None:
+            raise ControlError("--mask needs --init-image: the picture whose unmasked pixels are kept")
+        labels = self._labels(labels, n)
+        shape = (n, cfg.channels, cfg.size, cfg.size)
+        schedule = sampling_timesteps(cfg.timesteps, steps)
+        if init is not None:
+            init = init.to(self.device, torch.float32).expand(shape)
+            mask = None if mask is None else mask.to(self.device, torch.float32).expand(n, 1, cfg.size, cfg.size)
+            schedule = schedule[len(schedule) - round(len(schedule) * strength):]  # the last strength share
+            if not len(schedule):
+                return init.clone()
+        x = noise.to(self.device, torch.float32) if noise is not None else self._noise(shape, generator)
+        if init is not None and strength < 1.0:  # strength 1 starts from pure noise: the picture is ignored
+            x = self.add_noise(init, x, schedule[:1].expand(n).to(self.device))
+        with evaluating(self):
+            for i, t in enumerate(schedule.tolist()):
+                prev = int(schedule[i + 1]) if i + 1 < len(schedule) else -1
+                x0, eps = self.predict(x, t, labels, guidance)
+                abar_t = self.abar[t]
+                abar_prev = self.abar[prev] if prev >= 0 else torch.ones_like(abar_t)
+                sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
+                x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+                if prev >= 0 and eta > 0:
+                    x = x + sigma * self._noise(shape, generator)
+                if mask is not None:
+                    known = init if prev < 0 else (abar_prev.sqrt() * init
+                                                   + (1 - abar_prev).sqrt() * self._noise(shape, generator))
+                    x = mask * x + (1 - mask) * known
+        return x.clamp(-1.0, 1.0)

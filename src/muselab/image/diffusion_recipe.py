@@ -1,0 +1,95 @@
+"""The `image-diffusion` recipe: a small U-Net diffusion model (DDPM training, DDIM or ancestral sampling,
+classifier-free guidance, image-to-image and inpainting) on a folder of images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from muselab.core.config import Section, TrainConfig
+from muselab.core.errors import ControlError
+from muselab.core.registry import GenerationContext
+from muselab.core.results import ImageResult
+from muselab.data.images import load_picture, to_float
+from muselab.image.controls import DiffusionControls
+from muselab.image.diffusion import Diffusion, DiffusionConfig
+from muselab.image.recipe import ImageDataConfig, ImageEvalConfig, ImageRecipe, parse_seed
+from muselab.image.vae import slerp
+
+IMG2IMG_STRENGTH = 0.6  # --strength when --init-image comes without a mask: keeps the layout, redraws detail
+
+
+class DiffusionRecipeConfig(Section):
+    data: ImageDataConfig = ImageDataConfig()
+    model: DiffusionConfig = DiffusionConfig()
+    # Diffusion practice: a short warm-up, no weight decay, an EMA of the weights for sampling (the saved
+    # weights). Sized by step time, not yet by quality (bench_diffusion.py decides): on 2 busy CPU cores a
+    # 2-block, batch-128 U-Net managed 113 steps in 3 minutes (control accuracy 72 %), so the default has
+    # one block per level and batch 64, about 4x the steps; --max-minutes fits the schedule to any budget.
+    train: TrainConfig = TrainConfig(max_steps=6000, batch_size=64, lr=1e-3, warmup_steps=200, min_lr_ratio=0.1,
+                                     weight_decay=0.0, grad_clip=1.0, ema_decay=0.999, eval_every=1000,
+                                     checkpoint_every=1000)
+    eval: ImageEvalConfig = ImageEvalConfig()
+
+
+class ImageDiffusionRecipe(ImageRecipe):
+    name = "image-diffusion"
+    summary = "U-Net diffusion model (DDPM/DDIM, classifier-free guidance, image-to-image, inpainting)"
+    config_class = DiffusionRecipeConfig
+    controls_class = DiffusionControls
+    presets = {
+        "tiny": {
+            "model": {"width": 8, "res_blocks": 1, "timesteps": 100},
+            "train": {"max_steps": 20, "batch_size": 16, "eval_every": 10, "checkpoint_every": 10, "log_every": 5},
+            "eval": {"samples_per_class": 20, "samples": 100, "reference_images": 200},
+        },
+        "default": {},
+        "base": {"model": {"width": 128, "res_blocks": 2, "attention_resolution": 16, "dropout": 0.1},
+                 "train": {"max_steps": 100_000, "batch_size": 128, "lr": 2e-4, "ema_decay": 0.9999}},
+    }
+
+    def build_model(self, cfg: DiffusionRecipeConfig, assets: dict[str, Any]) -> Diffusion:
+        return Diffusion(cfg.model)
+
+    # -- generation -----------------------------------------------------------------------------------
+    def generate(self, model: Diffusion, cfg: DiffusionRecipeConfig, assets: dict[str, Any],
+                 controls: DiffusionControls, context: GenerationContext) -> ImageResult:
+        if controls.interpolate and controls.init_image:
+            raise ControlError("--interpolate walks between two seeds: leave out --init-image")
+        if controls.init_image is None and (controls.mask is not None or controls.strength is not None):
+            option = "--mask" if controls.mask is not None else "--strength"
+            raise ControlError(f"{option} needs --init-image: the picture to start from")
+        if controls.steps > cfg.model.timesteps:
+            raise ControlError(f"--steps must be at most {cfg.model.timesteps} (the model's noise levels), "
+                               f"got {controls.steps}")
+        return super().generate(model, cfg, assets, controls, context)
+
+    def _picture(self, path: str, model: Diffusion, channels: int) -> torch.Tensor:
+        return to_float(load_picture(path, size=model.cfg.size, channels=channels))
+
+    def _draw(self, model: Diffusion, n: int, labels: torch.Tensor | None, controls: BaseModel,
+              generator: torch.Generator) -> torch.Tensor:
+        c: DiffusionControls = controls  # type: ignore[assignment]
+        init = mask = None
+        strength = 1.0
+        if c.init_image is not None:
+            init = self._picture(c.init_image, model, model.cfg.channels)
+            if c.mask is not None:
+                mask = (self._picture(c.mask, model, 1) > 0).float()  # white (above mid-grey) = redraw
+            strength = c.strength if c.strength is not None else (1.0 if mask is not None else IMG2IMG_STRENGTH)
+        eta = 1.0 if c.sampler == "ddpm" else c.eta
+        return model.sample(n, labels, steps=c.steps, eta=eta, guidance=c.guidance, generator=generator,
+                            init=init, strength=strength, mask=mask)
+
+    def _interpolate(self, model: Diffusion, ends: list[str], label: int | None, controls: DiffusionControls,
+                     cfg: DiffusionRecipeConfig) -> torch.Tensor:
+        """Frames from noise along the great circle between two seeds' noise, each decoded with DDIM at eta 0
+        (so every frame follows from its noise alone and neighbours look alike)."""
+        shape = (cfg.model.channels, cfg.model.size, cfg.model.size)
+        a, b = (torch.randn(shape, generator=torch.Generator().manual_seed(parse_seed(end))) for end in ends)
+        noise = slerp(a.flatten(), b.flatten(), torch.linspace(0, 1, controls.frames)).view(-1, *shape)
+        labels = None if label is None else torch.full((controls.frames,), label)
+        return model.sample(controls.frames, labels, steps=controls.steps, eta=0.0, guidance=controls.guidance,
+                            noise=noise)
