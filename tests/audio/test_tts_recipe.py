@@ -3,6 +3,7 @@ on the model, and a tiny model trained on builtin:speech end to end (generate, s
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def test_speak_save_and_detect(tts_run: Path, tmp_path: Path) -> None:
     starts = [w["start"] for w in words]
     assert starts == sorted(starts) and all(w["start"] <= w["end"] <= len(audio) / 22050 + 1e-3 for w in words)
     assert len(result.timing[0]["sentences"]) == 2
-    (path,) = result.save(tmp_path / "speech.wav")
+    path, timestamps = result.save(tmp_path / "speech.wav")
+    assert timestamps.name == "speech.words.json"
+    assert json.loads(timestamps.read_text())["words"][0]["word"] == "doctor"
     found = detect_file(path)
     assert found["kind"] == "audio" and found["watermark"] is True
     assert found["manifest"]["recipe"] == "audio-tts" and found["manifest"]["controls"]["text"].startswith("Dr.")

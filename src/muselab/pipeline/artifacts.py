@@ -126,11 +126,12 @@ class ArtifactWriter:
         timed = [(i, path.with_suffix(".words.json"), w)
                  for i, (path, w) in enumerate(zip(targets, words or [], strict=False)) if w]
         self._check_free([*targets, *(side for _, side, _ in timed)])
-        written = []
+        sides = []
         for index, side, spoken in timed:  # word timestamps, with a manifest of their own like every file
             atomic_write_json(side, {"words": spoken, "audio": targets[index].name})
             atomic_write_json(manifest_path(side), make_manifest(self.provenance, controls, index, side.name))
-            written.append(side)
+            sides.append(side)
+        written = []
         for index, (clip, path) in enumerate(zip(clips, targets, strict=True)):
             marked = embed_audio(np.asarray(clip, dtype=np.float32), sample_rate)
             manifest = {**make_manifest(self.provenance, controls, index, path.name), "watermark": True,
@@ -138,7 +139,7 @@ class ArtifactWriter:
             write_wav(path, marked, sample_rate, manifest)
             atomic_write_json(manifest_path(path), manifest)
             written.append(path)
-        return written
+        return written + sides
 
 
 def save_result(result: Result, path: Path, overwrite: bool) -> list[Path]:
