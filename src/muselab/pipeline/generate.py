@@ -116,23 +116,20 @@ def _moderate_outputs(result: Result, policy: Policy, refused: list[Refused]) ->
     """Text outputs moderated item by item: redactions applied, blocked items refused (and removed)."""
     summaries: list[list[dict[str, Any]]] = []
     if isinstance(result, TextResult):
-        keep = []
+        blocked_items = []
         for index, text in enumerate(result.texts):
             verdict = moderate(text, policy)
             if not verdict.allowed:
                 refused.append(Refused(index, "output moderation", _blocked_categories(verdict),
                                        f"generated sample {index + 1} was blocked by the moderation policy; try "
                                        "another --seed or --ban the word"))
+                blocked_items.append(index)
                 continue
             result.texts[index] = verdict.redacted
             summaries.append(moderation_summary(verdict))
-            keep.append(index)
-        result.texts = [result.texts[i] for i in keep]
-        result.prompts = [result.prompts[i] for i in keep] if result.prompts else []
-        result.prompt_indices = [result.prompt_indices[i] for i in keep] if result.prompt_indices else []
-        result.notes = [result.notes[i] for i in keep] if result.notes else []
+        _drop_items(result, blocked_items)
     elif isinstance(result, SequenceResult):
-        keep = []
+        blocked_items = []
         for i, outputs in enumerate(result.nbest):
             item_summaries, blocked = [], None
             for j, output in enumerate(outputs):
@@ -147,13 +144,10 @@ def _moderate_outputs(result: Result, policy: Policy, refused: list[Refused]) ->
             if blocked is not None:
                 refused.append(Refused(result.input_indices[i], "output moderation", _blocked_categories(blocked),
                                        "the output was blocked by the moderation policy"))
+                blocked_items.append(i)
                 continue
             summaries.append(item_summaries)
-            keep.append(i)
-        for name in ("inputs", "nbest", "scores", "attention", "input_indices", "notes"):
-            values = getattr(result, name)
-            if values:
-                setattr(result, name, [values[i] for i in keep])
+        _drop_items(result, blocked_items)
     return summaries
 
 
@@ -193,9 +187,10 @@ def _guard_memorization(guard: MemorizationGuard | str | None, result: Result, r
 
 
 def _drop_items(result: Result, indices: Sequence[int]) -> None:
+    """Take refused items out of every per-item field of a result (the recipe's own notes too)."""
     drop = set(indices)
-    for name in ("texts", "prompts", "prompt_indices", "arrays", "clips", "timing", "labels", "inputs", "nbest", "scores",
-                 "attention", "input_indices"):
+    for name in ("texts", "prompts", "prompt_indices", "arrays", "clips", "timing", "labels", "inputs", "nbest",
+                 "scores", "attention", "input_indices", "notes"):
         values = getattr(result, name, None)
         if values:
             setattr(result, name, [v for i, v in enumerate(values) if i not in drop])
