@@ -245,6 +245,8 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
         # the memorization guard sees the raw outputs (a redaction must not hide a copy)
         guard = recipe.memorization_guard(model, cfg, assets, allowed, context)
         memorization = _guard_memorization(guard, result, refused)
+    # per-item notes live on the result from here on, so every later drop keeps them aligned
+    result.notes = _merge(memorization, result.notes, count=len(result.items))
     if isinstance(result, SequenceResult) and inputs.kept.get("input") is not None:
         # positions of the outputs in the request, across inputs the moderation refused
         kept, shown = inputs.kept["input"], inputs.shown["input"]
@@ -255,9 +257,6 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
         result.prompt_indices = [kept[i] for i in result.prompt_indices]
         result.prompts = [shown[i] for i in result.prompt_indices]  # the texts are moderated as a whole below
     output_summaries = _moderate_outputs(result, policy, refused) if recipe.capabilities.text_outputs else []
-    if isinstance(result, TextResult):
-        memorization = [n for i, n in enumerate(memorization) if i not in {
-            r.index for r in refused if r.check == "output moderation"}]
     if stream is not None and result.texts:
         stream.finish(result.texts[0])
     count = len(result.items)
@@ -276,7 +275,7 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
             entry["output" if isinstance(result, SequenceResult) else "sample"] = (
                 output_summaries[i] if i < len(output_summaries) else [])
         moderation.append({"moderation": entry})
-    result.notes = _merge(moderation, memorization, result.notes, count=count)
+    result.notes = _merge(moderation, result.notes, count=count)
     result.refused = sorted(refused, key=lambda r: r.index)
     result.requested = count + len(result.refused)
     if result.refused and (on_refused == "fail" or count == 0):
