@@ -159,6 +159,33 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("run", help="run directory")
     info.add_argument("--json", action="store_true", help="print JSON")
 
+    serve = sub.add_parser(
+        "serve", help="serve runs over HTTP: a REST API, a web page and a gallery (needs muselab[serve])",
+        description="Serve trained runs: a REST API (OpenAPI at /docs), a web page at / and a gallery of every "
+                    "generation. Every request goes through the generation pipeline (moderation, guards, "
+                    "manifests, watermarks). Listens on 127.0.0.1 unless --host says otherwise.")
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve (each becomes a model named "
+                       "after its folder)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with the models loaded "
+                       "(default: 1)")
+    serve.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on every API call; "
+                       "default: none (or $MUSELAB_API_KEY)")
+    serve.add_argument("--gallery", default="muselab-gallery", help="folder of the gallery (SQLite + files; "
+                       "default: ./muselab-gallery)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="allow browser calls from this origin (repeatable; default: none, CORS off)")
+    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    serve.add_argument("--time-limit", type=float, default=120.0, help="seconds a generation may run before it "
+                       "is stopped (default: 120)")
+    serve.add_argument("--queue", type=int, default=8, help="requests waiting per model before 429 (default: 8)")
+    serve.add_argument("--max-tokens", type=int, default=1024, help="new tokens per text sample (default: 1024)")
+    serve.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
+    serve.add_argument("--max-audio-seconds", type=float, default=60.0, help="seconds of sound per request "
+                       "(default: 60)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default: 20)")
+
     demo = sub.add_parser("demo", help="train, generate and evaluate on built-in data; write an HTML report")
     demo.add_argument("--out", default="muselab-demo", help="output folder (default: ./muselab-demo)")
     demo.add_argument("--preset", default="default", help="tiny runs in seconds; default gives a good result")
@@ -414,6 +441,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from muselab.serve import run_server
+
+    if args.workers < 1 or not 0 < args.port < 65536 or args.queue < 0 or args.time_limit <= 0:
+        raise ConfigError("--workers must be >= 1, --port 1 to 65535, --queue >= 0 and --time-limit above 0")
+    limits = {"time_limit_s": args.time_limit, "queue": args.queue, "max_tokens": args.max_tokens,
+              "max_images": args.max_images, "max_audio_seconds": args.max_audio_seconds,
+              "max_upload_bytes": int(args.max_upload_mb * 1_000_000)}
+    run_server(args.runs, host=args.host, port=args.port, workers=args.workers,
+               api_key=args.api_key or os.environ.get("MUSELAB_API_KEY") or None, gallery=args.gallery,
+               cors=args.cors_origin, device=args.device, limits=limits)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from muselab.demo import run_demo
 
@@ -428,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "generate" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo}
+                "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo,
+                "serve": _cmd_serve}
     # The library logs its notes (resampled input, skipped clips...); the CLI shows them on stderr
     notes = logging.StreamHandler(sys.stderr)
     notes.setFormatter(logging.Formatter("muselab: note: %(message)s"))
