@@ -18,13 +18,15 @@ import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
@@ -37,7 +39,7 @@ from muselab.core.artifacts import manifest_path
 from muselab.core.errors import ControlError, MuselabError
 from muselab.core.results import Result, SequenceResult
 from muselab.safety.moderation import PolicyViolation
-from muselab.serve.gallery import ID_PATTERN, Generation, GalleryStore, SQLiteGallery, new_id
+from muselab.serve.gallery import ID_PATTERN, GalleryStore, Generation, SQLiteGallery, new_id
 from muselab.serve.models import (
     FILE_CONTROLS,
     MODEL_CONTROLS,
@@ -346,7 +348,7 @@ class Server:
                  asked: dict[str, Any] | None = None) -> Generation:
         values = body.model_dump()
         files: dict[str, Path] = {}
-        for key, kind in FILE_CONTROLS.items():
+        for key in FILE_CONTROLS:
             if values.get(key):
                 files[key] = self._artifact_path(values[key], key)
                 values[key] = str(files[key])
@@ -436,7 +438,7 @@ def create_app(runs: Sequence[str | Path], *, gallery: str | Path | GalleryStore
         description="Generate text, images and sound with trained muselab models. Every request goes through "
                     "muselab's generation pipeline (moderation, guards, manifests, watermarks) and every output "
                     "is kept in the gallery. Files are named by artifact id, never by path.",
-        docs_url="/docs", redoc_url=None)
+        docs_url="/docs", redoc_url=None, lifespan=_lifespan)
     app.state.server = server
 
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's API key (when it has one); "
@@ -584,12 +586,28 @@ def create_app(runs: Sequence[str | Path], *, gallery: str | Path | GalleryStore
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limits=limits)
 
-    @app.on_event("shutdown")
-    def close() -> None:
-        for model in server.models.values():
-            model.close()
+    def openapi() -> dict[str, Any]:
+        # FastAPI's own validation-error schema is replaced by the one this server answers with
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
 
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            text = json.dumps(doc).replace("#/components/schemas/HTTPValidationError", "#/components/schemas/ErrorOut")
+            doc = json.loads(text)
+            for name in ("HTTPValidationError", "ValidationError"):
+                doc.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    for model in app.state.server.models.values():
+        model.close()
 
 
 def _add_model_routes(app: FastAPI, server: Server, served: ServedModel, guarded: list[Any],

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+import types as pytypes
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import types as pytypes
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 from pydantic.fields import FieldInfo
 
@@ -116,11 +116,12 @@ def _capped(info: FieldInfo, limit: int) -> FieldInfo:
     current = min((b for b in bounds if b is not None), default=None)
     if current is not None and current <= limit:
         return info
-    metadata = [m for m in info.metadata if getattr(m, "le", None) is None and getattr(m, "lt", None) is None]
-    lowered = FieldInfo.merge_field_infos(info, Field(le=limit))
-    lowered.metadata = [*metadata, *[m for m in lowered.metadata if getattr(m, "le", None) == limit]]
+    extra: dict[str, Any] = {"le": limit}
     if isinstance(info.default, int) and info.default > limit:
-        lowered.default = limit  # a default over the cap would pass unchecked
+        extra["default"] = limit  # a default over the cap would pass unchecked
+    lowered = FieldInfo.merge_field_infos(info, Field(**extra))
+    lowered.metadata = [m for m in lowered.metadata if getattr(m, "le", limit) == limit
+                        and getattr(m, "lt", None) is None]
     return lowered
 
 
@@ -151,13 +152,12 @@ def request_model(controls: type[BaseModel], name: str, limits: Limits, writes_f
                 info.description, info, "two seeds, or two artifact ids of pictures"),
                 json_schema_extra={"x-muselab-file": "image-or-seed"}))
             continue
-        new = FieldInfo.merge_field_infos(info, Field(description=_with_range(
-            info.description, info, ("capped by this server" if limits.cap(key, writes_files) else ""))))
         limit = limits.cap(key, writes_files)
-        if limit is not None:
-            new = _capped(new, limit)
-            new.description = _with_range(info.description, new)
-        new.validation_alias = None  # one name per control in the REST schema (its own)
+        capped = _capped(info, limit) if limit is not None else info
+        note = "capped by this server" if capped is not info else ""
+        # one name per control in the REST schema (its own): other spellings are the CLI's
+        new = FieldInfo.merge_field_infos(capped, Field(description=_with_range(info.description, capped, note),
+                                                        validation_alias=key))
         annotation = _string_caps(info.annotation, limits.max_text_chars, limits.max_items)
         fields[key] = (annotation, new)
         del optional
