@@ -3,6 +3,11 @@ once per session, and a server over them."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +61,41 @@ def client(serve_runs: dict[str, Path], gallery_dir: Path):
                                                              max_tokens=64, max_images=16, max_audio_seconds=4,
                                                              time_limit_s=30)) as c:
         yield c
+
+
+# -- a real server in a subprocess (browser and crash tests) ----------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(runs: list[Path], gallery: Path, *extra: str, timeout: float = 120.0
+                 ) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    log = open(gallery.parent / f"server-{port}.log", "w")  # noqa: SIM115 (the process writes it)
+    process = subprocess.Popen([sys.executable, "-m", "muselab", "serve", *map(str, runs), "--port", str(port),
+                                "--gallery", str(gallery), *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {Path(log.name).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start in time")
+
+
+@pytest.fixture(scope="session")
+def server_process():
+    """start_server(runs, gallery, *options) -> (process, url): `muselab serve` on a free loopback port."""
+    return start_server
