@@ -89,7 +89,7 @@ def resolve_label(label: str | None, class_names: list[str]) -> int | None:
         return None
     if label in class_names:
         return class_names.index(label)
-    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+    if label.isdigit() and len(label) <= 9 and int(label) < len(class_names):  # 9 digits: int() stays cheap
         return int(label)
     shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
     raise ControlError(f"unknown --label '{label}'; this model knows: {shown} (or an index from 0 to "

@@ -358,6 +358,10 @@ class Server:
         for key in MODEL_CONTROLS:
             if values.get(key):
                 values[key] = str(self.model(values[key]).run.path)
+        if values.get("max_length") == 0 and values.get("input"):
+            # 0 means "twice the input plus 10": the server's cap holds for that length too
+            longest = max(len(text) for text in values["input"])
+            values["max_length"] = min(2 * longest + 10, self.limits.max_tokens)
         check_audio_length(served.recipe.name, values, files, self.limits)
         result = served.run.generate(on_text=on_text, on_refused="skip", **values)
         staged = self.gallery.staging()

@@ -61,12 +61,13 @@ class Limits:
     max_images: int = 64  # images per request (samples or interpolation frames)
     max_audio_seconds: float = 60.0  # seconds of sound per request, asked for or uploaded
     max_items: int = 256  # inputs or prompts in one request
-    max_text_chars: int = 20_000  # characters in one text control
+    max_text_chars: int = 20_000  # characters in one text control (a prompt, a text to speak, notes)
+    max_item_chars: int = 1_000  # characters in one item of a list control (an input, a stop string)
     time_limit_s: float = 120.0  # a generation running longer is stopped
     queue: int = 8  # requests waiting per model (beyond the one running) before 429
 
     def cap(self, name: str, writes_files: bool) -> int | None:
-        if name in ("max_new_tokens", "max_length"):
+        if name in ("max_new_tokens", "max_length", "min_length"):
             return self.max_tokens
         if name == "num_samples":
             return self.max_images if writes_files else self.max_samples
@@ -98,14 +99,18 @@ def _with_range(description: str | None, info: FieldInfo, extra: str = "") -> st
     return f"{text} ({'; '.join(facts)})"
 
 
-def _string_caps(annotation: Any, max_chars: int, max_items: int) -> Any:
-    """str -> str of at most max_chars; list[str] -> a list of at most max_items such strings."""
+# names and choices, not text: a short string is plenty
+SHORT_CONTROLS = frozenset({"label", "speaker", "sampler", "memorization", "key", "scale", "mode", "instrument"})
+
+
+def _string_caps(annotation: Any, max_chars: int, item_chars: int, max_items: int) -> Any:
+    """str -> str of at most max_chars; list[str] -> at most max_items strings of at most item_chars each."""
     if annotation is str:
         return Annotated[str, StringConstraints(max_length=max_chars)]
     if get_origin(annotation) is list and get_args(annotation) == (str,):
-        return Annotated[list[Annotated[str, StringConstraints(max_length=max_chars)]], Field(max_length=max_items)]
+        return Annotated[list[Annotated[str, StringConstraints(max_length=item_chars)]], Field(max_length=max_items)]
     if get_origin(annotation) in (Union, pytypes.UnionType):
-        args = tuple(_string_caps(a, max_chars, max_items) for a in get_args(annotation))
+        args = tuple(_string_caps(a, max_chars, item_chars, max_items) for a in get_args(annotation))
         return Union[args]  # noqa: UP007
     return annotation
 
@@ -158,7 +163,8 @@ def request_model(controls: type[BaseModel], name: str, limits: Limits, writes_f
         # one name per control in the REST schema (its own): other spellings are the CLI's
         new = FieldInfo.merge_field_infos(capped, Field(description=_with_range(info.description, capped, note),
                                                         validation_alias=key))
-        annotation = _string_caps(info.annotation, limits.max_text_chars, limits.max_items)
+        chars = 100 if key in SHORT_CONTROLS else limits.max_text_chars
+        annotation = _string_caps(info.annotation, chars, limits.max_item_chars, limits.max_items)
         fields[key] = (annotation, new)
         del optional
     title = "".join(part.capitalize() for part in name.replace("_", "-").split("-") if part) + "Request"
