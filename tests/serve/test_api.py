@@ -263,3 +263,15 @@ def test_concurrent_requests_all_complete(client) -> None:
     for t in threads:
         t.join()
     assert results == [200] * 4
+
+
+def test_serve_without_fastapi_says_how_to_get_it(monkeypatch, capsys, serve_runs) -> None:
+    import importlib.util
+
+    from muselab import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert cli.main(["serve", str(serve_runs["poems"])]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pip install 'muselab[serve]'" in err

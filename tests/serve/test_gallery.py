@@ -104,12 +104,12 @@ def test_sigkill_during_generation_keeps_every_completed_generation_whole(serve_
                     completed.append(reply.json()["id"])
 
     threads = [threading.Thread(target=client, args=("poems", {"max_new_tokens": 8})),
-               threading.Thread(target=client, args=("digits", {"num_samples": 8})),
+               threading.Thread(target=client, args=("digits", {"num_samples": 4})),
                threading.Thread(target=client, args=("poems", {"max_new_tokens": 50_000, "memorization": "off"}))]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60
-    while len(completed) < 6 and time.monotonic() < deadline:
+    while len(completed) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     health = httpx.get(f"{url}/v1/health").json()
     assert health["pending"]["poems"] >= 1  # the long generation is running
@@ -118,7 +118,7 @@ def test_sigkill_during_generation_keeps_every_completed_generation_whole(serve_
     stop.set()
     for t in threads:
         t.join(30)
-    assert len(completed) >= 6
+    assert len(completed) >= 4
 
     process, url = server_process(runs, gallery)
     try:
