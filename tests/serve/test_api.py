@@ -118,8 +118,9 @@ def test_size_limits_give_413(client) -> None:
 
 
 def test_moderation_refusal_is_422_naming_the_category(client) -> None:
-    refused = client.post("/v1/models/poems/generate", json={"prompt": "let us watch porn tonight"})
-    assert refused.status_code == 422 and refused.json()["category"] == "sexual"
+    for endpoint in ("generate", "stream"):
+        refused = client.post(f"/v1/models/poems/{endpoint}", json={"prompt": "let us watch porn tonight"})
+        assert refused.status_code == 422 and refused.json()["category"] == "sexual"
     verdict = client.post("/v1/moderate", json={"text": "watch porn"}).json()
     assert verdict["allowed"] is False and verdict["categories"] == ["sexual"]
     assert "text" not in verdict["matches"][0]  # the words are not echoed

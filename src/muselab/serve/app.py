@@ -633,7 +633,7 @@ def _add_model_routes(app: FastAPI, server: Server, served: ServedModel, guarded
     if not served.recipe.capabilities.streams_text:
         return
 
-    async def stream(body: Any) -> StreamingResponse:
+    async def stream(body: Any) -> Response:
         served.admit()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -650,11 +650,18 @@ def _add_model_routes(app: FastAPI, server: Server, served: ServedModel, guarded
             loop.call_soon_threadsafe(events.put_nowait, ("error", error) if error else ("done", done.result()))
 
         future.add_done_callback(finished)
+        # the first event decides the status: a refused prompt or a bad control is an error response (422),
+        # not a stream that starts and then fails
+        first = await events.get()
+        if first[0] == "error" and isinstance(first[1], MuselabError):
+            return _muselab_error(first[1])
 
         async def events_out() -> AsyncIterator[bytes]:
+            pending: tuple[str, Any] | None = first
             try:
                 while True:
-                    kind, value = await events.get()
+                    kind, value = pending if pending is not None else await events.get()
+                    pending = None
                     if kind == "text":
                         yield _sse("text", {"text": value})
                     elif kind == "done":
