@@ -106,6 +106,7 @@ def test_uploaded_recording_is_played_by_artifact_id_and_long_sound_is_refused(c
     played = client.post("/v1/models/flute/generate", json={"wav": up.json()["id"], "seed": 1})
     assert played.status_code == 200, played.text
     assert played.json()["controls"]["wav"] == up.json()["id"]  # the gallery keeps the id, not a path
+    assert played.json()["manifest"]["controls"]["wav"] == up.json()["id"]
     long = client.post("/v1/models/flute/generate", json={"notes": "C4:8 D4:8", "tempo": 60})
     assert long.status_code == 422 and long.json()["field"] == "notes" and "4 s" in long.json()["error"]
 

@@ -371,7 +371,7 @@ class Server:
             kept = {**(asked if asked is not None else body.model_dump()), "seed": seed}
             generation = Generation(new_id(), served.name, served.recipe.name, served.run.run_id, result.kind,
                                     seed if isinstance(seed, int) else None, _jsonable(kept), _verdict(result),
-                                    _first_manifest(staged), _content(result))
+                                    _first_manifest(staged, kept), _content(result))
             return self.gallery.add(generation, staged)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
@@ -394,7 +394,9 @@ def _verdict(result: Result) -> dict[str, Any]:
                       "warnings": result.warnings, "items": result.notes})
 
 
-def _first_manifest(folder: Path) -> dict[str, Any]:
+def _first_manifest(folder: Path, asked: dict[str, Any]) -> dict[str, Any]:
+    """The first output's manifest as the API shows it: files named by their artifact ids, as asked (the
+    files' own manifests name the paths the recipe read)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json"))
     for path in files:
         side = manifest_path(path)
@@ -404,6 +406,11 @@ def _first_manifest(folder: Path) -> dict[str, Any]:
             except ValueError:
                 continue
             manifest.pop("run_dir", None)  # the server's path: the run id names the weights
+            controls = manifest.get("controls")
+            if isinstance(controls, dict):
+                for key in (*FILE_CONTROLS, *MODEL_CONTROLS, "interpolate"):
+                    if controls.get(key) is not None:
+                        controls[key] = asked.get(key)
             return manifest
     return {}
 
