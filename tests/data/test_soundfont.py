@@ -14,9 +14,15 @@ import pytest
 from helpers import error_message
 from muselab.core.errors import DataError
 from muselab.data import soundfont
-from muselab.data.soundfont import DRUMS, MidiNote, find_soundfont, gm_family, notes_to_midi, render_midi, render_notes
-
-needs_fluidsynth = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth is not installed")
+from muselab.data.soundfont import (
+    DRUMS,
+    MidiNote,
+    find_soundfont,
+    gm_family,
+    notes_to_midi,
+    render_midi,
+    render_notes,
+)
 
 
 def _has_soundfont() -> bool:
