@@ -37,6 +37,7 @@ from muselab.audio.dsp import (
     MelSettings,
     MelSpectrogram,
     MultiResolutionSTFTLoss,
+    istft_bases,
     istft_real,
     magnitude,
     mel_filterbank,
@@ -163,11 +164,14 @@ class RealGenerator(nn.Module):
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.generator = generator
+        cos_basis, sin_basis = istft_bases(generator.window)
+        self.register_buffer("cos_basis", cos_basis, persistent=False)
+        self.register_buffer("sin_basis", sin_basis, persistent=False)
 
     def forward(self, mel: Tensor) -> Tensor:
         mag, phase = self.generator.polar(mel)
         return istft_real(mag * torch.cos(phase), mag * torch.sin(phase), self.generator.window, MEL.hop,
-                          mel.shape[-1] * MEL.hop)
+                          mel.shape[-1] * MEL.hop, (self.cos_basis, self.sin_basis))
 
 
 def _vocos_init(module: nn.Module) -> None:

@@ -59,8 +59,13 @@ def _yaml(value: Any, indent: int = 0) -> list[str]:
 def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # YAML 1.1 readers (PyYAML) take 1e-05 for a string: the mantissa needs its dot
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        return f"{mantissa}.0e{exponent}" if exponent and "." not in mantissa else text
     if isinstance(value, (dict, list)):
         return "{}" if isinstance(value, dict) else "[]"
     return json.dumps(str(value), ensure_ascii=False)
