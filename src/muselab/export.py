@@ -61,7 +61,7 @@ def exportable_recipes() -> list[str]:
 
 def check_exportable(recipe: Recipe) -> None:
     if type(recipe).export_module is Recipe.export_module:
-        raise ConfigError(f"a {recipe.name} run cannot be exported; export works for "
+        raise ConfigError(f"{recipe.name} runs cannot be exported; export works for "
                           f"{', '.join(exportable_recipes())}")
 
 
