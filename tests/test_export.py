@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+import muselab
 from muselab import api, cli
 from muselab.core.registry import Recipe, get_recipe
 from muselab.core.rundir import RunDir
-from muselab.export import exportable_recipes
+from muselab.exporter import exportable_recipes
 
 EXPORTABLE = ["audio-vocoder", "image-gan", "image-vae", "text-lm"]
 TOLERANCE = 1e-4  # fp32
@@ -104,10 +105,11 @@ def test_torchscript_export_reloads_and_reproduces_torch(name, runs, tmp_path, c
 
 
 def test_what_the_sidecar_pairs_with(runs, tmp_path):
-    pairs = {}
-    for name in ("text-lm", "audio-vocoder", "image-gan"):
-        api.export(runs[name], "torchscript", tmp_path / f"{name}.pt")
-        pairs[name] = json.loads((tmp_path / f"{name}.pt.json").read_text())["pair_with"]
+    muselab.export(runs["text-lm"], "torchscript", tmp_path / "text-lm.pt")  # the package's API
+    for name in ("audio-vocoder", "image-gan"):
+        muselab.load(runs[name]).export("torchscript", tmp_path / f"{name}.pt")  # a loaded run, on any device
+    pairs = {name: json.loads((tmp_path / f"{name}.pt.json").read_text())["pair_with"]
+             for name in ("text-lm", "audio-vocoder", "image-gan")}
     assert pairs["text-lm"]["tokenizer"] == "tokenizer.json" and pairs["text-lm"]["context_tokens"] > 1
     assert pairs["audio-vocoder"]["sample_rate"] == 22050 and pairs["audio-vocoder"]["hop"] == 256
     assert pairs["image-gan"]["image_size"] == 8 and len(pairs["image-gan"]["class_names"]) == 10

@@ -40,7 +40,7 @@ from muselab.pipeline.artifacts import ArtifactWriter
 from muselab.pipeline.generate import OnRefused
 
 if TYPE_CHECKING:
-    from muselab.export import Exported
+    from muselab.exporter import Exported
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Run:
                overwrite: bool = False) -> Exported:
         """Write the recipe's plain network (text-lm's decoding step, a GAN's generator, a VAE's decoder, a
         vocoder) as an ONNX or TorchScript file with a JSON sidecar (default RUN/model.onnx, RUN/model.pt)."""
-        from muselab.export import export_run
+        from muselab.exporter import export_run
 
         return export_run(self, format, out, opset=opset, overwrite=overwrite)
 
@@ -340,7 +340,7 @@ def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **c
 def export(path: str | Path, format: str = "onnx", out: str | Path | None = None, *, opset: int | None = None,
            overwrite: bool = False) -> Exported:
     """`load(path, "cpu").export(...)`, refusing a recipe that does not export before any weights are read."""
-    from muselab.export import check_exportable, check_format
+    from muselab.exporter import check_exportable, check_format
 
     check_exportable(get_recipe(RunDir(path).read_config()["recipe"]))
     check_format(format, opset)

@@ -141,8 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export", help="write a run's network as an ONNX or TorchScript file with a JSON sidecar",
-        description="Write a run's plain network (text-lm: one decoding step; image-gan: the generator; image-vae: "
-                    "the decoder; audio-vocoder: mel to waveform) as an ONNX or TorchScript file, checked against "
+        description="Write the plain network of a run whose recipe has one (a language model's decoding step, a "
+                    "GAN's generator, a VAE's decoder, a vocoder) as an ONNX or TorchScript file, checked against "
                     "torch, and FILE.json beside it: input and output names, shapes and dtypes, what to pair it "
                     "with, and the run's provenance. Outputs of the file skip muselab's moderation, memorization "
                     "checks and watermarks.")
