@@ -164,3 +164,13 @@ def test_onnx_without_its_packages_says_how_to_get_them(runs, monkeypatch, capsy
 def test_a_recipe_exports_by_overriding_export_module_only():
     assert type(get_recipe("image-diffusion")).export_module is Recipe.export_module
     assert type(get_recipe("image-gan")).export_module is not Recipe.export_module
+
+
+def test_an_example_of_size_one_on_a_dynamic_axis_is_a_recipe_bug_caught_before_exporting(tmp_path):
+    from muselab.core.registry import ExportSpec
+    from muselab.exporter import _write_onnx
+
+    spec = ExportSpec(torch.nn.Identity(), (torch.zeros(1, 3),), ["x"], ["y"], {"x": {0: "batch"}}, "identity")
+    with pytest.raises(ValueError, match="give it 2 or more"):
+        _write_onnx(spec.module, spec.example_inputs, spec, tmp_path / "m.onnx", 18)
+    assert not (tmp_path / "m.onnx").exists()

@@ -147,6 +147,11 @@ def _write_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], spec:
             dims[name] = torch.export.Dim(name, min=1, max=spec.axis_max.get(name))
         return dims[name]
 
+    for input_name, x in zip(spec.input_names, inputs, strict=True):
+        for axis, name in spec.dynamic_axes.get(input_name, {}).items():
+            if x.shape[axis] < 2:  # a recipe's bug, not the user's: torch.export would fix the axis
+                raise ValueError(f"example input '{input_name}' has size {x.shape[axis]} on its dynamic axis "
+                                 f"'{name}'; give it 2 or more")
     shapes = tuple({axis: dim(name) for axis, name in spec.dynamic_axes.get(input_name, {}).items()}
                    for input_name in spec.input_names)
     torch.onnx.export(module, inputs, str(path), input_names=spec.input_names, output_names=spec.output_names,

@@ -99,7 +99,8 @@ class ExportSpec:
 
     `module` maps `example_inputs` (tensors, in `input_names` order) to one tensor per `output_names`;
     `dynamic_axes` names the axes that may vary (input or output name -> axis -> name), `axis_max` bounds
-    them where the network has a limit (a context window). `meaning` says in words what each input and
+    them where the network has a limit (a context window); an example's size on a dynamic axis must be 2 or
+    more, since torch.export fixes an axis whose example size is 0 or 1. `meaning` says in words what each input and
     output holds, `pair_with` what a user needs beside the file (sample rate, image size, vocabulary)."""
 
     module: nn.Module
