@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,9 @@ from muselab.core.runtime import init_distributed, resolve_device, shutdown_dist
 from muselab.core.trainer import Trainer, TrainResult
 from muselab.pipeline.artifacts import ArtifactWriter
 from muselab.pipeline.generate import OnRefused
+
+if TYPE_CHECKING:
+    from muselab.exporter import Exported
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,14 @@ class Run:
             else:
                 return
 
+    def export(self, format: str = "onnx", out: str | Path | None = None, *, opset: int | None = None,
+               overwrite: bool = False) -> Exported:
+        """Write the recipe's plain network (text-lm's decoding step, a GAN's generator, a VAE's decoder, a
+        vocoder) as an ONNX or TorchScript file with a JSON sidecar (default RUN/model.onnx, RUN/model.pt)."""
+        from muselab.exporter import export_run
+
+        return export_run(self, format, out, opset=opset, overwrite=overwrite)
+
     def evaluate(self, data: str | None = None) -> dict[str, Any]:
         spec = data or self.saved.get("data", {}).get("spec")
         run = RunDir(self.path)
@@ -121,7 +132,7 @@ class Run:
             ArtifactWriter(provenance, samples / sound.name, overwrite=True).write_audio(
                 sound.clips, sound.sample_rate, sound.controls)
         state = _read_state(run)
-        write_model_card(run, self.saved, state, result.metrics)
+        write_model_card(run, self.saved, state, result.metrics, self.recipe.pipeline_tag)
         return result.metrics
 
 
@@ -300,7 +311,8 @@ def _finish_run(run: RunDir, result: TrainResult) -> None:
     records = run.read_metrics()
     if records:
         plot_training_curves(records, run / "loss.png", title=run.path.name)
-    write_model_card(run, run.read_config(), state, None)
+    saved = run.read_config()
+    write_model_card(run, saved, state, None, get_recipe(saved["recipe"]).pipeline_tag)
 
 
 def load(path: str | Path, device: str = "auto") -> Run:
@@ -323,6 +335,16 @@ def load(path: str | Path, device: str = "auto") -> Run:
 
 def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **controls: Any) -> Result:
     return load(path, device).generate(main, **controls)
+
+
+def export(path: str | Path, format: str = "onnx", out: str | Path | None = None, *, opset: int | None = None,
+           overwrite: bool = False) -> Exported:
+    """`load(path, "cpu").export(...)`, refusing a recipe that does not export before any weights are read."""
+    from muselab.exporter import check_exportable, check_format
+
+    check_exportable(get_recipe(RunDir(path).read_config()["recipe"]))
+    check_format(format, opset)
+    return load(path, "cpu").export(format, out, opset=opset, overwrite=overwrite)
 
 
 def evaluate(path: str | Path, data: str | None = None, device: str = "auto") -> dict[str, Any]:

@@ -139,6 +139,21 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
     evaluate.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
 
+    export = sub.add_parser(
+        "export", help="write a run's network as an ONNX or TorchScript file with a JSON sidecar",
+        description="Write the plain network of a run whose recipe has one (a language model's decoding step, a "
+                    "GAN's generator, a VAE's decoder, a vocoder) as an ONNX or TorchScript file, checked against "
+                    "torch, and FILE.json beside it: input and output names, shapes and dtypes, what to pair it "
+                    "with, and the run's provenance. Outputs of the file skip muselab's moderation, memorization "
+                    "checks and watermarks.")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        help="onnx (needs muselab[export]) or torchscript (default: onnx)")
+    export.add_argument("--out", metavar="FILE", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
+    export.add_argument("--opset", type=int, metavar="N",
+                        help="ONNX opset, 18 or newer (default: 18; onnx only)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     moderate = sub.add_parser(
         "moderate", help="check a text against the moderation policy; prints a JSON verdict",
         description="Check a text against the moderation policy and print one JSON line: allowed, categories, "
@@ -395,6 +410,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from muselab import api
+
+    done = api.export(args.run, args.format, args.out, opset=args.opset, overwrite=args.overwrite)
+    check = ("not checked (onnxruntime is not installed)" if done.max_abs_diff is None
+             else f"max abs difference from torch {done.max_abs_diff:.2g}")
+    print(f"wrote {done.path} and {done.sidecar.name} ({check})")
+    return 0
+
+
 def _cmd_moderate(args: argparse.Namespace) -> int:
     from muselab.safety.moderation import moderate_command
 
@@ -470,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command != "generate" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
+    commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
                 "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo,
                 "serve": _cmd_serve}
     # The library logs its notes (resampled input, skipped clips...); the CLI shows them on stderr

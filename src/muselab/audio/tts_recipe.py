@@ -197,6 +197,7 @@ def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -
 
 # -- the recipe ----------------------------------------------------------------------------------------
 class TTSRecipe(Recipe):
+    pipeline_tag = "text-to-speech"
     name = "audio-tts"
     summary = "text to speech: FastSpeech 2-style acoustic model on builtin:speech, vocoder or Griffin-Lim"
     config_class = TTSRecipeConfig

@@ -33,7 +33,15 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude, mel_filterbank
+from muselab.audio.dsp import (
+    MelSettings,
+    MelSpectrogram,
+    MultiResolutionSTFTLoss,
+    istft_bases,
+    istft_real,
+    magnitude,
+    mel_filterbank,
+)
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
 from muselab.nn import frozen  # no parameter gradients inside the block
@@ -128,6 +136,11 @@ class Generator(nn.Module):
 
     def spectrum(self, mel: Tensor) -> Tensor:
         """The predicted complex STFT [B, n_fft // 2 + 1, F]."""
+        mag, phase = self.polar(mel)
+        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+
+    def polar(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
@@ -136,13 +149,29 @@ class Generator(nn.Module):
         if self.mel_inverse is not None:
             log_mag = log_mag + torch.log(torch.clamp(self.mel_inverse @ mel.exp(), min=MIN_MAGNITUDE))
         # No |STFT| of audio within [-1, 1] exceeds the window's sum (n_fft / 2): the cap only stops overflow
-        mag = torch.exp(log_mag.clamp(max=math.log(MEL.n_fft)))
-        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        return torch.exp(log_mag.clamp(max=math.log(MEL.n_fft))), phase
 
     def forward(self, mel: Tensor) -> Tensor:
         # Centred frames: frame i sits on sample i * hop, as in dsp.stft, so F frames give F * hop samples
         return torch.istft(self.spectrum(mel), MEL.n_fft, MEL.hop, window=self.window, center=True,
                            length=mel.shape[-1] * MEL.hop)
+
+
+class RealGenerator(nn.Module):
+    """The generator's waveform in real arithmetic (no complex tensors, no torch.istft), for ONNX and
+    TorchScript export: log-mel [B, n_mels, F] -> waveform [B, F * hop], equal to `Generator` to rounding."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+        cos_basis, sin_basis = istft_bases(generator.window)
+        self.register_buffer("cos_basis", cos_basis, persistent=False)
+        self.register_buffer("sin_basis", sin_basis, persistent=False)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        mag, phase = self.generator.polar(mel)
+        return istft_real(mag * torch.cos(phase), mag * torch.sin(phase), self.generator.window, MEL.hop,
+                          mel.shape[-1] * MEL.hop, (self.cos_basis, self.sin_basis))
 
 
 def _vocos_init(module: nn.Module) -> None:

@@ -32,10 +32,18 @@ from muselab.audio.dsp import (
     mel_to_linear,
     mrstft_distance,
 )
-from muselab.audio.vocoder import MEL, Vocoder, VocoderConfig
+from muselab.audio.vocoder import MEL, RealGenerator, Vocoder, VocoderConfig
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ControlError, DataError
-from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    EvalAudio,
+    Evaluation,
+    ExportSpec,
+    GenerationContext,
+    PreparedData,
+    Recipe,
+)
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
 from muselab.data.split import hold_out
@@ -300,6 +308,20 @@ class VocoderRecipe(Recipe):
     def check_transfer(self, cfg: VocoderRecipeConfig, source_cfg: VocoderRecipeConfig, prepared: PreparedData,
                        source: Path) -> None:
         """Any vocoder serves any audio: the mel settings are the same for all."""
+
+    def export_module(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any]) -> ExportSpec:
+        # batch 2, not 1: torch.export fixes an axis whose example size is 1
+        mel = torch.randn(2, MEL.n_mels, 8, generator=torch.Generator().manual_seed(0)) - 4.0
+        return ExportSpec(
+            RealGenerator(model.generator), (mel,), ["mel"], ["waveform"],
+            {"mel": {0: "batch", 2: "frames"}, "waveform": {0: "batch", 1: "samples"}},
+            description="the generator in real arithmetic (its inverse STFT as matrix products): a log-mel "
+                        "spectrogram to a waveform, hop samples per frame",
+            meaning={"mel": f"float32 [batch, {MEL.n_mels}, frames]: {MEL_DESCRIPTION}",
+                     "waveform": f"float32 [batch, frames * {MEL.hop}] at {SAMPLE_RATE} Hz, within about [-1, 1]"},
+            pair_with={"sample_rate": SAMPLE_RATE, "n_fft": MEL.n_fft, "hop": MEL.hop, "n_mels": MEL.n_mels,
+                       "fmin": MEL.fmin, "fmax": MEL.fmax, "mel": "natural log of the magnitude mel "
+                       "(muselab.audio.dsp.log_mel), Slaney mel scale and norm"})
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any],

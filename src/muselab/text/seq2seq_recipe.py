@@ -135,6 +135,7 @@ def collate(sources: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[
 
 
 class TextSeq2SeqRecipe(Recipe):
+    pipeline_tag = "text2text-generation"
     name = "text-seq2seq"
     summary = "RNN encoder-decoder with attention on paired data: grapheme-to-phoneme, translation, rewriting"
     config_class = Seq2SeqRecipeConfig
