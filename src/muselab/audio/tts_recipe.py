@@ -28,7 +28,7 @@ from muselab.audio.tts.features import UtteranceFeatures, extract, pad_stack, sy
 from muselab.audio.tts.frontend import Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
-from muselab.audio.vocoder import MEL, Vocoder
+from muselab.audio.vocoder import MEL, Vocoder, mel_spectrogram
 from muselab.audio.vocoder_recipe import griffin_lim_from_mel
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
@@ -380,14 +380,15 @@ class TTSRecipe(Recipe):
 
     def _pictures_and_samples(self, examples: list[tuple[np.ndarray, np.ndarray]], n_samples: int,
                               run: RunDir) -> list[EvalAudio]:
-        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.dsp import resample
         from muselab.audio.io import save_audio
         from muselab.audio.plots import plot_spectrograms
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
         reference, ours = examples[0]
         ref_22k = resample(reference, SPEECH_SAMPLE_RATE, SAMPLE_RATE)
-        panels = [("flite (reference)", log_mel(ref_22k).numpy()), ("muselab", log_mel(torch.from_numpy(ours)).numpy())]
+        panels = [("flite (reference)", mel_spectrogram(ref_22k).numpy()),
+                  ("muselab", mel_spectrogram(torch.from_numpy(ours)).numpy())]
         plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out sentence 1")
         if not n_samples:
             return []

@@ -17,9 +17,12 @@ spectrograms at several resolutions), trained with least-squares GAN losses, and
 feature matching (L1 between the discriminators' feature maps on real and generated audio). The
 GAN trains in two optimizer phases per step, discriminator first (see `Vocoder.optimizer_phases`).
 
-Mel settings are the TTS field's shared ones (`muselab.audio.dsp.MelSettings`: 22,050 Hz, n_fft
-1024, hop 256, 80 Slaney mels up to 8 kHz, natural log of the magnitude mel). A mel of F frames
-gives F * hop samples. Read top to bottom: config, generator, discriminators, losses, the model.
+Mel settings are muselab's one convention for every model that makes or reads mels (the TTS
+acoustic model predicts the same): 22,050 Hz, n_fft 1024, hop 256, 80 Slaney mels over the full band,
+0 to 11,025 Hz (HiFi-GAN's 22 kHz mels stop at 8 kHz, which leaves a vocoder guessing the top octave
+of music), natural log of the magnitude mel. A mel of F frames gives F * hop samples. Frames whose mel
+is silent everywhere (at the log floor) come out silent whatever the network predicts: silence in,
+silence out. Read top to bottom: config, generator, discriminators, losses, the model.
 """
 
 from __future__ import annotations
@@ -33,12 +36,28 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude, mel_filterbank
+from muselab.audio.dsp import (
+    MelSettings,
+    MelSpectrogram,
+    MultiResolutionSTFTLoss,
+    log_mel,
+    magnitude,
+    mel_filterbank,
+)
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
 from muselab.nn import frozen  # no parameter gradients inside the block
 
-MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
+MEL = MelSettings(fmax=None)  # 22,050 Hz, n_fft 1024, hop 256, 80 mels up to sr / 2, natural-log magnitude
+MEL_FMAX = MEL.sr / 2
+# A frame whose every mel value is within this of the log floor is digital silence
+SILENT_FRAME_MARGIN = 1e-3
+
+
+def mel_spectrogram(audio: Tensor) -> Tensor:
+    """The log-mel every muselab vocoder reads, [..., T] -> [..., n_mels, 1 + T // hop]."""
+    return log_mel(audio, MEL.sr, MEL.n_fft, MEL.hop, MEL.n_mels, MEL.fmin, MEL.fmax, MEL.power, MEL.log_floor,
+                   MEL.win_length)
 
 Batch = dict[str, Tensor]  # "audio" float [B, S], S a multiple of MEL.hop
 
@@ -137,6 +156,8 @@ class Generator(nn.Module):
             log_mag = log_mag + torch.log(torch.clamp(self.mel_inverse @ mel.exp(), min=MIN_MAGNITUDE))
         # No |STFT| of audio within [-1, 1] exceeds the window's sum (n_fft / 2): the cap only stops overflow
         mag = torch.exp(log_mag.clamp(max=math.log(MEL.n_fft)))
+        # Silence in, silence out: frames with nothing above the floor are zeroed
+        mag = mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
         return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
 
     def forward(self, mel: Tensor) -> Tensor:
