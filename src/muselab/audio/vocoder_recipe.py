@@ -430,6 +430,11 @@ class VocoderRecipe(Recipe):
                        source: Path) -> None:
         """Any vocoder serves any audio: the mel settings are the same for all."""
 
+    def shipped_run(self) -> Path | None:
+        from muselab.audio.default_vocoder import default_vocoder_dir
+
+        return default_vocoder_dir()
+
     # -- generation -------------------------------------------------------------------------------
     def generate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any],
                  controls: VocoderControls, context: GenerationContext) -> AudioResult:

@@ -292,9 +292,11 @@ def load_mixed(size: MixedSize | None = None, *, test_share: float = 0.1, soundf
         started = time.monotonic()
         if progress is not None:
             progress(f"making builtin:mixed with {font.name} and flite (once; cached in {folder.parent})")
-        clips, _ = _build(size, sr, font, workers)
-        _save(folder, clips, meta)
-        logger.info(f"made builtin:mixed ({len(clips)} clips, {sum(len(c.audio) for c in clips) / sr / 60:.1f} "
+        built, _ = _build(size, sr, font, workers)
+        _save(folder, built, meta)
+        clips = _read(folder, meta)  # as 16-bit samples, exactly what later loads read
+        assert clips is not None
+        logger.info(f"made builtin:mixed ({len(built)} clips, {sum(len(c.audio) for c in built) / sr / 60:.1f} "
                     f"minutes) in {time.monotonic() - started:.0f} s; cached in {folder}")
     seen = [c for c in clips if c.seen]
     held = hold_out([c.key for c in seen], test_share, groups=[c.category for c in seen])
