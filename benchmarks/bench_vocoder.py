@@ -78,9 +78,10 @@ def ship(run: Path, command: str, metrics: dict) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "eval.json"):
-        shutil.copy2(run / name, staging / name)
+        shutil.copyfile(run / name, staging / name)
     card = (run / "MODEL_CARD.md").read_text(encoding="utf-8")
     card = card.replace(f"# {run.name}:", "# The vocoder muselab ships:", 1)
+    card = card.replace(f"--config {run / 'config.json'}", "--config src/muselab/audio/pretrained/vocoder/config.json")
     scores = "\n".join(f"| {kind} | {metrics[f'mrstft_{kind}']:.3f} | {metrics[f'mrstft_griffin_lim_{kind}']:.3f} | "
                        f"{metrics[f'mcd_{kind}']:.2f} | {metrics[f'mcd_griffin_lim_{kind}']:.2f} |"
                        for kind in ("seen", "unseen") if f"mrstft_{kind}" in metrics)
