@@ -31,11 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from muselab.audio.dsp import (
     griffin_lim,
     mel_cepstral_distortion,
-    mel_filterbank,
-    mel_to_linear,
     mrstft_distance,
 )
-from muselab.audio.vocoder import MEL, MEL_FMAX, SILENT_FRAME_MARGIN, Vocoder, VocoderConfig, mel_spectrogram
+from muselab.audio.vocoder import (
+    MEL,
+    MEL_FMAX,
+    SILENT_FRAME_MARGIN,
+    Vocoder,
+    VocoderConfig,
+    mel_pseudo_inverse,
+    mel_spectrogram,
+)
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ControlError, DataError
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
@@ -352,8 +358,7 @@ def read_mel(path: str | Path) -> torch.Tensor:
 def linear_from_mel(mel: torch.Tensor) -> torch.Tensor:
     """The linear magnitude spectrum [n_fft // 2 + 1, F] of a log-mel by pseudo-inverse (clamped at 0);
     frames that are silent in the mel stay silent."""
-    basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
-    linear = mel_to_linear(mel.exp(), basis)
+    linear = torch.clamp(mel_pseudo_inverse().to(mel.device, mel.dtype) @ mel.exp(), min=0.0)
     return linear * (mel.amax(dim=-2, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
 
 
