@@ -317,7 +317,9 @@ def _finish_run(run: RunDir, result: TrainResult) -> None:
 
 def load(path: str | Path, device: str = "auto") -> Run:
     """Load a run directory: safetensors and JSON only, checked before use. `device`: "auto" (a GPU when
-    there is one), "cpu", "cuda", "cuda:1", "mps"."""
+    there is one), "cpu", "cuda", "cuda:1", "mps". `builtin:RECIPE` loads the run a recipe ships, if
+    it ships one (`builtin:audio-vocoder`)."""
+    path = shipped_run(str(path)) if str(path).startswith("builtin:") else path
     run = RunDir(path)
     saved = run.read_config()
     recipe = get_recipe(saved["recipe"])
@@ -331,6 +333,16 @@ def load(path: str | Path, device: str = "auto") -> Run:
     load_into(model, load_tensors(run / files.MODEL), run / files.MODEL)
     model.to(resolve_device(device)).eval()
     return Run(Path(path), recipe, cfg, assets, model, saved)
+
+
+def shipped_run(name: str) -> Path:
+    """The folder of `builtin:RECIPE`, the trained run a recipe ships with muselab."""
+    recipe = get_recipe(name.removeprefix("builtin:"))
+    folder = recipe.shipped_run()
+    if folder is None:
+        raise CheckpointError(f"no trained {recipe.name} run ships with this muselab installation; train one with "
+                              f"`muselab train {recipe.name}` and name its folder")
+    return folder
 
 
 def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **controls: Any) -> Result:

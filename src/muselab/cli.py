@@ -319,16 +319,20 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab.core.runtime import resolve_device
 
     if args.recipe and not args.run:
-        if not args.help:
+        if args.help:
+            _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
+            return 0
+        if get_recipe(args.recipe).shipped_run() is None:
             raise ControlError("--recipe only shows a recipe's controls with --help; generate from a trained run: "
                                "muselab generate RUN [controls]")
-        _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
-        return 0
+        args.run = f"builtin:{args.recipe}"  # the run the recipe ships serves when none is named
     if not args.run:
         print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; `muselab generate RUN --help` lists "
               "the controls of that run, `muselab generate --recipe NAME --help` those of a recipe (one of "
               f"{', '.join(recipe_names())})", file=sys.stderr)
         return 0 if args.help else EXIT_USER_ERROR
+    if args.run.startswith("builtin:"):  # a run that ships with muselab
+        args.run = str(api.shipped_run(args.run))
     if args.help:  # the controls come from the run's recipe: read config.json alone, not the weights
         from muselab.core.rundir import RunDir
 
@@ -493,6 +497,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "generate" and args.recipe and args.run:
+        # With --recipe there is no run: the "run" argparse found is the value of a control (--mel FILE)
+        tokens = list(sys.argv[1:] if argv is None else argv)
+        tokens = tokens[tokens.index("generate") + 1:]
+        rest, skip = [], False
+        for token in tokens:
+            if skip or token in ("-h", "--help") or token.startswith("--recipe="):
+                skip = False
+                continue
+            if token == "--recipe":
+                skip = True
+                continue
+            rest.append(token)
+        args.run = None
     if args.command != "generate" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,

@@ -12,7 +12,6 @@ and the real-time factor.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -28,10 +27,10 @@ from muselab.audio.tts.features import UtteranceFeatures, extract, pad_stack, sy
 from muselab.audio.tts.frontend import Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
-from muselab.audio.vocoder import MEL, Vocoder
+from muselab.audio.vocoder import MEL, Vocoder, mel_spectrogram
 from muselab.audio.vocoder_recipe import griffin_lim_from_mel
 from muselab.core.config import Section, TrainConfig
-from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
@@ -91,7 +90,9 @@ class TTSControls(BaseModel):
                          description="Length of the pauses at punctuation, as a multiple of the predicted one.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of Griffin-Lim's initial phase.")
     vocoder: str | None = Field(None, description="An audio-vocoder run directory to turn the mel into sound "
-                                                  "(default: Griffin-Lim, lower quality).")
+                                                  "(default: the vocoder muselab ships, else Griffin-Lim).")
+    griffin_lim: bool = Field(False, description="Turn the mel into sound with Griffin-Lim (lower quality) "
+                                                 "instead of a vocoder.")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -165,26 +166,18 @@ def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInve
 
 
 # -- vocoders ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def load_vocoder(path: str) -> Vocoder:
-    """An audio-vocoder run's network, read from its safetensors weights."""
-    from muselab.audio.vocoder_recipe import VocoderRecipeConfig
-    from muselab.core import rundir as files
-    from muselab.core.checkpoint import load_into, load_tensors
+def choose_vocoder(controls: TTSControls) -> tuple[Vocoder | None, str]:
+    """The network that turns mels into sound and its name for the manifest: the run named by
+    --vocoder, else the default (shipped) vocoder, else Griffin-Lim; --griffin-lim forces Griffin-Lim."""
+    from muselab.audio.default_vocoder import default_vocoder_name, load_default_vocoder, load_vocoder
 
-    run = RunDir(path)
-    if not (Path(path) / files.CONFIG).is_file():
-        raise ControlError(f"--vocoder '{path}' is not a run directory; pass a trained audio-vocoder run")
-    saved = run.read_config()
-    if saved.get("recipe") != "audio-vocoder":
-        raise ControlError(f"--vocoder '{path}' is a {saved.get('recipe')} run; pass an audio-vocoder run")
-    try:
-        cfg = VocoderRecipeConfig.model_validate(saved["config"])
-    except ValueError as err:
-        raise CheckpointError(f"--vocoder '{path}' has a config this muselab version cannot read ({err})") from None
-    model = Vocoder(cfg.model)
-    load_into(model, load_tensors(Path(path) / files.MODEL), Path(path) / files.MODEL)
-    return model.eval()
+    if controls.griffin_lim:
+        if controls.vocoder:
+            raise ControlError("give --vocoder RUN or --griffin-lim, not both")
+        return None, "griffin_lim"
+    if controls.vocoder:
+        return load_vocoder(controls.vocoder), controls.vocoder
+    return load_default_vocoder(), default_vocoder_name()
 
 
 def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -> np.ndarray:
@@ -281,7 +274,7 @@ class TTSRecipe(Recipe):
         speaker = self.speaker_index(assets, controls.speaker)
         inventory: PhonemeInventory = assets["inventory"]
         sentences = Frontend(stress=inventory.stress).sentences(controls.text)
-        vocoder = load_vocoder(str(Path(controls.vocoder).resolve())) if controls.vocoder else None
+        vocoder, _ = choose_vocoder(controls)
         device = next(model.parameters()).device
         seed = controls.seed or 0
         clips: list[np.ndarray] = []
@@ -322,7 +315,7 @@ class TTSRecipe(Recipe):
     def generate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
                  context: GenerationContext) -> AudioResult:
         audio, timing = self.speak(model, cfg, assets, controls)
-        note: dict[str, Any] = {"vocoder": controls.vocoder or "griffin_lim",
+        note: dict[str, Any] = {"vocoder": choose_vocoder(controls)[1],
                                 "speaker": assets["speakers"][self.speaker_index(assets, controls.speaker)],
                                 "sentences": len(timing["sentences"])}
         if timing["spelled_out"]:
@@ -381,14 +374,15 @@ class TTSRecipe(Recipe):
 
     def _pictures_and_samples(self, examples: list[tuple[np.ndarray, np.ndarray]], n_samples: int,
                               run: RunDir) -> list[EvalAudio]:
-        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.dsp import resample
         from muselab.audio.io import save_audio
         from muselab.audio.plots import plot_spectrograms
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
         reference, ours = examples[0]
         ref_22k = resample(reference, SPEECH_SAMPLE_RATE, SAMPLE_RATE)
-        panels = [("flite (reference)", log_mel(ref_22k).numpy()), ("muselab", log_mel(torch.from_numpy(ours)).numpy())]
+        panels = [("flite (reference)", mel_spectrogram(ref_22k).numpy()),
+                  ("muselab", mel_spectrogram(torch.from_numpy(ours)).numpy())]
         plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out sentence 1")
         if not n_samples:
             return []

@@ -208,6 +208,10 @@ class Recipe(ABC):
                  data: str | None) -> Evaluation:
         """Metrics for eval.json (and text samples to save)."""
 
+    def shipped_run(self) -> Path | None:
+        """A trained run that ships with muselab and serves when no run is named (`builtin:RECIPE`), if any."""
+        return None
+
 
 def register_recipe(name: str, target: str) -> None:
     """Make a recipe class known by name: `target` is "package.module:Class" (imported on first use)."""
