@@ -199,13 +199,14 @@ class Template:
 
 
 def make_template(n_steps: int, bar_steps_: int, tonic: int, mode: str,
-                  fixed: Sequence[Sequence[int | None]] | None = None) -> Template:
-    """BOS KEY, then per step (BAR KEY at each bar) four voice slots, then EOS. `fixed[t][v]` pins voice v
-    at step t to a token (a primer, a melody to harmonise); None leaves it to the model."""
+                  fixed: Sequence[Sequence[int | None]] | None = None, first_bar: int = 0) -> Template:
+    """BOS KEY, then per step (BAR KEY at each bar, the first at step `first_bar`) four voice slots, then EOS.
+    `fixed[t][v]` pins voice v at step t to a token (a primer, a melody to harmonise); None leaves it to the
+    model."""
     key = key_token(tonic, mode)
     tokens, voices = [BOS, key], [-1, -1]
     for t in range(n_steps):
-        if t % bar_steps_ == 0:
+        if (t - first_bar) % bar_steps_ == 0:
             tokens += [BAR, key]
             voices += [-1, -1]
         for v in range(N_VOICES):

@@ -1,0 +1,431 @@
+"""The `music-lm` recipe: a decoder-only Transformer (`muselab.transformer`, the one text-lm uses) on
+four-voice scores encoded step by step (`muselab.music.encoding`), trained on Bach's chorales or the
+user's MIDI/MusicXML files, writing MIDI, piano rolls and (through a SoundFont) sound.
+
+Training windows are transposed to a random one of the 12 keys (the key tokens move with the notes), so
+the model writes in any key it is asked for. Generation samples through the shared chain (temperature,
+top-k, top-p) behind a template processor that fixes the layout, the key, the bar lines and any pinned
+notes: a primer's, or the melody being harmonised (the soprano is given, alto, tenor and bass sampled
+under it step by step). Read top to bottom: config, data, inputs, the recipe (generation, evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from muselab.core.config import Section, TrainConfig
+from muselab.core.errors import ConfigError, ControlError, DataError
+from muselab.core.registry import Capabilities, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.results import MusicResult
+from muselab.core.rundir import RunDir
+from muselab.core.trainer import mean_loss
+from muselab.data.notes import read_notes
+from muselab.data.scores import (
+    BACH_DESCRIPTION,
+    BUILTIN_BACH,
+    MIDI_SUFFIXES,
+    PITCH_NAMES,
+    VOICE_NAMES,
+    XML_SUFFIXES,
+    Score,
+    estimate_key,
+    load_scores,
+    parse_key,
+    read_score,
+)
+from muselab.music import encoding as enc
+from muselab.music.constraints import ScoreTemplateProcessor
+from muselab.music.controls import VOICES_KEPT, MusicGenerationControls
+from muselab.music.metrics import (
+    DURATION_BINS,
+    CopyIndex,
+    duration_histogram,
+    piece_report,
+    random_like,
+    reference_histograms,
+    total_variation,
+    voice_leading_rates,
+)
+from muselab.music.midi import piano_roll, score_to_midi
+from muselab.sampling import LogitsProcessorList, TemperatureWarper, TopKWarper, TopPWarper, generate_tokens
+from muselab.transformer import GPT, GPTConfig
+
+logger = logging.getLogger(__name__)
+
+ENCODING_FILE = "music_encoding.json"
+ENCODING_VERSION = 1
+RENDER_RATE = 22050
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+
+
+class MusicDataConfig(Section):
+    steps_per_quarter: int = Field(4, ge=1, le=12, description="grid steps per quarter note (4 = 16th notes)")
+    test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the pieces held out (stable rule on names)")
+    transpose: bool = Field(True, description="transpose each training window to a random one of the 12 keys")
+    max_pieces: int = Field(0, ge=0, description="use only the first N pieces (0 = all)")
+    skip_bad_files: bool = Field(False, description="leave unreadable MIDI/MusicXML files out (and count them) "
+                                                    "instead of stopping")
+
+
+class MusicEvalConfig(Section):
+    pieces: int = Field(10, ge=1, description="pieces generated, in the keys of held-out pieces")
+    bars: int = Field(8, ge=1, description="bars per generated piece")
+    harmonize: int = Field(10, ge=0, description="held-out soprano lines harmonised (0 = none)")
+    temperature: float = Field(0.9, ge=0, description="sampling temperature of evaluation pieces")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus of evaluation pieces")
+    avoid_parallels: bool = Field(True, description="evaluation pieces avoid parallel fifths and octaves")
+    seed: int = Field(0, description="seed of evaluation pieces and of the random baseline")
+
+
+class MusicLMConfig(Section):
+    data: MusicDataConfig = MusicDataConfig()
+    model: GPTConfig = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=384, dropout=0.1)
+    train: TrainConfig = TrainConfig(
+        max_steps=3000, batch_size=16, lr=3e-3, warmup_steps=100, min_lr_ratio=0.05, precision="auto",
+        eval_every=250, eval_batches=20, checkpoint_every=250, weight_decay=0.1, beta2=0.99,
+    )
+    eval: MusicEvalConfig = MusicEvalConfig()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+class ScoreStream:
+    """Pieces' tokens end to end, as the Trainer's batch source: random windows (each transposed to a random
+    key when `transpose`) to train, tiled windows in the written keys to validate."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int, transpose: bool) -> None:
+        self.ids = ids
+        self.block = min(block_size, len(ids) - 1)
+        self.tables = torch.stack([enc.transpose_table(s) for s in range(-5, 7)]) if transpose else None
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(0, len(self.ids) - self.block, (batch_size,), generator=generator)
+        windows = self.ids[starts[:, None] + torch.arange(self.block + 1)[None, :]]
+        if self.tables is not None:
+            shifts = torch.randint(0, len(self.tables), (batch_size,), generator=generator)
+            windows = self.tables[shifts[:, None], windows]
+        return windows[:, :-1], windows[:, 1:]
+
+    def eval_batches(self, batch_size: int, limit: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n_windows = (len(self.ids) - 1) // self.block
+        starts = torch.arange(n_windows) * self.block
+        if limit and limit * batch_size < n_windows:
+            starts = starts[torch.linspace(0, n_windows - 1, limit * batch_size).round().long()]
+        offsets = torch.arange(self.block + 1)
+        for chunk in starts.split(batch_size):
+            windows = self.ids[chunk[:, None] + offsets[None, :]]
+            yield windows[:, :-1], windows[:, 1:]
+
+
+def _stream_ids(scores: Sequence[Score], steps_per_quarter: int) -> torch.Tensor:
+    return torch.tensor([t for s in scores for t in enc.encode(s, steps_per_quarter)], dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: a primer or a melody, as notes or a file
+
+
+def _read_input(value: str, option: str, beats_per_bar: int) -> Score:
+    """A primer or melody: a MIDI/MusicXML file, or notes as text (the soprano, from the first downbeat)."""
+    text = value.strip()
+    if text.lower().endswith(MIDI_SUFFIXES + XML_SUFFIXES):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ControlError(f"{option}: no file '{path}'; give a MIDI/MusicXML file or notes such as \"C4 E4 G4:2\"")
+        try:
+            return read_score(path)
+        except DataError as err:
+            raise ControlError(f"{option}: {err}") from None
+    start, notes = 0.0, []
+    for pitch, beats in read_notes(text, option):
+        if pitch is not None:
+            notes.append((pitch, start, beats))
+        start += beats
+    score = Score("input", [notes, [], [], []], float(beats_per_bar), 0.0)
+    score.tonic, score.mode = estimate_key(notes)
+    return score
+
+
+def _shift_to(tonic: int, target: int) -> int:
+    """The transposition in -6..5 semitones that takes `tonic` to `target`."""
+    return (target - tonic + 6) % 12 - 6
+
+
+@dataclass
+class Plan:
+    """What to sample: the template's pinned grid, its length, key and meter, and which voices were given."""
+
+    fixed: list[list[int | None]]
+    n_steps: int
+    tonic: int
+    mode: str
+    bar_steps: int
+    first_bar: int
+    pinned: tuple[int, ...]
+
+
+def make_plan(controls: MusicGenerationControls, steps_per_quarter: int) -> Plan:
+    if controls.primer.strip() and controls.melody.strip():
+        raise ControlError("give --primer or --melody, not both: a melody is harmonised from start to end")
+    bar_steps = controls.beats_per_bar * steps_per_quarter
+    wanted = parse_key(controls.key) if controls.key else None
+    given = controls.melody.strip() or controls.primer.strip()
+    if not given:
+        tonic, mode = wanted or (0, "major")
+        n_steps = controls.bars * bar_steps
+        return Plan([[None] * enc.N_VOICES for _ in range(n_steps)], n_steps, tonic, mode, bar_steps, 0, ())
+    option = "--melody" if controls.melody.strip() else "--primer"
+    score = _read_input(given, option, controls.beats_per_bar)
+    if option == "--melody":  # the top part is the melody; the rest is the model's to write
+        score.voices = [score.voices[0] or next(v for v in score.voices if v), [], [], []]
+    if controls.input_key:
+        score.tonic, score.mode = parse_key(controls.input_key)
+    tonic, mode = wanted or (score.tonic, score.mode)
+    score = score.transposed(_shift_to(score.tonic, tonic))
+    grid = enc.to_grid(score, steps_per_quarter)
+    pinned = tuple(v for v in range(enc.N_VOICES) if score.voices[v])
+    given_steps = len(grid.steps)
+    n_steps = given_steps if option == "--melody" else max(controls.bars * bar_steps, given_steps)
+    fixed: list[list[int | None]] = [[None] * enc.N_VOICES for _ in range(n_steps)]
+    for t in range(given_steps):
+        for v in pinned:
+            fixed[t][v] = grid.steps[t][v]
+    first_bar = round(score.first_bar * steps_per_quarter) % bar_steps
+    return Plan(fixed, n_steps, tonic, mode, bar_steps, first_bar, pinned)
+
+
+@dataclass
+class _Sampling:
+    """What `generate_tokens` reads of the controls."""
+
+    max_new_tokens: int
+    temperature: float
+    seed: int | None
+    stop: tuple[str, ...] = ()
+
+
+def _render(midi: bytes) -> np.ndarray | None:
+    """The piece's sound through the system's General MIDI SoundFont, or None when rendering is not set up."""
+    try:
+        from muselab.data.soundfont import render_midi
+    except ImportError:
+        return None
+    try:
+        return render_midi(midi, sr=RENDER_RATE)
+    except DataError as err:
+        logger.warning(f"no sound written: {err}")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recipe
+
+
+class MusicLMRecipe(Recipe):
+    name = "music-lm"
+    summary = "four-voice music Transformer (chorales) on MIDI/MusicXML: compose, continue, harmonise a melody"
+    config_class = MusicLMConfig
+    controls_class = MusicGenerationControls
+    default_data = BUILTIN_BACH
+    data_formats = ("a folder (or one file) of MIDI (.mid, .midi) or MusicXML (.xml, .musicxml, .mxl) files; up to "
+                    "four parts each become soprano, alto, tenor and bass")
+    builtin_data = {BUILTIN_BACH: BACH_DESCRIPTION}
+    capabilities = Capabilities(main_control="primer", writes_files=True)
+    presets = {
+        "tiny": {
+            "data": {"max_pieces": 12},
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0},
+            "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+                      "eval_batches": 4, "checkpoint_every": 10, "log_every": 5, "precision": "fp32"},
+            "eval": {"pieces": 2, "bars": 2, "harmonize": 1},
+        },
+        "default": {},
+        "base": {
+            "model": {"n_layer": 6, "n_head": 8, "n_embd": 384, "block_size": 768, "dropout": 0.2},
+            "train": {"max_steps": 10000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 300,
+                      "eval_every": 500, "checkpoint_every": 1000},
+        },
+    }
+
+    # -- data -------------------------------------------------------------------------------------
+    def prepare_data(self, cfg: MusicLMConfig, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
+        scores = load_scores(data, cfg.data.test_share, cfg.data.skip_bad_files, cfg.data.max_pieces)
+        spq = cfg.data.steps_per_quarter
+        train_ids, test_ids = _stream_ids(scores.train, spq), _stream_ids(scores.test, spq)
+        if len(train_ids) < 3 or len(test_ids) < 3:
+            raise DataError(f"'{data}' is too short to train on; give more pieces")
+        info = {"spec": data, "source": scores.source, "fingerprint": scores.fingerprint,
+                "train_pieces": len(scores.train), "test_pieces": len(scores.test), "skipped_files": len(scores.skipped),
+                "train_tokens": len(train_ids), "test_tokens": len(test_ids),
+                "test_notes": int(enc.is_note(test_ids).sum())}
+        block = cfg.model.block_size
+        return PreparedData(ScoreStream(train_ids, block, cfg.data.transpose), ScoreStream(test_ids, block, False),
+                            info, {"encoding": _encoding(cfg), "train": scores.train, "test": scores.test,
+                                   "test_ids": test_ids})
+
+    def build_model(self, cfg: MusicLMConfig, assets: dict[str, Any]) -> GPT:
+        if cfg.model.n_embd % cfg.model.n_head:
+            raise ConfigError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by model.n_head "
+                              f"({cfg.model.n_head})")
+        return GPT(cfg.model.model_copy(update={"vocab_size": enc.VOCAB_SIZE}))
+
+    def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
+        run.write_json(ENCODING_FILE, assets["encoding"])
+
+    def load_assets(self, cfg: MusicLMConfig, run: RunDir) -> dict[str, Any]:
+        saved = run.read_json(ENCODING_FILE)
+        if saved.get("version") != ENCODING_VERSION or saved.get("vocab_size") != enc.VOCAB_SIZE:
+            raise ConfigError(f"'{run.path}' was trained with music encoding {saved}; this muselab reads version "
+                              f"{ENCODING_VERSION} ({enc.VOCAB_SIZE} tokens): train it again")
+        return {"encoding": saved}
+
+    def check_transfer(self, cfg: MusicLMConfig, source_cfg: MusicLMConfig, prepared: PreparedData,
+                       source: Path) -> None:
+        if cfg.data.steps_per_quarter != source_cfg.data.steps_per_quarter:
+            raise ConfigError(f"data.steps_per_quarter ({cfg.data.steps_per_quarter}) differs from that of "
+                              f"'{source}' ({source_cfg.data.steps_per_quarter}); the grid must stay the same")
+
+    # -- generation -------------------------------------------------------------------------------
+    def compose(self, model: GPT, plan: Plan, cfg: MusicLMConfig, n: int, seed: int | None, temperature: float,
+                top_p: float = 1.0, top_k: int = 0, avoid_parallels: bool = True) -> list[Score]:
+        """`n` pieces sampled under the plan's template (one batch), as scores in the plan's key."""
+        template = enc.make_template(plan.n_steps, plan.bar_steps, plan.tonic, plan.mode, plan.fixed, plan.first_bar)
+        processors = LogitsProcessorList([ScoreTemplateProcessor(template, avoid_parallels)])
+        if temperature > 0:
+            if temperature != 1.0:
+                processors.append(TemperatureWarper(temperature))
+            if top_k:
+                processors.append(TopKWarper(top_k))
+            if top_p < 1.0:
+                processors.append(TopPWarper(top_p))
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
+        prompt = torch.full((n, 1), enc.BOS, dtype=torch.long, device=device)
+        rows = generate_tokens(model.cached_step(n), prompt, _Sampling(len(template) - 1, temperature, seed),
+                               generator=generator, processors=processors, eos_id=enc.EOS)
+        spq = cfg.data.steps_per_quarter
+        scores = []
+        for i, row in enumerate(rows):
+            score = enc.decode([enc.BOS, *row], spq, f"music-lm-{i + 1}", plan.bar_steps / spq)
+            score.first_bar = plan.first_bar / spq
+            scores.append(score)
+        return scores
+
+    def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
+                 context: GenerationContext) -> MusicResult:
+        plan = make_plan(controls, cfg.data.steps_per_quarter)
+        scores = self.compose(model, plan, cfg, controls.num_samples, controls.seed, controls.temperature,
+                              controls.top_p, controls.top_k, controls.avoid_parallels)
+        kept = VOICES_KEPT[controls.voices]
+        result = MusicResult()
+        for score in scores:
+            score.tempo = controls.tempo
+            score.voices = [v if i in kept else [] for i, v in enumerate(score.voices)]
+            midi = score_to_midi(score, controls.program, kept)
+            title = f"{score.key_name}, {controls.bars if not controls.melody else ''} bars".replace(",  bars", "")
+            result.scores.append({**score.to_json(), "key_name": score.key_name, "pinned_voices": list(plan.pinned)})
+            result.midi.append(midi)
+            result.rolls.append(piano_roll(score, kept, title=title, pinned=plan.pinned))
+            sound = _render(midi) if controls.render else None
+            if sound is not None:
+                result.clips.append(sound)
+        if len(result.clips) != len(result.midi):
+            result.clips = []
+        result.sample_rate = RENDER_RATE if result.clips else 0
+        return result
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], run: RunDir,
+                 data: str | None) -> Evaluation:
+        prepared = self.prepare_data(cfg, data or BUILTIN_BACH, assets)
+        train, test = prepared.assets["train"], prepared.assets["test"]
+        device = next(model.parameters()).device
+        spq, ev = cfg.data.steps_per_quarter, cfg.eval
+        nll = mean_loss(model, prepared.val, cfg.train.batch_size, device, cfg.train.precision)
+        ids = prepared.assets["test_ids"]
+        voice_share = float((ids >= enc.VOICE_BASE).float().mean())
+        per_note = max(1, prepared.info["test_notes"]) / len(ids)
+        references = reference_histograms(test)
+        held_durations = duration_histogram([n for s in test for n in s.notes()])
+        copies = CopyIndex(train)
+        rng = np.random.default_rng(ev.seed)
+
+        # free pieces in the keys of the held-out pieces
+        keys = [(test[i % len(test)].tonic, test[i % len(test)].mode) for i in range(ev.pieces)]
+        pieces = []
+        for i, (tonic, mode) in enumerate(keys):
+            plan = make_plan(MusicGenerationControls(bars=ev.bars, key=_key_text(tonic, mode)), spq)
+            pieces += self.compose(model, plan, cfg, 1, ev.seed + i, ev.temperature, ev.top_p,
+                                   avoid_parallels=ev.avoid_parallels)
+        generated = piece_report(pieces, keys, references, held_durations, copies, spq)
+        baseline = piece_report([random_like(p, rng) for p in pieces], keys, references, held_durations, copies, spq)
+        uniform_durations = np.full(len(DURATION_BINS), 1 / len(DURATION_BINS))
+        baseline["duration_distance"] = total_variation(uniform_durations, held_durations)
+        bach = piece_report(test, [(s.tonic, s.mode) for s in test], references, held_durations, copies, spq)
+        metrics: dict[str, Any] = {
+            "val_nll_per_token": nll,
+            "val_nll_per_note": nll / per_note if nll is not None else None,
+            "random_nll_per_token": voice_share * math.log(enc.VOICE_SIZE),
+            "random_nll_per_note": voice_share * math.log(enc.VOICE_SIZE) / per_note,
+            "generated": generated, "random_baseline": baseline, "held_out_bach": bach,
+        }
+
+        # harmonising held-out soprano lines
+        harmonised = []
+        for i, chorale in enumerate(test[: ev.harmonize]):
+            plan = _melody_plan(chorale, spq)
+            harmonised += self.compose(model, plan, cfg, 1, ev.seed + 1000 + i, ev.temperature, ev.top_p,
+                                       avoid_parallels=ev.avoid_parallels)
+        if harmonised:
+            originals = test[: ev.harmonize]
+            metrics["harmonized"] = {
+                **voice_leading_rates(harmonised, spq),
+                "in_key_share": piece_report(harmonised, [(s.tonic, s.mode) for s in originals], references,
+                                             held_durations, None, spq)["in_key_share"],
+                "bach_same_chorales": voice_leading_rates(originals, spq),
+            }
+        _eval_pictures(run, pieces[:1], harmonised[:1], references, keys[:1])
+        return Evaluation(metrics)
+
+
+def _encoding(cfg: MusicLMConfig) -> dict[str, Any]:
+    return {"version": ENCODING_VERSION, "vocab_size": enc.VOCAB_SIZE,
+            "steps_per_quarter": cfg.data.steps_per_quarter, "voices": list(VOICE_NAMES)}
+
+
+def _key_text(tonic: int, mode: str) -> str:
+    return f"{PITCH_NAMES[tonic]} {mode}"
+
+
+def _melody_plan(chorale: Score, steps_per_quarter: int) -> Plan:
+    """The plan harmonising a chorale's own soprano, in its own key and meter."""
+    grid = enc.to_grid(chorale, steps_per_quarter)
+    fixed: list[list[int | None]] = [[step[0], None, None, None] for step in grid.steps]
+    bar_steps = max(1, round(chorale.bar_quarters * steps_per_quarter))
+    first_bar = round(chorale.first_bar * steps_per_quarter) % bar_steps
+    return Plan(fixed, len(fixed), chorale.tonic, chorale.mode, bar_steps, first_bar, (0,))
+
+
+def _eval_pictures(run: RunDir, pieces: Sequence[Score], harmonised: Sequence[Score],
+                   references: dict[str, np.ndarray], keys: Sequence[tuple[int, str]]) -> None:
+    from muselab.music.plots import plot_pitch_classes, write_picture
+
+    for name, scores, pinned in (("eval_piece.png", pieces, ()), ("eval_harmonized.png", harmonised, (0,))):
+        if scores:
+            write_picture(run.path / name, piano_roll(scores[0], title=scores[0].key_name, pinned=pinned))
+    if pieces:
+        plot_pitch_classes(pieces[0], keys[0], references, run.path / "eval_pitch_classes.png")
