@@ -9,6 +9,8 @@ well-formed piece of exactly the asked length.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -47,8 +49,13 @@ def parallel_pitches(prev_v: int, prev_u: int, cur_u: int) -> np.ndarray:
 class ScoreTemplateProcessor(LogitsProcessor):
     """Masks next-token scores to what the template and the voice-leading rules allow (see the module)."""
 
-    def __init__(self, template: Template, avoid_parallels: bool = True) -> None:
-        self.template, self.avoid_parallels = template, avoid_parallels
+    def __init__(self, template: Template | Sequence[Template], avoid_parallels: bool = True) -> None:
+        """One template for every row, or one per row (all of one layout: only fixed tokens may differ)."""
+        templates = [template] if isinstance(template, Template) else list(template)
+        if any(t.voices != templates[0].voices for t in templates):
+            raise ValueError("the templates of one batch must share their layout")
+        self.template, self.avoid_parallels = templates[0], avoid_parallels
+        self.fixed = torch.tensor([t.tokens for t in templates])  # [1 or B, L]
         self.voice_masks = torch.zeros(N_VOICES, VOCAB_SIZE, dtype=torch.bool)
         for v in range(N_VOICES):
             self.voice_masks[v, list(voice_tokens(v))] = True
@@ -85,13 +92,19 @@ class ScoreTemplateProcessor(LogitsProcessor):
         self._follow(input_ids)
         position = input_ids.shape[1]
         allowed = torch.zeros_like(scores, dtype=torch.bool)
-        fixed = self.template.tokens[position] if position < len(self.template) else self.template.tokens[-1]
-        if fixed != FREE:
-            allowed[:, fixed] = True
-            return scores.masked_fill(~allowed, _NEG_INF)
+        position = min(position, len(self.template) - 1)
         v = self.template.voices[position]
+        fixed = self.fixed[:, position].to(scores.device).expand(scores.shape[0])
+        if v < 0 or bool((fixed != FREE).all()):
+            allowed.scatter_(1, fixed[:, None], True)
+            return scores.masked_fill(~allowed, _NEG_INF)
         allowed[:] = self.voice_masks[v].to(scores.device)
+        pinned = (fixed != FREE).tolist()
         for row in range(scores.shape[0]):
+            if pinned[row]:
+                allowed[row] = False
+                allowed[row, int(fixed[row])] = True
+                continue
             if self.sound[row, v] < 0:  # nothing sounds that could be held
                 allowed[row, hold_token(v)] = False
             if self.avoid_parallels and v > 0:

@@ -300,11 +300,11 @@ class MusicLMRecipe(Recipe):
                               f"'{source}' ({source_cfg.data.steps_per_quarter}); the grid must stay the same")
 
     # -- generation -------------------------------------------------------------------------------
-    def compose(self, model: GPT, plan: Plan, cfg: MusicLMConfig, n: int, seed: int | None, temperature: float,
+    def compose(self, model: GPT, plans: Sequence[Plan], cfg: MusicLMConfig, seed: int | None, temperature: float,
                 top_p: float = 1.0, top_k: int = 0, avoid_parallels: bool = True) -> list[Score]:
-        """`n` pieces sampled under the plan's template (one batch), as scores in the plan's key."""
-        template = enc.make_template(plan.n_steps, plan.bar_steps, plan.tonic, plan.mode, plan.fixed, plan.first_bar)
-        processors = LogitsProcessorList([ScoreTemplateProcessor(template, avoid_parallels)])
+        """One piece per plan, sampled in one batch (the plans must share length and meter), in the plans' keys."""
+        templates = [enc.make_template(p.n_steps, p.bar_steps, p.tonic, p.mode, p.fixed, p.first_bar) for p in plans]
+        processors = LogitsProcessorList([ScoreTemplateProcessor(templates, avoid_parallels)])
         if temperature > 0:
             if temperature != 1.0:
                 processors.append(TemperatureWarper(temperature))
@@ -314,12 +314,13 @@ class MusicLMRecipe(Recipe):
                 processors.append(TopPWarper(top_p))
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed if seed is not None else 0)
-        prompt = torch.full((n, 1), enc.BOS, dtype=torch.long, device=device)
-        rows = generate_tokens(model.cached_step(n), prompt, _Sampling(len(template) - 1, temperature, seed),
-                               generator=generator, processors=processors, eos_id=enc.EOS)
+        prompt = torch.full((len(plans), 1), enc.BOS, dtype=torch.long, device=device)
+        rows = generate_tokens(model.cached_step(len(plans)), prompt,
+                               _Sampling(len(templates[0]) - 1, temperature, seed), generator=generator,
+                               processors=processors, eos_id=enc.EOS)
         spq = cfg.data.steps_per_quarter
         scores = []
-        for i, row in enumerate(rows):
+        for i, (row, plan) in enumerate(zip(rows, plans, strict=True)):
             score = enc.decode([enc.BOS, *row], spq, f"music-lm-{i + 1}", plan.bar_steps / spq)
             score.first_bar = plan.first_bar / spq
             scores.append(score)
@@ -328,7 +329,7 @@ class MusicLMRecipe(Recipe):
     def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
                  context: GenerationContext) -> MusicResult:
         plan = make_plan(controls, cfg.data.steps_per_quarter)
-        scores = self.compose(model, plan, cfg, controls.num_samples, controls.seed, controls.temperature,
+        scores = self.compose(model, [plan] * controls.num_samples, cfg, controls.seed, controls.temperature,
                               controls.top_p, controls.top_k, controls.avoid_parallels)
         kept = VOICES_KEPT[controls.voices]
         result = MusicResult()
@@ -366,11 +367,9 @@ class MusicLMRecipe(Recipe):
 
         # free pieces in the keys of the held-out pieces
         keys = [(test[i % len(test)].tonic, test[i % len(test)].mode) for i in range(ev.pieces)]
-        pieces = []
-        for i, (tonic, mode) in enumerate(keys):
-            plan = make_plan(MusicGenerationControls(bars=ev.bars, key=_key_text(tonic, mode)), spq)
-            pieces += self.compose(model, plan, cfg, 1, ev.seed + i, ev.temperature, ev.top_p,
-                                   avoid_parallels=ev.avoid_parallels)
+        plans = [make_plan(MusicGenerationControls(bars=ev.bars, key=_key_text(*key)), spq) for key in keys]
+        pieces = self.compose(model, plans, cfg, ev.seed, ev.temperature, ev.top_p,
+                              avoid_parallels=ev.avoid_parallels)
         generated = piece_report(pieces, keys, references, held_durations, copies, spq)
         baseline = piece_report([random_like(p, rng) for p in pieces], keys, references, held_durations, copies, spq)
         uniform_durations = np.full(len(DURATION_BINS), 1 / len(DURATION_BINS))
@@ -388,7 +387,7 @@ class MusicLMRecipe(Recipe):
         harmonised = []
         for i, chorale in enumerate(test[: ev.harmonize]):
             plan = _melody_plan(chorale, spq)
-            harmonised += self.compose(model, plan, cfg, 1, ev.seed + 1000 + i, ev.temperature, ev.top_p,
+            harmonised += self.compose(model, [plan], cfg, ev.seed + 1000 + i, ev.temperature, ev.top_p,
                                        avoid_parallels=ev.avoid_parallels)
         if harmonised:
             originals = test[: ev.harmonize]
