@@ -42,6 +42,7 @@ from muselab.data.scores import (
     parse_key,
     read_score,
 )
+from muselab.data.soundfont import render_midi
 from muselab.music import encoding as enc
 from muselab.music.constraints import ScoreTemplateProcessor
 from muselab.music.controls import VOICES_KEPT, MusicGenerationControls
@@ -219,11 +220,8 @@ class _Sampling:
 
 
 def _render(midi: bytes) -> np.ndarray | None:
-    """The piece's sound through the system's General MIDI SoundFont, or None when rendering is not set up."""
-    try:
-        from muselab.data.soundfont import render_midi
-    except ImportError:
-        return None
+    """The piece's sound through the system's General MIDI SoundFont, or None (with a warning saying what to
+    install) when FluidSynth or a SoundFont is missing."""
     try:
         return render_midi(midi, sr=RENDER_RATE)
     except DataError as err:
