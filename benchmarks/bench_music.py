@@ -46,9 +46,8 @@ def main() -> int:
     # the same held-out soprano lines harmonised without the voice-leading rule
     test = run.recipe.prepare_data(cfg, "builtin:bach").assets["test"][: cfg.eval.harmonize]
     with torch.no_grad():
-        free = [run.recipe.compose(run.model, [_melody_plan(c, spq)], cfg, cfg.eval.seed + 1000 + i,
-                                   cfg.eval.temperature, cfg.eval.top_p, avoid_parallels=False)[0]
-                for i, c in enumerate(test)]
+        free = run.recipe.compose_many(run.model, [_melody_plan(c, spq) for c in test], cfg, cfg.eval.seed + 1000,
+                                       cfg.eval.temperature, cfg.eval.top_p, avoid_parallels=False)
     unconstrained = voice_leading_rates(free, spq)
     # MIDI files as users get them
     folder = Path(tempfile.mkdtemp(prefix="bench-music-midi-"))

@@ -2,8 +2,8 @@
 
 `ScoreTemplateProcessor` walks a `Template`: a fixed position (BOS, a bar line, the key, a pinned melody
 note, EOS) allows its token alone; a free position allows its voice's tokens, HOLD only while the voice
-sounds, and (with `avoid_parallels`) no note that would move in parallel fifths or octaves with a voice
-already written at this step. Because the template fixes the layout, every sample decodes to a
+sounds, and (with `avoid_parallels`) no note that would move in parallel fifths or octaves, from the last
+chord, with a voice already written at this step. Because the template fixes the layout, every sample decodes to a
 well-formed piece of exactly the asked length.
 """
 
@@ -65,7 +65,10 @@ class ScoreTemplateProcessor(LogitsProcessor):
     def _reset(self, rows: int) -> None:
         self._rows, self._seen = rows, 0
         self.sound = np.full((rows, N_VOICES), -1)  # the pitch each voice sounds (after the tokens seen)
-        self.before = np.full((rows, N_VOICES), -1)  # ... at the step before the current one
+        self.struck = np.zeros(rows, dtype=bool)  # whether a note started in the current step
+        # the last chord: the pitches of the last step where a note started and all four voices sounded
+        # (the chord before the current one, as the checker in `music.metrics` reads a piece)
+        self.before = np.full((rows, N_VOICES), -1)
 
     def _follow(self, input_ids: torch.Tensor) -> None:
         rows, length = input_ids.shape
@@ -78,14 +81,18 @@ class ScoreTemplateProcessor(LogitsProcessor):
             if v < 0:
                 continue
             if v == 0:
-                self.before = self.sound.copy()
+                self.struck[:] = False
             for row in range(rows):
                 token = new[row][offset]
                 pitch = pitch_of(token)
                 if pitch is not None:
                     self.sound[row, v] = pitch
+                    self.struck[row] = True
                 elif token == rest_token(v):
                     self.sound[row, v] = -1
+            if v == N_VOICES - 1:
+                chord = self.struck & (self.sound >= 0).all(1)
+                self.before[chord] = self.sound[chord]
         self._seen = length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -324,6 +324,27 @@ class MusicLMRecipe(Recipe):
             scores.append(score)
         return scores
 
+    def compose_many(self, model: GPT, plans: Sequence[Plan], cfg: MusicLMConfig, seed: int, temperature: float,
+                     top_p: float = 1.0, avoid_parallels: bool = True) -> list[Score]:
+        """One piece per plan, in order, for plans of any lengths: plans of one meter and pickup are sampled in
+        one batch, the shorter ones padded with free steps and cut back to their length afterwards."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault((plan.bar_steps, plan.first_bar), []).append(i)
+        pieces: list[Score | None] = [None] * len(plans)
+        spq = cfg.data.steps_per_quarter
+        for g, members in enumerate(groups.values()):
+            longest = max(plans[i].n_steps for i in members)
+            padded = [Plan(plans[i].fixed + [[None] * enc.N_VOICES] * (longest - plans[i].n_steps), longest,
+                           plans[i].tonic, plans[i].mode, plans[i].bar_steps, plans[i].first_bar, plans[i].pinned)
+                      for i in members]
+            made = self.compose(model, padded, cfg, seed + g, temperature, top_p, avoid_parallels=avoid_parallels)
+            for i, score in zip(members, made, strict=True):
+                end = plans[i].n_steps / spq
+                score.voices = [[(p, s, min(d, end - s)) for p, s, d in v if s < end] for v in score.voices]
+                pieces[i] = score
+        return [p for p in pieces if p is not None]
+
     def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
                  context: GenerationContext) -> MusicResult:
         plan = make_plan(controls, cfg.data.steps_per_quarter)
@@ -382,11 +403,8 @@ class MusicLMRecipe(Recipe):
         }
 
         # harmonising held-out soprano lines
-        harmonised = []
-        for i, chorale in enumerate(test[: ev.harmonize]):
-            plan = _melody_plan(chorale, spq)
-            harmonised += self.compose(model, [plan], cfg, ev.seed + 1000 + i, ev.temperature, ev.top_p,
-                                       avoid_parallels=ev.avoid_parallels)
+        harmonised = self.compose_many(model, [_melody_plan(c, spq) for c in test[: ev.harmonize]], cfg,
+                                       ev.seed + 1000, ev.temperature, ev.top_p, ev.avoid_parallels)
         if harmonised:
             originals = test[: ev.harmonize]
             metrics["harmonized"] = {
