@@ -47,7 +47,7 @@ from muselab.data.split import hold_out, split_of
 logger = logging.getLogger(__name__)
 
 BUILTIN_BACH = "builtin:bach"
-BACH_DESCRIPTION = "J. S. Bach's four-part chorales shipped with music21 (about 350 with four voices), parsed once and cached"
+BACH_DESCRIPTION = "J. S. Bach's four-part chorales shipped with music21 (the 351 with four voices), parsed once and cached"
 SCORES_VERSION = 1  # bump when parsing changes, so cached chorales are parsed again
 MIDI_SUFFIXES = (".mid", ".midi")
 XML_SUFFIXES = (".xml", ".musicxml", ".mxl")

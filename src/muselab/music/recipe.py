@@ -73,7 +73,7 @@ RENDER_RATE = 22050
 
 class MusicDataConfig(Section):
     steps_per_quarter: int = Field(4, ge=1, le=12, description="grid steps per quarter note (4 = 16th notes)")
-    test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the pieces held out (stable rule on names)")
+    test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the tunes held out (stable hash of the soprano's opening)")
     transpose: bool = Field(True, description="transpose each training window to a random one of the 12 keys")
     max_pieces: int = Field(0, ge=0, description="use only the first N pieces (0 = all)")
     skip_bad_files: bool = Field(False, description="leave unreadable MIDI/MusicXML files out (and count them) "
