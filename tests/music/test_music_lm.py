@@ -245,3 +245,15 @@ def test_the_rendered_sound_plays_the_notes_of_the_midi(loaded: api.Run, tmp_pat
     files = result.save(tmp_path / "out")
     wav = next(f for f in files if f.suffix == ".wav")
     assert detect_file(wav)["watermark"] is True
+
+
+def test_pieces_are_checked_for_copies_of_the_training_pieces(loaded: api.Run) -> None:
+    # a primer is measured with the rest: this one is the training pieces' first four soprano notes
+    result = loaded.generate(primer="C5 C5 B4 C5", bars=2, seed=5, render=False, max_copy_notes=1)
+    note = result.notes[0]["memorization"]
+    assert note["checked"] is True and note["longest_copy_notes"] >= 4 and note["flagged"] is True
+    assert any("repeats" in w for w in result.warnings)
+    harmonised = loaded.generate(melody="C4 D4 E4 F4 G4 A4 B4 C5", seed=5, render=False)
+    assert harmonised.notes[0]["memorization"]["longest_copy_notes"] < 40  # the given melody is not counted
+    off = loaded.generate(bars=1, seed=5, render=False, max_copy_notes=0)
+    assert off.notes[0]["memorization"] == {"checked": False, "reason": "turned off"}

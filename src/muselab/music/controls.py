@@ -3,6 +3,8 @@ derive."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from muselab.data.scores import parse_key
@@ -44,6 +46,12 @@ class MusicGenerationControls(BaseModel):
                                                       "organ, 52 choir aahs, 73 flute).")
     render: bool = Field(True, description="Also write the sound (WAV) rendered with a General MIDI SoundFont "
                                            "through FluidSynth, when they are installed.")
+    max_copy_notes: int = Field(
+        40, ge=0, description="Most notes in a row one voice may share with a training piece (in any key) before the "
+                              "piece is flagged; 0 turns the check off (held-out Bach chorales share up to 37).")
+    memorization: Literal["flag", "resample", "reject", "off"] = Field(
+        "flag", description="A piece over --max-copy-notes: flag it, redraw then flag (resample), redraw then refuse "
+                            "(reject), or off.")
     num_samples: int = Field(1, ge=1, le=64, description="How many pieces to write, in one batch.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1,
                              description="Random seed: the same seed gives the same music; unset differs each run.")

@@ -139,6 +139,12 @@ class CopyIndex:
         self.lines = [_moves(v)[1:] for s in scores for v in s.voices if len(v) > 1]
         self._grams: dict[int, set[tuple]] = {}
 
+    @classmethod
+    def from_lines(cls, lines: list[list[tuple[int, float]]]) -> CopyIndex:
+        index = cls([])
+        index.lines = lines
+        return index
+
     def _has(self, n: int, runs: set[tuple]) -> bool:
         if n not in self._grams:
             self._grams[n] = {tuple(line[i:i + n]) for line in self.lines for i in range(len(line) - n + 1)}

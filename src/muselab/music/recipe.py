@@ -11,6 +11,7 @@ under it step by step). Read top to bottom: config, data, inputs, the recipe (ge
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,14 @@ from pydantic import Field
 
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.core.registry import Capabilities, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    Evaluation,
+    GenerationContext,
+    MemorizationGuard,
+    PreparedData,
+    Recipe,
+)
 from muselab.core.results import MusicResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
@@ -64,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 ENCODING_FILE = "music_encoding.json"
 ENCODING_VERSION = 1
+COPY_FILE = "copy_lines.json"  # every training voice as (interval, length) moves
+COPY_ATTEMPTS = 3  # redraws of a copying piece before `reject` gives up
 RENDER_RATE = 22050
 
 
@@ -283,13 +293,15 @@ class MusicLMRecipe(Recipe):
 
     def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
         run.write_json(ENCODING_FILE, assets["encoding"])
+        if "train" in assets:  # the training voices, for the memorization guard of `generate`
+            run.write_json(COPY_FILE, {"lines": CopyIndex(assets["train"]).lines})
 
     def load_assets(self, cfg: MusicLMConfig, run: RunDir) -> dict[str, Any]:
         saved = run.read_json(ENCODING_FILE)
         if saved.get("version") != ENCODING_VERSION or saved.get("vocab_size") != enc.VOCAB_SIZE:
             raise ConfigError(f"'{run.path}' was trained with music encoding {saved}; this muselab reads version "
                               f"{ENCODING_VERSION} ({enc.VOCAB_SIZE} tokens): train it again")
-        return {"encoding": saved}
+        return {"encoding": saved, "copies": LazyCopies(run.path / COPY_FILE)}
 
     def check_transfer(self, cfg: MusicLMConfig, source_cfg: MusicLMConfig, prepared: PreparedData,
                        source: Path) -> None:
@@ -345,28 +357,51 @@ class MusicLMRecipe(Recipe):
                 pieces[i] = score
         return [p for p in pieces if p is not None]
 
+    def _finish(self, score: Score, controls: MusicGenerationControls, plan: Plan
+                ) -> tuple[dict[str, Any], bytes, np.ndarray, np.ndarray | None]:
+        """A sampled piece as the result holds it: its JSON, MIDI, piano roll and (when rendered) sound."""
+        kept = VOICES_KEPT[controls.voices]
+        score.tempo = controls.tempo
+        score.voices = [v if i in kept else [] for i, v in enumerate(score.voices)]
+        midi = score_to_midi(score, controls.program, kept)
+        length = f"{plan.n_steps / plan.bar_steps:g} bars"
+        roll = piano_roll(score, kept, title=f"{score.key_name}, {length}", pinned=plan.pinned)
+        sound = _render(midi) if controls.render else None
+        return ({**score.to_json(), "key_name": score.key_name, "pinned_voices": list(plan.pinned)}, midi, roll,
+                sound)
+
     def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
                  context: GenerationContext) -> MusicResult:
         plan = make_plan(controls, cfg.data.steps_per_quarter)
         scores = self.compose(model, [plan] * controls.num_samples, cfg, controls.seed, controls.temperature,
                               controls.top_p, controls.top_k, controls.avoid_parallels)
-        kept = VOICES_KEPT[controls.voices]
         result = MusicResult()
+        sounds = []
         for score in scores:
-            score.tempo = controls.tempo
-            score.voices = [v if i in kept else [] for i, v in enumerate(score.voices)]
-            midi = score_to_midi(score, controls.program, kept)
-            title = f"{score.key_name}, {controls.bars if not controls.melody else ''} bars".replace(",  bars", "")
-            result.scores.append({**score.to_json(), "key_name": score.key_name, "pinned_voices": list(plan.pinned)})
+            data, midi, roll, sound = self._finish(score, controls, plan)
+            result.scores.append(data)
             result.midi.append(midi)
-            result.rolls.append(piano_roll(score, kept, title=title, pinned=plan.pinned))
-            sound = _render(midi) if controls.render else None
-            if sound is not None:
-                result.clips.append(sound)
-        if len(result.clips) != len(result.midi):
-            result.clips = []
-        result.sample_rate = RENDER_RATE if result.clips else 0
+            result.rolls.append(roll)
+            sounds.append(sound)
+        if all(sound is not None for sound in sounds):
+            result.clips, result.sample_rate = sounds, RENDER_RATE
         return result
+
+    def memorization_guard(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any],
+                           controls: MusicGenerationControls, context: GenerationContext) -> CopyGuard | str | None:
+        if not controls.max_copy_notes or controls.memorization == "off":
+            return None
+        index = assets["copies"].get() if "copies" in assets else None
+        if index is None:
+            return f"this run has no {COPY_FILE} (runs trained before music-lm kept one), so copies are not checked"
+        plan = make_plan(controls, cfg.data.steps_per_quarter)
+
+        def redraw(seed: int) -> tuple[dict[str, Any], bytes, np.ndarray, np.ndarray | None]:
+            score = self.compose(model, [plan], cfg, seed, controls.temperature, controls.top_p, controls.top_k,
+                                 controls.avoid_parallels)[0]
+            return self._finish(score, controls, plan)
+
+        return CopyGuard(index, controls, plan.pinned if controls.melody.strip() else (), redraw)
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], run: RunDir,
@@ -444,3 +479,58 @@ def _eval_pictures(run: RunDir, pieces: Sequence[Score], harmonised: Sequence[Sc
             write_picture(run.path / name, piano_roll(scores[0], title=scores[0].key_name, pinned=pinned))
     if pieces:
         plot_pitch_classes(pieces[0], keys[0], references, run.path / "eval_pitch_classes.png")
+
+
+class LazyCopies:
+    """The run's training voices for the copy guard, read on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._index: CopyIndex | None = None
+
+    def get(self) -> CopyIndex | None:
+        if self._index is None and self.path.is_file():
+            lines = json.loads(self.path.read_text(encoding="utf-8"))["lines"]
+            self._index = CopyIndex.from_lines([[(int(i), float(d)) for i, d in line] for line in lines])
+        return self._index
+
+
+class CopyGuard(MemorizationGuard):
+    """A piece's longest run of one voice's notes also found in a training voice (in any key), against
+    `max_copy_notes`; voices the user gave (a melody) are not measured. A redraw samples the piece again."""
+
+    def __init__(self, index: CopyIndex, controls: MusicGenerationControls, given: Sequence[int],
+                 redraw: Any) -> None:
+        self.index, self.controls, self.given, self._redraw = index, controls, set(given), redraw
+        self.mode, self.attempts = controls.memorization, COPY_ATTEMPTS
+
+    def measure(self, result: MusicResult, indices: Sequence[int]) -> list[float]:
+        values = []
+        for i in indices:
+            score = Score.from_json(result.scores[i])
+            score.voices = [[] if v in self.given else notes for v, notes in enumerate(score.voices)]
+            values.append(float(self.index.longest_copy(score)))
+        return values
+
+    def too_close(self, value: float) -> bool:
+        return value > self.controls.max_copy_notes
+
+    def redraw(self, result: MusicResult, indices: Sequence[int], attempt: int) -> None:
+        for i in indices:
+            seed = ((self.controls.seed or 0) * 1_000_003 + 7919 * (i + 1) + attempt) % 2**63
+            data, midi, roll, sound = self._redraw(seed)
+            result.scores[i], result.midi[i], result.rolls[i] = data, midi, roll
+            if result.clips and sound is not None:
+                result.clips[i] = sound
+
+    def note(self, value: float, redraws: int) -> dict[str, Any]:
+        return {"memorization": {"checked": True, "longest_copy_notes": int(value),
+                                 "max_copy_notes": self.controls.max_copy_notes, "flagged": self.too_close(value),
+                                 "resampled": redraws}}
+
+    def describe(self, index: int, value: float) -> str:
+        if self.mode == "reject":
+            return (f"piece {index + 1} still repeats {int(value)} notes of a training piece after {self.attempts} "
+                    "redraws; raise --max-copy-notes or use --memorization flag")
+        return (f"piece {index + 1} repeats {int(value)} notes of a training piece in a row (over --max-copy-notes "
+                f"{self.controls.max_copy_notes})")
