@@ -56,7 +56,7 @@ def piano_roll(score: Score, voices: Sequence[int] = (0, 1, 2, 3), title: str = 
     """A piano-roll picture (uint8 RGB): time across in bars, pitch up, one colour per voice; voices in
     `pinned` (a given melody) are drawn with a black outline."""
     length = max(score.length, score.bar_quarters)
-    fig = Figure(figsize=(min(16.0, 2.0 + length * 0.18), 3.6), dpi=100, layout="constrained")
+    fig = Figure(figsize=(min(16.0, max(6.0, 2.0 + length * 0.18)), 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     pitches = [p for v in voices for p, _, _ in score.voices[v]] or [60]
