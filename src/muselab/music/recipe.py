@@ -476,9 +476,9 @@ def _eval_pictures(run: RunDir, pieces: Sequence[Score], harmonised: Sequence[Sc
 
     for name, scores, pinned in (("eval_piece.png", pieces, ()), ("eval_harmonized.png", harmonised, (0,))):
         if scores:
-            write_picture(run.path / name, piano_roll(scores[0], title=scores[0].key_name, pinned=pinned))
+            write_picture(run / name, piano_roll(scores[0], title=scores[0].key_name, pinned=pinned))
     if pieces:
-        plot_pitch_classes(pieces[0], keys[0], references, run.path / "eval_pitch_classes.png")
+        plot_pitch_classes(pieces[0], keys[0], references, run / "eval_pitch_classes.png")
 
 
 class LazyCopies:
