@@ -7,11 +7,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from muselab.core.trainer import PhaseCarry
+from muselab.data.scores import Score
+from muselab.music.midi import score_to_midi
 
 
 def error_message(err: pytest.ExceptionInfo) -> str:
@@ -122,3 +125,24 @@ class Line(nn.Module):
     def eval_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         x, y = batch
         return ((self.fc(x) - y) ** 2).sum(), y.numel()
+
+
+# Four voices of a C major cadence, I-IV-V-I, one chord per beat (quarter notes)
+CHORDS = [(72, 67, 64, 48), (72, 69, 65, 53), (71, 67, 62, 55), (72, 67, 64, 48)]
+
+
+def chorale(name: str, shift: int = 0, bars: int = 2) -> Score:
+    voices: list[list] = [[], [], [], []]
+    rng = np.random.default_rng(len(name))
+    for beat in range(4 * bars):
+        chord = CHORDS[beat % 4] if beat % 8 < 4 else CHORDS[int(rng.integers(0, 4))]
+        for v in range(4):
+            voices[v].append((chord[v] + shift, float(beat), 1.0))
+    return Score(name, voices, 4.0, 0.0, shift % 12, "major", 90.0)
+
+
+def midi_folder(root: Path, count: int = 8) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (root / f"piece{i:02d}.mid").write_bytes(score_to_midi(chorale(f"piece{i}", shift=i % 5 - 2)))
+    return root

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
-from helpers import error_message
+from helpers import chorale, error_message, midi_folder
 from muselab import api
 from muselab.core.errors import ControlError, DataError
 from muselab.data.scores import Score, estimate_key, load_scores, parse_key, read_midi, tune_key
@@ -22,26 +22,6 @@ from muselab.music.constraints import ScoreTemplateProcessor
 from muselab.music.metrics import CopyIndex, in_key_share, voice_leading
 from muselab.music.midi import score_to_midi
 from muselab.safety.detect import detect_file
-
-# Four voices of a C major cadence, I-IV-V-I, one chord per beat (quarter notes)
-CHORDS = [(72, 67, 64, 48), (72, 69, 65, 53), (71, 67, 62, 55), (72, 67, 64, 48)]
-
-
-def chorale(name: str, shift: int = 0, bars: int = 2) -> Score:
-    voices: list[list] = [[], [], [], []]
-    rng = np.random.default_rng(len(name))
-    for beat in range(4 * bars):
-        chord = CHORDS[beat % 4] if beat % 8 < 4 else CHORDS[int(rng.integers(0, 4))]
-        for v in range(4):
-            voices[v].append((chord[v] + shift, float(beat), 1.0))
-    return Score(name, voices, 4.0, 0.0, shift % 12, "major", 90.0)
-
-
-def midi_folder(root: Path, count: int = 8) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        (root / f"piece{i:02d}.mid").write_bytes(score_to_midi(chorale(f"piece{i}", shift=i % 5 - 2)))
-    return root
 
 
 @pytest.fixture(scope="module")

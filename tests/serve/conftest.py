@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import midi_folder
+
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is not installed")
 
 
@@ -26,7 +28,8 @@ def serve_runs(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> d
     runs = {"poems": ("text-lm", str(corpus_file), {}),
             "digits": ("image-gan", "builtin:digits", {"max_steps": 4, "overrides": ["model.conditional=true"]}),
             "flute": ("audio-ddsp", None, {"max_steps": 2}),
-            "reverse": ("text-seq2seq", str(pairs), {"max_steps": 4})}
+            "reverse": ("text-seq2seq", str(pairs), {"max_steps": 4}),
+            "chorales": ("music-lm", str(midi_folder(root / "midi")), {"max_steps": 4})}
     out = {}
     for name, (recipe, data, extra) in runs.items():
         api.train(recipe, data, root / name, preset="tiny", quiet=True, **extra)

@@ -25,7 +25,7 @@ def _wav_bytes(seconds: float, rate: int = 16000) -> bytes:
 
 def test_models_list_recipes_schemas_with_ranges_and_training(client) -> None:
     models = {m["name"]: m for m in client.get("/v1/models").json()}
-    assert set(models) == {"poems", "digits", "flute", "reverse"}
+    assert set(models) == {"poems", "digits", "flute", "reverse", "chorales"}
     poems = models["poems"]
     assert poems["recipe"] == "text-lm" and poems["training"]["step"] > 0 and poems["stream_url"]
     props = poems["controls_schema"]["properties"]
@@ -96,6 +96,11 @@ def test_requests_never_name_paths(client, tmp_path) -> None:
         assert reply.status_code == 422 and reply.json()["field"] == field
     image = client.post("/v1/models/digits/generate", json={"interpolate": ["/etc/passwd", "1"]})
     assert image.status_code == 422
+    for value in (str(secret), "~/../../etc/hostname"):
+        music = client.post("/v1/models/chorales/generate", json={"melody": value})
+        assert music.status_code == 422 and music.json()["field"] == "melody"
+    notes = client.post("/v1/models/chorales/generate", json={"melody": "C5 D5 E5 C5", "render": False})
+    assert notes.status_code == 200, notes.text
     unknown = client.post("/v1/models/flute/generate", json={"wav": "0" * 24})
     assert unknown.status_code == 422 and "upload" in unknown.json()["error"]
 
@@ -237,7 +242,13 @@ def test_every_string_control_of_every_recipe_is_classified() -> None:
     from typing import Union, get_args, get_origin
 
     from muselab.core.registry import iter_recipes
-    from muselab.serve.models import FILE_CONTROLS, HIDDEN_CONTROLS, MODEL_CONTROLS, TEXT_CONTROLS
+    from muselab.serve.models import (
+        FILE_CONTROLS,
+        HIDDEN_CONTROLS,
+        MODEL_CONTROLS,
+        TEXT_CONTROLS,
+        TEXT_OR_FILE_CONTROLS,
+    )
 
     def strings(annotation) -> bool:
         if annotation is str:
@@ -246,7 +257,7 @@ def test_every_string_control_of_every_recipe_is_classified() -> None:
             return any(strings(a) for a in get_args(annotation))
         return False
 
-    known = set(FILE_CONTROLS) | set(MODEL_CONTROLS) | HIDDEN_CONTROLS | TEXT_CONTROLS
+    known = set(FILE_CONTROLS) | set(MODEL_CONTROLS) | HIDDEN_CONTROLS | TEXT_CONTROLS | TEXT_OR_FILE_CONTROLS
     loose = [f"{recipe.name}.{name}" for recipe in iter_recipes()
              for name, info in recipe.controls_class.model_fields.items()
              if strings(info.annotation) and name not in known]

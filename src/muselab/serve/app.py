@@ -41,8 +41,10 @@ from muselab.core.results import Result, SequenceResult
 from muselab.safety.moderation import PolicyViolation
 from muselab.serve.gallery import ID_PATTERN, GalleryStore, Generation, SQLiteGallery, new_id
 from muselab.serve.models import (
+    ARTIFACT_ID,
     FILE_CONTROLS,
     MODEL_CONTROLS,
+    TEXT_OR_FILE_CONTROLS,
     GenerationStopped,
     LimitExceeded,
     Limits,
@@ -352,6 +354,9 @@ class Server:
             if values.get(key):
                 files[key] = self._artifact_path(values[key], key)
                 values[key] = str(files[key])
+        for key in TEXT_OR_FILE_CONTROLS:
+            if values.get(key):
+                values[key] = self._text_or_artifact(values[key], key)
         if values.get("interpolate"):
             values["interpolate"] = [str(self._artifact_path(v, "interpolate")) if not v.isdigit() else v
                                      for v in values["interpolate"]]
@@ -376,6 +381,16 @@ class Server:
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
+
+    def _text_or_artifact(self, value: str, field: str) -> str:
+        """An artifact id becomes its file; other text is passed on only when it names no file here (the
+        recipe would read a file it names, and requests never name this machine's files)."""
+        if re.fullmatch(ARTIFACT_ID, value):
+            return str(self._artifact_path(value, field))
+        if Path(value).expanduser().exists():
+            raise LimitExceeded(f"{field} names a file; upload it with POST /v1/uploads and pass the id it "
+                                "returns", field=field)
+        return value
 
     def _artifact_path(self, artifact_id: str, field: str) -> Path:
         artifact = self.gallery.artifact(artifact_id)

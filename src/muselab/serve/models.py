@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 from muselab.core.controls import field_choices, field_range
 from muselab.core.errors import ControlError, MuselabError
 
-__all__ = ["FILE_CONTROLS", "HIDDEN_CONTROLS", "MODEL_CONTROLS", "TEXT_CONTROLS", "GenerationStopped",
+__all__ = ["FILE_CONTROLS", "HIDDEN_CONTROLS", "MODEL_CONTROLS", "TEXT_CONTROLS", "TEXT_OR_FILE_CONTROLS", "GenerationStopped",
            "Limits", "ServedModel", "request_model"]
 
 ARTIFACT_ID = r"^[0-9a-f]{24}$"
@@ -39,10 +39,13 @@ MODEL_CONTROLS: dict[str, str] = {"vocoder": "audio-vocoder"}
 # Controls the server decides: a policy file and an output path are the server's, and streaming is the
 # `stream` endpoint's business
 HIDDEN_CONTROLS = frozenset({"policy", "attention_plot", "stream"})
+# Controls that take either text (notes) or a file: in a request, the text or an artifact id, never a path
+TEXT_OR_FILE_CONTROLS = frozenset({"primer", "melody"})
 # String controls that are plain text (a test checks every registered recipe's string controls are in
 # one of these tables, so a new control that names a file cannot slip through as text)
 TEXT_CONTROLS = frozenset({"prompt", "stop", "ban", "input", "notes", "text", "speaker", "label", "memorization",
-                           "sampler", "interpolate", "seed_text", "key", "style", "instrument", "mode", "scale"})
+                           "sampler", "interpolate", "seed_text", "key", "input_key", "style", "instrument", "mode",
+                           "scale"})
 SEED_OR_ID = r"^([0-9]{1,19}|[0-9a-f]{24})$"
 
 
