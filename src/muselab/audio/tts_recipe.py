@@ -18,13 +18,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from muselab.audio.tts.features import UtteranceFeatures, extract, pad_stack, symbols_of, voiced_symbol
+from muselab.audio.tts.align import ALIGN_VERSION, learn_durations
+from muselab.audio.tts.features import (
+    UNALIGNED_VERSION,
+    UtteranceFeatures,
+    cache_folder,
+    extract,
+    extract_unaligned,
+    pad_stack,
+    read_cached,
+    symbols_of,
+    voiced_symbol,
+    with_durations,
+    write_cached,
+)
 from muselab.audio.tts.frontend import Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
@@ -32,9 +45,11 @@ from muselab.audio.vocoder import MEL, Vocoder
 from muselab.audio.vocoder_recipe import griffin_lim_from_mel
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.io import sha256_json
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
+from muselab.data.speech import SpeechDataset, Utterance
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +63,12 @@ SILENT_LOG_MEL = -11.5129  # log(1e-5), the floor of log_mel
 class TTSDataConfig(Section):
     utterances: int | None = Field(None, ge=1, description="utterances of builtin:speech to train on (the first "
                                                            "N of its fixed order; None = all of them)")
+    alignment: Literal["auto", "flite", "mas"] = Field(
+        "auto", description="phoneme durations: flite's phone times (builtin:speech), mas (learned before "
+                            "training by monotonic alignment search: any recordings), auto (flite's when every "
+                            "utterance has them, else mas)")
+    alignment_rounds: int = Field(8, ge=1, le=100, description="rounds of hard EM that learn the durations "
+                                                               "(data.alignment=mas)")
 
 
 class TTSSynthesisConfig(Section):
@@ -139,27 +160,73 @@ class UtteranceBatches:
             yield self._collate(list(range(first, min(first + batch_size, len(self.items)))))
 
 
-def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInventory
+def alignment_of(data: SpeechDataset, wanted: str) -> str:
+    """"flite" or "mas": how the durations of these data are found (data.alignment, "auto" resolved)."""
+    timed = all(u.phones is not None for u in data.utterances)
+    if wanted == "flite" and not timed:
+        raise DataError(f"data.alignment=flite needs flite's phone times, and '{data.source}' has none; use "
+                        "data.alignment=mas (learned alignment) or auto")
+    return "flite" if wanted == "flite" or (wanted == "auto" and timed) else "mas"
+
+
+def _learned(data: SpeechDataset, train_u: list[Utterance], test_u: list[Utterance], frontend: Frontend,
+             inventory: PhonemeInventory, rounds: int) -> tuple[list[UtteranceFeatures], list[UtteranceFeatures]]:
+    """Train and held-out targets with durations learned by monotonic alignment search (cached)."""
+    items = [extract_unaligned(u, data, frontend, inventory) for u in train_u + test_u]
+    held = [False] * len(train_u) + [True] * len(test_u)
+    short = [u.id for u, f in zip(train_u + test_u, items, strict=True) if f.mel.shape[1] < len(f.ids)]
+    if short:  # every phoneme needs a frame of its own
+        logger.warning(f"left out {len(short)} recordings shorter than their phonemes ({', '.join(short[:3])}"
+                       f"{', ...' if len(short) > 3 else ''})")
+    keep = [k for k, f in enumerate(items) if f.mel.shape[1] >= len(f.ids)]
+    if not keep:
+        return [], []
+    items, held = [items[k] for k in keep], [held[k] for k in keep]
+    speakers = sorted({f.speaker for f in items})
+    key = sha256_json({"data": data.fingerprint, "ids": [f.ids.tolist() for f in items], "rounds": rounds,
+                       "version": UNALIGNED_VERSION, "align": ALIGN_VERSION})
+    path = cache_folder(f"durations-v{ALIGN_VERSION}") / f"{key[:32]}.npz"
+    saved = read_cached(path, ("durations", "lengths"))
+    durations = np.split(saved["durations"], np.cumsum(saved["lengths"])[:-1]) if saved else None
+    if durations is None or [len(d) for d in durations] != [len(f.ids) for f in items]:
+        started = time.monotonic()
+        durations = learn_durations([f.ids for f in items], [speakers.index(f.speaker) for f in items],
+                                    [f.mel for f in items], len(inventory), rounds=rounds)
+        logger.info(f"learned the phoneme durations of {len(items)} recordings (monotonic alignment search, "
+                    f"{rounds} rounds) in {time.monotonic() - started:.0f} s")
+        write_cached(path, {"durations": np.concatenate(durations), "lengths": np.array([len(d) for d in durations])})
+    done = [with_durations(f, d, inventory) for f, d in zip(items, durations, strict=True)]
+    return ([f for f, h in zip(done, held, strict=True) if not h], [f for f, h in zip(done, held, strict=True) if h])
+
+
+def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInventory, alignment: str | None = None
                          ) -> tuple[list[UtteranceFeatures], list[UtteranceFeatures], dict[str, Any]]:
+    """(train, held out, info) targets; `alignment` (a trained run's) wins over data.alignment."""
     from muselab.data.speech import load_speech
 
-    if not spec.startswith("builtin:"):
-        raise DataError(f"audio-tts cannot train on '{spec}' yet: recordings without phone times need learned "
-                        "alignment (monotonic alignment search), which is not built; use builtin:speech")
-    data = load_speech(spec, utterances=cfg.data.utterances)
+    builtin = spec.startswith("builtin:")
+    data = load_speech(spec, utterances=cfg.data.utterances if builtin else None)
     for note in data.notes:
         logger.info(note)
+    alignment = alignment_of(data, alignment or cfg.data.alignment)
     frontend = Frontend(stress=inventory.stress)
-    train_u, test_u = data.split()
     started = time.monotonic()
-    train = [extract(u, data, frontend, inventory) for u in train_u]
-    test = [extract(u, data, frontend, inventory) for u in test_u]
+    train_u, test_u = data.split()
+    if alignment == "flite":
+        train = [extract(u, data, frontend, inventory) for u in train_u]
+        test = [extract(u, data, frontend, inventory) for u in test_u]
+    else:
+        train, test = _learned(data, train_u, test_u, frontend, inventory, cfg.data.alignment_rounds)
     if time.monotonic() - started > 5:
         logger.info(f"made the training targets of {len(data)} utterances in {time.monotonic() - started:.0f} s "
                     "(cached for next time)")
     if not train:
-        raise DataError(f"{spec} with {cfg.data.utterances} utterances leaves none for training; ask for more")
-    info = {**data.info, "spec": spec, "durations": "flite's phone times aligned to the front end's phonemes",
+        raise DataError(f"{spec} leaves no utterance for training (held out: {len(test)}); give more recordings"
+                        + (" or ask for more utterances" if builtin else ""))
+    durations = ("flite's phone times aligned to the front end's phonemes" if alignment == "flite" else
+                 "learned: monotonic alignment search, (speaker, phoneme) Gaussians fitted by hard EM")
+    info = {**data.info, "spec": spec, "alignment": alignment, "durations": durations,
+            **({"alignment_rounds": cfg.data.alignment_rounds} if alignment == "mas" else {}),
             "pitch": "YIN median per voiced phoneme (semitones above 55 Hz)"}
     return train, test, info
 
@@ -203,8 +270,8 @@ class TTSRecipe(Recipe):
     controls_class = TTSControls
     default_data = "builtin:speech"
     capabilities = Capabilities(main_control="text", writes_files=True, inputs={"text": "transform"})
-    data_formats = ("LJSpeech folders (metadata.csv id|text|normalized, wavs/) are read and checked, but training "
-                    "on them needs monotonic alignment search, which is not built yet: use builtin:speech")
+    data_formats = ("an LJSpeech-style folder (metadata.csv with id|text|normalized lines, wavs/ID.wav), one speaker; "
+                    "its phoneme durations are learned while training (monotonic alignment search)")
     builtin_data = {"builtin:speech": "715 sentences spoken by flite's four voices (slt, rms, awb, kal16), with "
                                       "exact phone durations; 45 sentences held out"}
     presets = {
@@ -229,13 +296,13 @@ class TTSRecipe(Recipe):
     # -- data -------------------------------------------------------------------------------------
     def prepare_data(self, cfg: TTSRecipeConfig, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
         inventory = assets["inventory"] if assets else PhonemeInventory()
-        train, test, info = load_speech_features(data, cfg, inventory)
+        train, test, info = load_speech_features(data, cfg, inventory, assets.get("alignment") if assets else None)
         speakers = assets["speakers"] if assets else sorted({f.speaker for f in train})
         unknown = sorted({f.speaker for f in train + test} - set(speakers))
         if unknown:
             raise ConfigError(f"the data has speakers this model does not know ({', '.join(unknown)}); start a new run")
         stats = Stats(**assets["stats"]) if assets else _stats(train)
-        made = {"inventory": inventory, "speakers": speakers, "stats": asdict(stats)}
+        made = {"inventory": inventory, "speakers": speakers, "stats": asdict(stats), "alignment": info["alignment"]}
         val = UtteranceBatches(test, speakers, stats) if test else None
         return PreparedData(UtteranceBatches(train, speakers, stats), val,
                             {**info, "train_utterances": len(train), "val_utterances": len(test)}, made)
@@ -249,12 +316,13 @@ class TTSRecipe(Recipe):
 
     def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
         assets["inventory"].save(run / "phonemes.json")
-        run.write_json("speakers.json", {"speakers": assets["speakers"], "stats": assets["stats"]})
+        run.write_json("speakers.json", {"speakers": assets["speakers"], "stats": assets["stats"],
+                                         "alignment": assets.get("alignment", "flite")})
 
     def load_assets(self, cfg: TTSRecipeConfig, run: RunDir) -> dict[str, Any]:
         saved = run.read_json("speakers.json")
         return {"inventory": PhonemeInventory.load(run / "phonemes.json"), "speakers": saved["speakers"],
-                "stats": saved["stats"]}
+                "stats": saved["stats"], "alignment": saved.get("alignment", "flite")}
 
     def check_transfer(self, cfg: TTSRecipeConfig, source_cfg: TTSRecipeConfig, prepared: PreparedData,
                        source: Path) -> None:
