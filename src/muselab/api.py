@@ -74,7 +74,7 @@ class Run:
             controls[self.recipe.capabilities.main_control] = main
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
         return pipeline.generate(self.recipe, self.model, self.config, self.assets, provenance, controls,
-                                 on_text=on_text, on_refused=on_refused)
+                                 on_text=on_text, on_refused=on_refused, load_run=_load_part)
 
     def stream(self, prompt: str = "", **controls: Any) -> Iterator[str]:
         """The text of one sample piece by piece as it is generated (moderated as it grows)."""
@@ -123,6 +123,11 @@ class Run:
         state = _read_state(run)
         write_model_card(run, self.saved, state, result.metrics)
         return result.metrics
+
+
+def _load_part(path: str) -> Run:
+    """A run another run's generation uses as a part (a speech model's G2P run), on the CPU."""
+    return load(path, device="cpu")
 
 
 def _read_state(run: RunDir) -> dict[str, Any]:

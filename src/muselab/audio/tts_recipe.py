@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from muselab.audio.tts.features import (
     with_durations,
     write_cached,
 )
-from muselab.audio.tts.frontend import Frontend
+from muselab.audio.tts.frontend import G2P, Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
 from muselab.audio.vocoder import MEL, Vocoder
@@ -97,7 +97,8 @@ class TTSControls(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, description="The text to speak (any length: it is split into sentences).")
+    text: str | None = Field(None, description="The text to speak (any length: it is split into sentences).",
+                             json_schema_extra={"file_option": True})
     speaker: str | None = Field(None, description="Voice: a speaker name the model was trained on (e.g. slt) or "
                                                   "its index; default the first.")
     speed: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False,
@@ -113,6 +114,9 @@ class TTSControls(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of Griffin-Lim's initial phase.")
     vocoder: str | None = Field(None, description="An audio-vocoder run directory to turn the mel into sound "
                                                   "(default: Griffin-Lim, lower quality).")
+    g2p: str | None = Field(None, description="A text-seq2seq run trained on builtin:cmudict that pronounces words "
+                                              "the dictionary lacks (default: they are spelled letter by letter "
+                                              "and reported).")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -340,19 +344,40 @@ class TTSRecipe(Recipe):
         raise ControlError(f"unknown speaker {speaker!r}; this model speaks with: "
                            + ", ".join(f"{s} ({i})" for i, s in enumerate(speakers)))
 
-    def speak(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls
-              ) -> tuple[np.ndarray, dict[str, Any]]:
+    def g2p(self, path: str, load_run: Callable[[str], Any] | None) -> G2P:
+        """The pronouncer of unknown words that a text-seq2seq run at `path` makes."""
+        if load_run is None:
+            raise ControlError("--g2p needs the generation pipeline (muselab generate or muselab.load(...).generate)")
+        if not (Path(path) / "config.json").is_file():
+            raise ControlError(f"--g2p '{path}' is not a run directory; pass a text-seq2seq run trained on "
+                               "builtin:cmudict")
+        run = load_run(path)
+        if run.recipe.name != "text-seq2seq":
+            raise ControlError(f"--g2p '{path}' is a {run.recipe.name} run; pass a text-seq2seq run trained on "
+                               "builtin:cmudict")
+
+        def pronounce(words: list[str]) -> list[list[str]]:
+            result = run.generate(input=words)
+            out: list[list[str]] = [[] for _ in words]  # a refused word stays empty: it is spelled
+            for position, phones in zip(result.input_indices, result.items, strict=True):
+                out[position] = phones.split() if isinstance(phones, str) else list(phones)
+            return out
+
+        return pronounce
+
+    def speak(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
+              g2p: G2P | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The whole text as one clip at 22,050 Hz, and its timing (sentences, words, phonemes)."""
         if controls.text is None or not controls.text.strip():
             raise ControlError("the text is empty; give some words to speak, e.g. --text \"Hello there.\"")
         speaker = self.speaker_index(assets, controls.speaker)
         inventory: PhonemeInventory = assets["inventory"]
-        sentences = Frontend(stress=inventory.stress).sentences(controls.text)
+        sentences = Frontend(g2p=g2p, stress=inventory.stress).sentences(controls.text)
         vocoder = load_vocoder(str(Path(controls.vocoder).resolve())) if controls.vocoder else None
         device = next(model.parameters()).device
         seed = controls.seed or 0
         clips: list[np.ndarray] = []
-        timing: dict[str, Any] = {"words": [], "sentences": [], "spelled_out": []}
+        timing: dict[str, Any] = {"words": [], "sentences": [], "spelled_out": [], "g2p": []}
         offset = 0
         step = cfg.synthesis.batch_sentences
         for first in range(0, len(sentences), step):
@@ -378,6 +403,7 @@ class TTSRecipe(Recipe):
                 timing["sentences"].append({"text": sentence.text, "start": round(base, 3),
                                             "end": round(base + len(audio) / SAMPLE_RATE, 3)})
                 timing["spelled_out"] += [w for w in sentence.unknown if w not in timing["spelled_out"]]
+                timing["g2p"] += [w.word for w in sentence.words if w.how == "g2p" and w.word not in timing["g2p"]]
                 clips.append(audio)
                 offset += len(audio)
         audio = np.concatenate(clips)
@@ -388,13 +414,19 @@ class TTSRecipe(Recipe):
 
     def generate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
                  context: GenerationContext) -> AudioResult:
-        audio, timing = self.speak(model, cfg, assets, controls)
+        speaker = self.speaker_index(assets, controls.speaker)  # an unknown speaker fails before any work
+        g2p = self.g2p(controls.g2p, context.load_run) if controls.g2p else None
+        audio, timing = self.speak(model, cfg, assets, controls, g2p)
         note: dict[str, Any] = {"vocoder": controls.vocoder or "griffin_lim",
-                                "speaker": assets["speakers"][self.speaker_index(assets, controls.speaker)],
+                                "speaker": assets["speakers"][speaker],
                                 "sentences": len(timing["sentences"])}
+        if timing["g2p"]:
+            note["g2p"] = {"run": controls.g2p, "words": timing["g2p"]}
         if timing["spelled_out"]:
             note["spelled_out"] = timing["spelled_out"]
-            logger.warning(f"spelled out letter by letter (not in the dictionary): {', '.join(timing['spelled_out'])}")
+            logger.warning(f"spelled out letter by letter (not in the dictionary"
+                           f"{'; the G2P run gave no valid ARPAbet' if g2p else '; --g2p RUN pronounces such words'}"
+                           f"): {', '.join(timing['spelled_out'])}")
         return AudioResult(clips=[audio], sample_rate=SAMPLE_RATE, timing=[timing], notes=[note])
 
     # -- evaluation ---------------------------------------------------------------------------------
