@@ -101,12 +101,21 @@ class Run:
             else:
                 return
 
-    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+    def evaluate(self, data: str | None = None, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+        """Metrics on `data` (default: the training data's held-out part); `overrides` ("eval.KEY=VALUE")
+        change the recipe's evaluation settings for this call."""
         spec = data or self.saved.get("data", {}).get("spec")
+        cfg = self.config
+        if overrides:
+            layer = parse_overrides(overrides)
+            if set(layer) - {"eval"}:
+                raise ConfigError("evaluate --set changes evaluation settings only (eval.KEY=VALUE); "
+                                  f"{', '.join(sorted(set(layer) - {'eval'}))}.* are fixed by training")
+            cfg = build_config(self.recipe.config_class, [self.config.model_dump(), layer])
         run = RunDir(self.path)
         run.reopen()  # what evaluation writes joins the run's record (runs from before the record stay as they are)
         with torch.no_grad():
-            result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
+            result = self.recipe.evaluate(self.model, cfg, self.assets, run, spec)
         run.write_json(files.EVAL, {**result.metrics, "data": spec})
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
         if result.samples or result.audio:
@@ -330,5 +339,6 @@ def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **c
     return load(path, device).generate(main, **controls)
 
 
-def evaluate(path: str | Path, data: str | None = None, device: str = "auto") -> dict[str, Any]:
-    return load(path, device).evaluate(data)
+def evaluate(path: str | Path, data: str | None = None, device: str = "auto",
+             overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    return load(path, device).evaluate(data, overrides)

@@ -141,6 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
     evaluate.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                          help="change an evaluation setting for this call, e.g. --set eval.vocoder=RUN (audio-tts)")
 
     moderate = sub.add_parser(
         "moderate", help="check a text against the moderation policy; prints a JSON verdict",
@@ -369,7 +371,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from muselab import api
 
-    metrics = api.evaluate(args.run, args.data, device=args.device)
+    metrics = api.evaluate(args.run, args.data, device=args.device, overrides=args.overrides)
     table = Table(title=f"{args.run} (written to {Path(args.run) / 'eval.json'})")
     table.add_column("metric")
     table.add_column("value", justify="right")

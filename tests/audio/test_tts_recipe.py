@@ -222,3 +222,27 @@ def test_speaker_changes_the_voice(tts_run: Path) -> None:
         f0 = out["f0_hz"][0]
         medians[name] = float(f0[f0 > 0].median())
     assert medians["slt"] > 1.25 * medians["rms"], medians
+
+
+@pytest.mark.slow
+@needs_flite
+def test_evaluate_scores_the_model_and_the_vocoder_alone(tts_run: Path, tmp_path: Path) -> None:
+    from muselab.core.errors import ConfigError
+
+    run_dir = tmp_path / "tts"
+    shutil.copytree(tts_run, run_dir)
+    run = api.load(run_dir, device="cpu")
+    metrics = run.evaluate(overrides=["eval.sentences=2", "eval.samples=1"])
+    for key in ("mcd_db", "f0_rmse_cents", "wer", "resynth_mcd_db", "resynth_wer", "wer_flite_reference",
+                "realtime_factor"):
+        assert key in metrics, key
+    # the recognizer understands flite itself, and Griffin-Lim on flite's own mel costs little; an
+    # untrained-for-long model is far worse than either
+    assert metrics["wer_flite_reference"] <= 0.35 and metrics["resynth_wer"] <= 0.5
+    assert metrics["mcd_db"] > metrics["resynth_mcd_db"]
+    assert json.loads((run_dir / "eval.json").read_text())["vocoder"] == "griffin_lim"
+    for name in ("spectrograms.png", "alignment.png", "samples/tts.wav", "samples/resynth.wav",
+                 "samples/flite_000.wav"):
+        assert (run_dir / name).is_file(), name
+    with pytest.raises(ConfigError):
+        run.evaluate(overrides=["model.dim=8"])

@@ -28,6 +28,7 @@ from muselab.audio.tts.align import ALIGN_VERSION, learn_durations
 from muselab.audio.tts.features import (
     UNALIGNED_VERSION,
     UtteranceFeatures,
+    align_durations,
     cache_folder,
     extract,
     extract_unaligned,
@@ -80,6 +81,8 @@ class TTSEvalConfig(Section):
     sentences: int = Field(20, ge=1, description="held-out sentences spoken and scored")
     samples: int = Field(3, ge=0, description="of them written to RUN/samples as WAVs")
     recognizer: bool = Field(True, description="score intelligibility with pocketsphinx (word error rate)")
+    vocoder: str | None = Field(None, description="an audio-vocoder run that speaks the mels (default Griffin-Lim); "
+                                                  "it is also scored on flite's own mels, so each part's share shows")
 
 
 class TTSRecipeConfig(Section):
@@ -377,7 +380,7 @@ class TTSRecipe(Recipe):
         device = next(model.parameters()).device
         seed = controls.seed or 0
         clips: list[np.ndarray] = []
-        timing: dict[str, Any] = {"words": [], "sentences": [], "spelled_out": [], "g2p": []}
+        timing: dict[str, Any] = {"words": [], "sentences": [], "phonemes": [], "spelled_out": [], "g2p": []}
         offset = 0
         step = cfg.synthesis.batch_sentences
         for first in range(0, len(sentences), step):
@@ -400,6 +403,8 @@ class TTSRecipe(Recipe):
                     timing["words"].append({"word": word.word, "source": word.source,
                                             "start": round(base + starts[word.start + 1] * SECONDS_PER_FRAME, 3),
                                             "end": round(base + ends[word.end] * SECONDS_PER_FRAME, 3)})
+                timing["phonemes"] += [[symbol, round(base + a * SECONDS_PER_FRAME, 3), round(base + b * SECONDS_PER_FRAME, 3)]
+                                       for symbol, a, b in zip(symbols_of(sentence), starts, ends, strict=False)]
                 timing["sentences"].append({"text": sentence.text, "start": round(base, 3),
                                             "end": round(base + len(audio) / SAMPLE_RATE, 3)})
                 timing["spelled_out"] += [w for w in sentence.unknown if w not in timing["spelled_out"]]
@@ -432,7 +437,10 @@ class TTSRecipe(Recipe):
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> Evaluation:
-        from muselab.audio.dsp import mel_cepstral_distortion, resample
+        """Held-out sentences spoken by the model and compared with flite's recordings of them, and the same
+        comparison for the vocoder alone (flite's own mel, vocoded): MCD (DTW), f0 RMSE in cents, and the
+        word error rate of pocketsphinx on both and on flite's recordings; the real-time factor."""
+        from muselab.audio.dsp import log_mel, resample
         from muselab.audio.io import load_audio
         from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
 
@@ -441,65 +449,126 @@ class TTSRecipe(Recipe):
             raise DataError("evaluation compares with flite's voices; this model knows none of them")
         sentences = held_out_sentences()[: cfg.eval.sentences]
         recognizer = Recognizer() if cfg.eval.recognizer else None
-        scores: dict[str, list[float]] = {"mcd": [], "f0_rmse_cents": []}
-        errors = {"ours": [0, 0], "flite": [0, 0]}  # word errors, reference words
-        examples: list[tuple[np.ndarray, np.ndarray]] = []
+        vocoder = load_vocoder(str(Path(cfg.eval.vocoder).resolve())) if cfg.eval.vocoder else None
+        scores: dict[str, dict[str, list[float]]] = {part: {"mcd": [], "cents": []} for part in ("ours", "resynth")}
+        errors = {"ours": [0, 0], "resynth": [0, 0], "flite": [0, 0]}  # word errors, reference words
+        examples: list[dict[str, Any]] = []
         spoken_seconds, synth_seconds = 0.0, 0.0
         for i, sentence in enumerate(sentences):
             voice = speakers[i % len(speakers)]
             reference = flite_utterance(sentence, voice)
             ref, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
             started = time.perf_counter()
-            ours, _ = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0))
+            ours, timing = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0,
+                                                                      vocoder=cfg.eval.vocoder))
             synth_seconds += time.perf_counter() - started
             spoken_seconds += len(ours) / SAMPLE_RATE
-            ours_16k = resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy()
-            scores["mcd"].append(mel_cepstral_distortion(ref, ours_16k, SPEECH_SAMPLE_RATE, use_dtw=True))
-            cents = f0_rmse_cents(ref, ours_16k, SPEECH_SAMPLE_RATE)
-            if cents is not None:
-                scores["f0_rmse_cents"].append(cents)
+            true_mel = log_mel(resample(ref, SPEECH_SAMPLE_RATE, SAMPLE_RATE))
+            resynth = vocode(true_mel, vocoder, cfg.synthesis.griffin_lim_iters, 0)
+            clips = {"ours": resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(),
+                     "resynth": resample(resynth, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(), "flite": ref}
+            for part in ("ours", "resynth"):
+                self._score(ref, clips[part], scores[part])
             if recognizer is not None:
                 words = Frontend().phonemize(sentence).normalized.split()
                 truth = [w for w in words if w not in PAUSES]
-                for name, clip in (("ours", ours_16k), ("flite", ref)):
+                for name, clip in clips.items():
                     errors[name][0] += word_errors(truth, recognizer.transcribe(clip, SPEECH_SAMPLE_RATE).split())
                     errors[name][1] += len(truth)
             if len(examples) < max(1, cfg.eval.samples):
-                examples.append((ref, ours))
-        metrics: dict[str, Any] = {"mcd_db": float(np.mean(scores["mcd"])),
-                                   "f0_rmse_cents": float(np.mean(scores["f0_rmse_cents"])) if scores["f0_rmse_cents"]
-                                   else None,
+                examples.append({"sentence": sentence, "voice": voice, "flite": ref, "ours": ours, "resynth": resynth,
+                                 "phonemes": timing["phonemes"], "flite_phones": reference.phones})
+        metrics: dict[str, Any] = {"mcd_db": _mean(scores["ours"]["mcd"]),
+                                   "f0_rmse_cents": _mean(scores["ours"]["cents"]),
+                                   "resynth_mcd_db": _mean(scores["resynth"]["mcd"]),
+                                   "resynth_f0_rmse_cents": _mean(scores["resynth"]["cents"]),
                                    "realtime_factor": spoken_seconds / max(synth_seconds, 1e-9),
-                                   "eval_sentences": len(sentences), "vocoder": "griffin_lim",
+                                   "eval_sentences": len(sentences), "vocoder": cfg.eval.vocoder or "griffin_lim",
+                                   "alignment": assets.get("alignment", "flite"),
                                    "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
         if recognizer is not None:
-            metrics["wer"] = errors["ours"][0] / max(1, errors["ours"][1])
-            metrics["wer_flite_reference"] = errors["flite"][0] / max(1, errors["flite"][1])
+            for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", "wer_flite_reference")):
+                metrics[key] = errors[name][0] / max(1, errors[name][1])
             metrics["recognizer"] = "pocketsphinx (default US English model)"
-        return Evaluation(metrics, audio=self._pictures_and_samples(examples, cfg.eval.samples, run))
+        self._pictures(examples[0], assets, cfg, run, data)
+        return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
 
-    def _pictures_and_samples(self, examples: list[tuple[np.ndarray, np.ndarray]], n_samples: int,
-                              run: RunDir) -> list[EvalAudio]:
-        from muselab.audio.dsp import log_mel, resample
-        from muselab.audio.io import save_audio
-        from muselab.audio.plots import plot_spectrograms
+    @staticmethod
+    def _score(reference: np.ndarray, clip: np.ndarray, into: dict[str, list[float]]) -> None:
+        from muselab.audio.dsp import mel_cepstral_distortion
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
-        reference, ours = examples[0]
-        ref_22k = resample(reference, SPEECH_SAMPLE_RATE, SAMPLE_RATE)
-        panels = [("flite (reference)", log_mel(ref_22k).numpy()), ("muselab", log_mel(torch.from_numpy(ours)).numpy())]
-        plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out sentence 1")
+        into["mcd"].append(mel_cepstral_distortion(reference, clip, SPEECH_SAMPLE_RATE, use_dtw=True))
+        cents = f0_rmse_cents(reference, clip, SPEECH_SAMPLE_RATE)
+        if cents is not None:
+            into["cents"].append(cents)
+
+    def _pictures(self, example: dict[str, Any], assets: dict[str, Any], cfg: TTSRecipeConfig, run: RunDir,
+                  data: str | None) -> None:
+        """RUN/spectrograms.png (flite, the vocoder on flite's mel, muselab) and RUN/alignment.png (the
+        predicted durations over muselab's mel; flite's phone times, and the learned ones when the model
+        learned its durations, over flite's mel)."""
+        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.plots import plot_alignment, plot_spectrograms
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
+
+        true_mel = log_mel(resample(example["flite"], SPEECH_SAMPLE_RATE, SAMPLE_RATE)).numpy()
+        ours_mel = log_mel(torch.from_numpy(example["ours"])).numpy()
+        vocoder = "the vocoder" if cfg.eval.vocoder else "Griffin-Lim"
+        plot_spectrograms([("flite (reference)", true_mel),
+                           (f"{vocoder} on flite's mel", log_mel(torch.from_numpy(example["resynth"])).numpy()),
+                           ("muselab", ours_mel)], run / "spectrograms.png", SAMPLE_RATE, MEL.hop,
+                          title=f"held-out sentence 1 ({example['voice']})")
+        inventory: PhonemeInventory = assets["inventory"]
+        symbols = symbols_of(Frontend(stress=inventory.stress).phonemize(example["sentence"]))
+        frames = [round(end / SECONDS_PER_FRAME) - round(start / SECONDS_PER_FRAME)
+                  for _, start, end in example["phonemes"]]
+        panels = [("muselab: predicted durations over its own mel", ours_mel, [p for p, _, _ in example["phonemes"]],
+                   [("predicted", np.array(frames))])]
+        sets = [("flite's phone times", align_durations(symbols, example["flite_phones"], true_mel.shape[1]))]
+        if assets.get("alignment") == "mas" and data is not None and data.startswith("builtin:"):
+            learned = self._learned_durations(example["sentence"], example["voice"], true_mel, inventory, cfg)
+            if learned is not None:
+                sets.append(("learned (monotonic alignment search)", learned))
+        panels.append(("flite's recording: its phone times" + (" and the learned durations" if len(sets) > 1 else ""),
+                       true_mel, symbols, sets))
+        plot_alignment(panels, run / "alignment.png", SAMPLE_RATE, MEL.hop, title=example["sentence"])
+
+    @staticmethod
+    def _learned_durations(sentence: str, voice: str, mel: np.ndarray, inventory: PhonemeInventory,
+                           cfg: TTSRecipeConfig) -> np.ndarray | None:
+        """The durations monotonic alignment search learned for flite's recording of a held-out sentence
+        (from the cache training made; None when it is not there)."""
+        _, test, _ = load_speech_features("builtin:speech", cfg, inventory, "mas")
+        for features in test:
+            if features.speaker == voice and features.mel.shape == mel.shape:
+                ids = inventory.encode(symbols_of(Frontend(stress=inventory.stress).phonemize(sentence)))
+                if features.ids.tolist() == ids:
+                    return features.durations
+        return None
+
+    def _samples(self, examples: list[dict[str, Any]], n_samples: int, run: RunDir) -> list[EvalAudio]:
+        from muselab.audio.io import save_audio
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
+
         if not n_samples:
             return []
         folder = run / "samples"
         folder.mkdir(exist_ok=True)
-        for i, (ref, _) in enumerate(examples[:n_samples]):  # flite's recordings: not muselab's, so no manifest
-            save_audio(folder / f"flite_{i:03d}.wav", ref, SPEECH_SAMPLE_RATE)
-        return [EvalAudio("tts.wav", [ours for _, ours in examples[:n_samples]], SAMPLE_RATE,
-                          {"source": "held-out sentences of builtin:speech", "seed": 0})]
+        for i, example in enumerate(examples[:n_samples]):  # flite's recordings: not muselab's, so no manifest
+            save_audio(folder / f"flite_{i:03d}.wav", example["flite"], SPEECH_SAMPLE_RATE)
+        chosen = examples[:n_samples]
+        return [EvalAudio("tts.wav", [e["ours"] for e in chosen], SAMPLE_RATE,
+                          {"source": "held-out sentences of builtin:speech", "seed": 0}),
+                EvalAudio("resynth.wav", [e["resynth"] for e in chosen], SAMPLE_RATE,
+                          {"source": "flite's recordings of held-out sentences, their mel vocoded", "seed": 0})]
 
 
 # -- metrics -------------------------------------------------------------------------------------------
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def word_errors(reference: list[str], hypothesis: list[str]) -> int:
     """Substitutions + insertions + deletions turning `hypothesis` into `reference` (Levenshtein on words)."""
     previous = list(range(len(hypothesis) + 1))
