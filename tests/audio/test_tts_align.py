@@ -139,3 +139,14 @@ def test_learned_durations_match_flites_own_phone_times() -> None:
     flite = [extract(u, data, frontend, inventory).durations for u in data.utterances]
     error = np.mean([np.abs(np.cumsum(a) - np.cumsum(b)).mean() for a, b in zip(learned, flite, strict=True)])
     assert error < 2.5, error
+
+
+def test_a_folder_model_is_evaluated_on_its_own_recordings(tmp_path: Path) -> None:
+    words = "the old boat drifted slowly toward a rocky shore while gulls cried over grey water".split()
+    folder = _ljspeech_folder(tmp_path / "voice", [" ".join(words[i % 9:i % 9 + 4]) + "." for i in range(12)])
+    out = tmp_path / "run"
+    api.train("audio-tts", str(folder), out, preset="tiny", quiet=True, max_steps=2,
+              overrides=["data.alignment_rounds=2"])
+    metrics = api.evaluate(out, device="cpu", overrides=["eval.sentences=1", "eval.recognizer=false"])
+    assert "recordings" in metrics["references"] and metrics["mcd_db"] > 0 and metrics["alignment"] == "mas"
+    assert (out / "alignment.png").is_file() and (out / "samples" / "reference_000.wav").is_file()

@@ -443,27 +443,21 @@ class TTSRecipe(Recipe):
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> Evaluation:
-        """Held-out sentences spoken by the model and compared with flite's recordings of them, and the same
-        comparison for the vocoder alone (flite's own mel, vocoded): MCD (DTW), f0 RMSE in cents, and the
-        word error rate of pocketsphinx on both and on flite's recordings; the real-time factor."""
+        """Held-out sentences spoken by the model and compared with recordings of them (flite's, for a model
+        of flite's voices; else the held-out recordings of the data), and the same comparison for the vocoder
+        alone (the recording's own mel, vocoded): MCD (DTW), f0 RMSE in cents, and the word error rate of
+        pocketsphinx on both and on the recordings; the real-time factor."""
         from muselab.audio.dsp import log_mel, resample
-        from muselab.audio.io import load_audio
-        from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
 
-        speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
-        if not speakers:
-            raise DataError("evaluation compares with flite's voices; this model knows none of them")
-        sentences = held_out_sentences()[: cfg.eval.sentences]
+        references, source = self._references(assets, cfg, data)
         recognizer = Recognizer() if cfg.eval.recognizer else None
         vocoder = load_vocoder(str(Path(cfg.eval.vocoder).resolve())) if cfg.eval.vocoder else None
         scores: dict[str, dict[str, list[float]]] = {part: {"mcd": [], "cents": []} for part in ("ours", "resynth")}
         errors = {"ours": [0, 0], "resynth": [0, 0], "flite": [0, 0]}  # word errors, reference words
         examples: list[dict[str, Any]] = []
         spoken_seconds, synth_seconds = 0.0, 0.0
-        for i, sentence in enumerate(sentences):
-            voice = speakers[i % len(speakers)]
-            reference = flite_utterance(sentence, voice)
-            ref, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
+        for sentence, voice, ref, phones in references:
             started = time.perf_counter()
             ours, timing = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0,
                                                                       vocoder=cfg.eval.vocoder))
@@ -483,21 +477,56 @@ class TTSRecipe(Recipe):
                     errors[name][1] += len(truth)
             if len(examples) < max(1, cfg.eval.samples):
                 examples.append({"sentence": sentence, "voice": voice, "flite": ref, "ours": ours, "resynth": resynth,
-                                 "phonemes": timing["phonemes"], "flite_phones": reference.phones})
+                                 "phonemes": timing["phonemes"], "flite_phones": phones})
         metrics: dict[str, Any] = {"mcd_db": _mean(scores["ours"]["mcd"]),
                                    "f0_rmse_cents": _mean(scores["ours"]["cents"]),
                                    "resynth_mcd_db": _mean(scores["resynth"]["mcd"]),
                                    "resynth_f0_rmse_cents": _mean(scores["resynth"]["cents"]),
                                    "realtime_factor": spoken_seconds / max(synth_seconds, 1e-9),
-                                   "eval_sentences": len(sentences), "vocoder": cfg.eval.vocoder or "griffin_lim",
+                                   "eval_sentences": len(references), "references": source,
+                                   "vocoder": cfg.eval.vocoder or "griffin_lim",
                                    "alignment": assets.get("alignment", "flite"),
                                    "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
         if recognizer is not None:
-            for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", "wer_flite_reference")):
+            reference_key = "wer_flite_reference" if source.startswith("flite") else "wer_reference"
+            for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", reference_key)):
                 metrics[key] = errors[name][0] / max(1, errors[name][1])
             metrics["recognizer"] = "pocketsphinx (default US English model)"
         self._pictures(examples[0], assets, cfg, run, data)
         return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
+
+    def _references(self, assets: dict[str, Any], cfg: TTSRecipeConfig, data: str | None
+                    ) -> tuple[list[tuple[str, str, np.ndarray, Any]], str]:
+        """(sentence, speaker, 16 kHz recording, flite's phones or None) to compare with, and what they are:
+        flite's recordings of the held-out sentences for a model of flite's voices, else the data's
+        held-out recordings (its first recordings when none is held out)."""
+        from muselab.audio.io import load_audio
+        from muselab.data.speech import (
+            SPEECH_SAMPLE_RATE,
+            SPEECH_VOICES,
+            flite_utterance,
+            held_out_sentences,
+            load_speech,
+        )
+
+        speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
+        if speakers:
+            out = []
+            for i, sentence in enumerate(held_out_sentences()[: cfg.eval.sentences]):
+                reference = flite_utterance(sentence, speakers[i % len(speakers)])
+                audio, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
+                out.append((sentence, reference.speaker, audio, reference.phones))
+            return out, "flite's recordings of the held-out sentences"
+        if data is None or data.startswith("builtin:"):
+            raise DataError("this model knows none of flite's voices: evaluate it on its own recordings with "
+                            "--data FOLDER (the LJSpeech-layout folder it was trained on)")
+        speech = load_speech(data, sample_rate=SPEECH_SAMPLE_RATE)
+        train_u, test_u = speech.split()
+        chosen = [u for u in test_u or train_u if u.speaker in assets["speakers"]][: cfg.eval.sentences]
+        if not chosen:
+            raise DataError(f"'{data}' holds no recording by this model's speakers ({', '.join(assets['speakers'])})")
+        return ([(u.normalized, u.speaker, speech.audio(u), None) for u in chosen],
+                "the data's held-out recordings" if test_u else "the data's first recordings (none is held out)")
 
     @staticmethod
     def _score(reference: np.ndarray, clip: np.ndarray, into: dict[str, list[float]]) -> None:
@@ -521,8 +550,9 @@ class TTSRecipe(Recipe):
         true_mel = log_mel(resample(example["flite"], SPEECH_SAMPLE_RATE, SAMPLE_RATE)).numpy()
         ours_mel = log_mel(torch.from_numpy(example["ours"])).numpy()
         vocoder = "the vocoder" if cfg.eval.vocoder else "Griffin-Lim"
-        plot_spectrograms([("flite (reference)", true_mel),
-                           (f"{vocoder} on flite's mel", log_mel(torch.from_numpy(example["resynth"])).numpy()),
+        name = "flite" if example["flite_phones"] else "the recording"
+        plot_spectrograms([(f"{name} (reference)", true_mel),
+                           (f"{vocoder} on its mel", log_mel(torch.from_numpy(example["resynth"])).numpy()),
                            ("muselab", ours_mel)], run / "spectrograms.png", SAMPLE_RATE, MEL.hop,
                           title=f"held-out sentence 1 ({example['voice']})")
         inventory: PhonemeInventory = assets["inventory"]
@@ -531,22 +561,23 @@ class TTSRecipe(Recipe):
                   for _, start, end in example["phonemes"]]
         panels = [("muselab: predicted durations over its own mel", ours_mel, [p for p, _, _ in example["phonemes"]],
                    [("predicted", np.array(frames))])]
-        sets = [("flite's phone times", align_durations(symbols, example["flite_phones"], true_mel.shape[1]))]
-        if assets.get("alignment") == "mas" and data is not None and data.startswith("builtin:"):
-            learned = self._learned_durations(example["sentence"], example["voice"], true_mel, inventory, cfg)
+        sets = ([("flite's phone times", align_durations(symbols, example["flite_phones"], true_mel.shape[1]))]
+                if example["flite_phones"] else [])
+        if assets.get("alignment") == "mas" and data is not None:
+            learned = self._learned_durations(data, example["sentence"], example["voice"], true_mel, inventory, cfg)
             if learned is not None:
                 sets.append(("learned (monotonic alignment search)", learned))
-        panels.append(("flite's recording: its phone times" + (" and the learned durations" if len(sets) > 1 else ""),
-                       true_mel, symbols, sets))
+        if sets:
+            panels.append(("the recording: " + " and ".join(label for label, _ in sets), true_mel, symbols, sets))
         plot_alignment(panels, run / "alignment.png", SAMPLE_RATE, MEL.hop, title=example["sentence"])
 
     @staticmethod
-    def _learned_durations(sentence: str, voice: str, mel: np.ndarray, inventory: PhonemeInventory,
+    def _learned_durations(data: str, sentence: str, voice: str, mel: np.ndarray, inventory: PhonemeInventory,
                            cfg: TTSRecipeConfig) -> np.ndarray | None:
-        """The durations monotonic alignment search learned for flite's recording of a held-out sentence
-        (from the cache training made; None when it is not there)."""
-        _, test, _ = load_speech_features("builtin:speech", cfg, inventory, "mas")
-        for features in test:
+        """The durations monotonic alignment search learned for the recording of a sentence (from the cache
+        training made; None when the training data did not hold it)."""
+        train, test, _ = load_speech_features(data, cfg, inventory, "mas")
+        for features in test + train:
             if features.speaker == voice and features.mel.shape == mel.shape:
                 ids = inventory.encode(symbols_of(Frontend(stress=inventory.stress).phonemize(sentence)))
                 if features.ids.tolist() == ids:
@@ -561,13 +592,14 @@ class TTSRecipe(Recipe):
             return []
         folder = run / "samples"
         folder.mkdir(exist_ok=True)
-        for i, example in enumerate(examples[:n_samples]):  # flite's recordings: not muselab's, so no manifest
-            save_audio(folder / f"flite_{i:03d}.wav", example["flite"], SPEECH_SAMPLE_RATE)
+        for i, example in enumerate(examples[:n_samples]):  # the recordings are not muselab's: no manifest
+            prefix = "flite" if example["flite_phones"] else "reference"
+            save_audio(folder / f"{prefix}_{i:03d}.wav", example["flite"], SPEECH_SAMPLE_RATE)
         chosen = examples[:n_samples]
         return [EvalAudio("tts.wav", [e["ours"] for e in chosen], SAMPLE_RATE,
-                          {"source": "held-out sentences of builtin:speech", "seed": 0}),
+                          {"source": "held-out sentences", "seed": 0}),
                 EvalAudio("resynth.wav", [e["resynth"] for e in chosen], SAMPLE_RATE,
-                          {"source": "flite's recordings of held-out sentences, their mel vocoded", "seed": 0})]
+                          {"source": "recordings of the held-out sentences, their mel vocoded", "seed": 0})]
 
 
 # -- metrics -------------------------------------------------------------------------------------------
