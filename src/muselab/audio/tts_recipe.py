@@ -284,7 +284,7 @@ class TTSRecipe(Recipe):
     default_data = "builtin:speech"
     capabilities = Capabilities(main_control="text", writes_files=True, inputs={"text": "transform"})
     data_formats = ("an LJSpeech-style folder (metadata.csv with id|text|normalized lines, wavs/ID.wav), one speaker; "
-                    "its phoneme durations are learned while training (monotonic alignment search)")
+                    "its phoneme durations are learned before training (monotonic alignment search)")
     builtin_data = {"builtin:speech": "715 sentences spoken by flite's four voices (slt, rms, awb, kal16), with "
                                       "exact phone durations; 45 sentences held out"}
     presets = {
