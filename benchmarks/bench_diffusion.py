@@ -1,11 +1,12 @@
-"""image-diffusion against image-gan: the same data, the same minutes each, trained one after the other in
-one go; then DDIM with 25 steps against ancestral DDPM with every step (1,000) on the diffusion run.
+"""image-diffusion against image-gan and image-vae: the same data, the same minutes each, trained one after
+the other in one go; then DDIM with 25 steps against ancestral DDPM with every step (1,000) on the
+diffusion run. The three models' sample grids are written side by side beside the results file.
 
     python benchmarks/bench_diffusion.py                          # builtin:digits, 15 minutes each
     python benchmarks/bench_diffusion.py --data builtin:shapes    # 32x32 colour shapes
     python benchmarks/bench_diffusion.py --minutes 0.5 --samples-per-class 20 --sampler-images 20  # smoke
 
-Both models are conditional and trained with their default preset; both are evaluated as `muselab
+All models are conditional and trained with their default preset; both are evaluated as `muselab
 evaluate` does (the diffusion model with its default controls: DDIM-25, guidance 2), with the same number
 of samples per class, on muselab's own feature network (`fd_muselab` is not FID: compare it only between
 these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
@@ -24,8 +25,9 @@ from common import Timer, print_table, write_result
 
 from muselab import api
 
+RECIPES = {"gan": "image-gan", "vae": "image-vae", "diffusion": "image-diffusion"}
 SHOWN = ("control_accuracy", "classifier_test_accuracy", "fd_muselab", "kid_muselab", "precision", "recall",
-         "memorization_share")
+         "memorization_share", "test_reconstruction_mse")
 
 
 def train_and_evaluate(recipe: str, data: str, out: Path, minutes: float, overrides: list[str]) -> dict:
@@ -35,6 +37,26 @@ def train_and_evaluate(recipe: str, data: str, out: Path, minutes: float, overri
     metrics = dict(api.evaluate(out))
     return {**metrics, "steps": result.step, "minutes": result.elapsed_s / 60,
             "eval_minutes": clock.stop() / 60, "run": str(out)}
+
+
+def side_by_side(grids: dict[str, Path], out: Path) -> Path | None:
+    """The models' sample grids (evaluate's samples.png) in one picture, each under its name."""
+    from PIL import Image, ImageDraw
+
+    pictures = {name: Image.open(path).convert("RGB") for name, path in grids.items() if path.exists()}
+    if not pictures:
+        return None
+    pad, caption = 8, 16
+    width = sum(p.width for p in pictures.values()) + pad * (len(pictures) + 1)
+    height = max(p.height for p in pictures.values()) + caption + 2 * pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw, x = ImageDraw.Draw(canvas), pad
+    for name, picture in pictures.items():
+        draw.text((x, pad // 2), f"image-{name}", fill="black")
+        canvas.paste(picture, (x, pad + caption))
+        x += picture.width + pad
+    canvas.save(out)
+    return out
 
 
 def compare_samplers(run_dir: Path, images: int) -> dict:
@@ -72,22 +94,25 @@ def main() -> int:
     parser.add_argument("--samples-per-class", type=int, default=1000, help="evaluation samples per class")
     parser.add_argument("--sampler-images", type=int, default=500, help="images per sampler in the DDIM/DDPM "
                                                                         "comparison (0 = skip it)")
+    parser.add_argument("--models", default="gan,vae,diffusion", help="which to train, comma-separated")
     parser.add_argument("--set-gan", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set-vae", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-diffusion", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", help="keep both runs in this folder (default: a temporary one)")
     parser.add_argument("--name", default=None, help="results file name (default: diffusion_vs_gan_DATA)")
     args = parser.parse_args()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-diffusion-"))
     shared = [f"eval.samples_per_class={args.samples_per_class}"]
-    results = {
-        "gan": train_and_evaluate("image-gan", args.data, root / "gan", args.minutes, [*shared, *args.set_gan]),
-        "diffusion": train_and_evaluate("image-diffusion", args.data, root / "diffusion", args.minutes,
-                                        [*shared, *args.set_diffusion]),
-    }
-    rows = [(f"{key} gan / diffusion", f"{results['gan'].get(key, float('nan')):.4g} / "
-                                       f"{results['diffusion'].get(key, float('nan')):.4g}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(models) - set(RECIPES)
+    if unknown:
+        parser.error(f"unknown model(s) {sorted(unknown)}; choose from {sorted(RECIPES)}")
+    extra = {"gan": args.set_gan, "vae": args.set_vae, "diffusion": args.set_diffusion}
+    results = {name: train_and_evaluate(RECIPES[name], args.data, root / name, args.minutes,
+                                        [*shared, *extra[name]]) for name in models}
+    rows = [(f"{key} {' / '.join(models)}", " / ".join(f"{results[m].get(key, float('nan')):.4g}" for m in models))
             for key in (*SHOWN, "steps", "minutes", "eval_minutes")]
-    if args.sampler_images:
+    if args.sampler_images and "diffusion" in models:
         samplers = compare_samplers(root / "diffusion", args.sampler_images)
         results["samplers"] = samplers
         for name in ("ddim25", "ddpm1000"):
@@ -97,12 +122,16 @@ def main() -> int:
                  ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"])]
     command = (f"python benchmarks/bench_diffusion.py --data {args.data} --minutes {args.minutes:g} "
                f"--samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
+               + (f" --models {args.models}" if models != list(RECIPES) else "")
                + "".join(f" --set-gan {o}" for o in args.set_gan)
+               + "".join(f" --set-vae {o}" for o in args.set_vae)
                + "".join(f" --set-diffusion {o}" for o in args.set_diffusion))
     rows.append(("command", command))
     print_table(rows)
-    name = args.name or "diffusion_vs_gan_" + args.data.replace("builtin:", "").replace("/", "_").strip("_")
-    print(f"written {write_result(name, {**results, 'command': command})}")
+    name = args.name or "image_models_" + args.data.replace("builtin:", "").replace("/", "_").strip("_")
+    path = write_result(name, {**results, "command": command})
+    grids = side_by_side({m: root / m / "samples.png" for m in models}, path.with_suffix(".png"))
+    print(f"written {path}" + (f" and {grids}" if grids else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ own floor) and on the vocoder's resynthesis of flite's mel (the vocoder's share)
 (cents) compare with flite's recordings. Speed: a 10-second utterance through the front end, the acoustic
 model and the vocoder, best of three, as times real time. Controls, measured on the sound: --speed 2
 (duration ratio), --pitch-shift 12 (ratio of pYIN median f0), and each speaker's median f0.
-`--vocoder-minutes 0` skips the vocoder (Griffin-Lim speaks; speed is then Griffin-Lim's).
+`--vocoder-minutes 0` trains no vocoder: the default one speaks (the one muselab ships, else Griffin-Lim).
 Targets (issue 16): WER <= 0.25 with 30 + 20 minutes of training, >= 20x real time.
 """
 

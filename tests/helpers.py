@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +29,64 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8", newline="")
     return path
+
+
+def front_matter(card: str) -> dict[str, Any]:
+    """The YAML front matter of a MODEL_CARD.md, parsed with PyYAML where it is installed, else by a strict
+    reader of the subset the card uses (mappings, lists, JSON-quoted strings, numbers), which refuses
+    anything else."""
+    assert card.startswith("---\n"), "the card must open with a --- line"
+    block = card[4:card.index("\n---\n", 4)]
+    try:
+        import yaml
+    except ImportError:
+        return _strict_yaml([line for line in block.split("\n") if line], 0)[0]
+    data = yaml.safe_load(block)
+    assert isinstance(data, dict)
+    return data
+
+
+_SCALAR = re.compile(r'^(?:"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?|true|false|\[\]|\{\})$')
+
+
+def _scalar(text: str) -> Any:
+    assert _SCALAR.match(text), f"not a scalar the card may hold: {text!r}"
+    if text in ("[]", "{}"):
+        return [] if text == "[]" else {}
+    return json.loads(text)
+
+
+def _strict_yaml(lines: list[str], indent: int) -> tuple[Any, list[str]]:
+    """Parse the lines at `indent` into a dict or list; returns it and the lines left over."""
+    result: Any = None
+    while lines:
+        line = lines[0]
+        depth = len(line) - len(line.lstrip(" "))
+        if depth < indent:
+            break
+        assert depth == indent, f"bad indentation: {line!r}"
+        body = line.strip()
+        if body.startswith("- "):
+            result = [] if result is None else result
+            assert isinstance(result, list), f"a list item inside a mapping: {line!r}"
+            item = body[2:]
+            if re.match(r"^[\w-]+:( |$)", item):  # "- key: ..." opens a mapping
+                value, lines = _strict_yaml([" " * (indent + 2) + item, *lines[1:]], indent + 2)
+            else:
+                value, lines = _scalar(item), lines[1:]
+            result.append(value)
+            continue
+        match = re.match(r"^([\w-]+):(?: (.*))?$", body)
+        assert match, f"not a key: {line!r}"
+        result = {} if result is None else result
+        assert isinstance(result, dict), f"a key inside a list: {line!r}"
+        key, rest = match.groups()
+        assert key not in result, f"duplicate key {key}"
+        if rest is None:
+            result[key], lines = _strict_yaml(lines[1:], indent + 2)
+        else:
+            result[key], lines = _scalar(rest), lines[1:]
+    return result, lines
 
 
 class HandWrittenLoop:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from pydantic import BaseModel
 
 from muselab import api
 from muselab.cli import _generate_parser, main
@@ -66,10 +67,19 @@ def test_recipes_name_prints_config_fields_with_defaults_per_preset_data_and_con
 def test_recipes_name_lists_every_config_field(name, capsys):
     assert main(["recipes", name]) == 0
     text = capsys.readouterr().out
-    config = get_recipe(name).config_class().model_dump()
-    for section, fields in config.items():
-        for field in fields:
-            assert f"\n  {section}.{field} = " in text, f"{section}.{field}"
+
+    def leaves(model: type[BaseModel], prefix: str) -> list[str]:  # sections may nest (data.mixed.utterances)
+        found = []
+        for key, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += leaves(kind, f"{prefix}{key}.")
+            else:
+                found.append(f"{prefix}{key}")
+        return found
+
+    for dotted in leaves(get_recipe(name).config_class, ""):
+        assert f"\n  {dotted} = " in text, dotted
 
 
 @pytest.mark.parametrize("name", recipe_names())

@@ -110,7 +110,7 @@ SPECS: dict[str, Spec] = {
     "audio-ddsp": Spec(lambda d: None, ["data.tones_clips=4", "eval.clips=1", "eval.pitch_notes=2",
                                         "eval.realtime_seconds=1"],
                        lambda d: ["--notes", "C4:0.25 E4:0.25"], ["data_stats.json"], examples=70, evaluate_share=4),
-    "audio-vocoder": Spec(lambda d: None, ["eval.realtime_seconds=0.5", "eval.max_seconds=1", "eval.samples=1",
+    "audio-vocoder": Spec(lambda d: "builtin:tones", ["eval.realtime_seconds=0.5", "eval.max_seconds=1", "eval.samples=1",
                                            "eval.griffin_lim_iters=2"],
                           lambda d: ["--wav", str(_wav(d))], [], examples=80),
 }

@@ -12,9 +12,9 @@ import muselab
 
 ROOT = Path(muselab.__file__).resolve().parent
 MODALITIES = ("text", "image", "audio", "music")
-ABOVE_CORE = (*MODALITIES, "safety", "data", "report", "serve", "api", "cli", "demo", "pipeline")
+ABOVE_CORE = (*MODALITIES, "safety", "data", "report", "serve", "api", "cli", "demo", "pipeline", "exporter")
 # the generation pipeline calls the recipes; a recipe never calls it back (it cannot skip its checks)
-ABOVE_MODALITIES = ("pipeline", "api", "cli", "serve", "demo")
+ABOVE_MODALITIES = ("pipeline", "api", "cli", "serve", "demo", "exporter")
 
 # Imports that break a rule for a reason written here; an exception that no longer happens fails a test.
 KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()

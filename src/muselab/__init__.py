@@ -10,6 +10,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # name -> the module that defines it; imported on first use, so `import muselab` stays cheap (no torch)
 _LAZY = {
     "train": "muselab.api", "load": "muselab.api", "generate": "muselab.api", "evaluate": "muselab.api",
+    "export": "muselab.api",
     "Run": "muselab.api",
     "Result": "muselab.core.results", "TextResult": "muselab.core.results",
     "SequenceResult": "muselab.core.results", "ImageResult": "muselab.core.results",

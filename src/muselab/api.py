@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,9 @@ from muselab.core.runtime import init_distributed, resolve_device, shutdown_dist
 from muselab.core.trainer import Trainer, TrainResult
 from muselab.pipeline.artifacts import ArtifactWriter
 from muselab.pipeline.generate import OnRefused
+
+if TYPE_CHECKING:
+    from muselab.exporter import Exported
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,14 @@ class Run:
             else:
                 return
 
+    def export(self, format: str = "onnx", out: str | Path | None = None, *, opset: int | None = None,
+               overwrite: bool = False) -> Exported:
+        """Write the recipe's plain network (text-lm's decoding step, a GAN's generator, a VAE's decoder, a
+        vocoder) as an ONNX or TorchScript file with a JSON sidecar (default RUN/model.onnx, RUN/model.pt)."""
+        from muselab.exporter import export_run
+
+        return export_run(self, format, out, opset=opset, overwrite=overwrite)
+
     def evaluate(self, data: str | None = None, overrides: Sequence[str] | None = None) -> dict[str, Any]:
         """Metrics on `data` (default: the training data's held-out part); `overrides` ("eval.KEY=VALUE")
         change the recipe's evaluation settings for this call."""
@@ -130,7 +141,7 @@ class Run:
             ArtifactWriter(provenance, samples / sound.name, overwrite=True).write_audio(
                 sound.clips, sound.sample_rate, sound.controls)
         state = _read_state(run)
-        write_model_card(run, self.saved, state, result.metrics)
+        write_model_card(run, self.saved, state, result.metrics, self.recipe.pipeline_tag)
         return result.metrics
 
 
@@ -314,12 +325,15 @@ def _finish_run(run: RunDir, result: TrainResult) -> None:
     records = run.read_metrics()
     if records:
         plot_training_curves(records, run / "loss.png", title=run.path.name)
-    write_model_card(run, run.read_config(), state, None)
+    saved = run.read_config()
+    write_model_card(run, saved, state, None, get_recipe(saved["recipe"]).pipeline_tag)
 
 
 def load(path: str | Path, device: str = "auto") -> Run:
     """Load a run directory: safetensors and JSON only, checked before use. `device`: "auto" (a GPU when
-    there is one), "cpu", "cuda", "cuda:1", "mps"."""
+    there is one), "cpu", "cuda", "cuda:1", "mps". `builtin:RECIPE` loads the run a recipe ships, if
+    it ships one (`builtin:audio-vocoder`)."""
+    path = shipped_run(str(path)) if str(path).startswith("builtin:") else path
     run = RunDir(path)
     saved = run.read_config()
     recipe = get_recipe(saved["recipe"])
@@ -335,8 +349,28 @@ def load(path: str | Path, device: str = "auto") -> Run:
     return Run(Path(path), recipe, cfg, assets, model, saved)
 
 
+def shipped_run(name: str) -> Path:
+    """The folder of `builtin:RECIPE`, the trained run a recipe ships with muselab."""
+    recipe = get_recipe(name.removeprefix("builtin:"))
+    folder = recipe.shipped_run()
+    if folder is None:
+        raise CheckpointError(f"no trained {recipe.name} run ships with this muselab installation; train one with "
+                              f"`muselab train {recipe.name}` and name its folder")
+    return folder
+
+
 def generate(path: str | Path, main: Any = None, /, *, device: str = "auto", **controls: Any) -> Result:
     return load(path, device).generate(main, **controls)
+
+
+def export(path: str | Path, format: str = "onnx", out: str | Path | None = None, *, opset: int | None = None,
+           overwrite: bool = False) -> Exported:
+    """`load(path, "cpu").export(...)`, refusing a recipe that does not export before any weights are read."""
+    from muselab.exporter import check_exportable, check_format
+
+    check_exportable(get_recipe(RunDir(path).read_config()["recipe"]))
+    check_format(format, opset)
+    return load(path, "cpu").export(format, out, opset=opset, overwrite=overwrite)
 
 
 def evaluate(path: str | Path, data: str | None = None, device: str = "auto",

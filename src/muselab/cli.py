@@ -144,6 +144,21 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                           help="change an evaluation setting for this call, e.g. --set eval.vocoder=RUN (audio-tts)")
 
+    export = sub.add_parser(
+        "export", help="write a run's network as an ONNX or TorchScript file with a JSON sidecar",
+        description="Write the plain network of a run whose recipe has one (a language model's decoding step, a "
+                    "GAN's generator, a VAE's decoder, a vocoder) as an ONNX or TorchScript file, checked against "
+                    "torch, and FILE.json beside it: input and output names, shapes and dtypes, what to pair it "
+                    "with, and the run's provenance. Outputs of the file skip muselab's moderation, memorization "
+                    "checks and watermarks.")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        help="onnx (needs muselab[export]) or torchscript (default: onnx)")
+    export.add_argument("--out", metavar="FILE", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
+    export.add_argument("--opset", type=int, metavar="N",
+                        help="ONNX opset, 18 or newer (default: 18; onnx only)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     moderate = sub.add_parser(
         "moderate", help="check a text against the moderation policy; prints a JSON verdict",
         description="Check a text against the moderation policy and print one JSON line: allowed, categories, "
@@ -163,6 +178,33 @@ def _build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a run directory")
     info.add_argument("run", help="run directory")
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    serve = sub.add_parser(
+        "serve", help="serve runs over HTTP: a REST API, a web page and a gallery (needs muselab[serve])",
+        description="Serve trained runs: a REST API (OpenAPI at /docs), a web page at / and a gallery of every "
+                    "generation. Every request goes through the generation pipeline (moderation, guards, "
+                    "manifests, watermarks). Listens on 127.0.0.1 unless --host says otherwise.")
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run directories to serve (each becomes a model named "
+                       "after its folder)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each with the models loaded "
+                       "(default: 1)")
+    serve.add_argument("--api-key", help="require this key (X-API-Key or Authorization: Bearer) on every API call; "
+                       "default: none (or $MUSELAB_API_KEY)")
+    serve.add_argument("--gallery", default="muselab-gallery", help="folder of the gallery (SQLite + files; "
+                       "default: ./muselab-gallery)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="allow browser calls from this origin (repeatable; default: none, CORS off)")
+    serve.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    serve.add_argument("--time-limit", type=float, default=120.0, help="seconds a generation may run before it "
+                       "is stopped (default: 120)")
+    serve.add_argument("--queue", type=int, default=8, help="requests waiting per model before 429 (default: 8)")
+    serve.add_argument("--max-tokens", type=int, default=1024, help="new tokens per text sample (default: 1024)")
+    serve.add_argument("--max-images", type=int, default=64, help="images per request (default: 64)")
+    serve.add_argument("--max-audio-seconds", type=float, default=60.0, help="seconds of sound per request "
+                       "(default: 60)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default: 20)")
 
     demo = sub.add_parser("demo", help="train, generate and evaluate on built-in data; write an HTML report")
     demo.add_argument("--out", default="muselab-demo", help="output folder (default: ./muselab-demo)")
@@ -282,16 +324,20 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     from muselab.core.runtime import resolve_device
 
     if args.recipe and not args.run:
-        if not args.help:
+        if args.help:
+            _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
+            return 0
+        if get_recipe(args.recipe).shipped_run() is None:
             raise ControlError("--recipe only shows a recipe's controls with --help; generate from a trained run: "
                                "muselab generate RUN [controls]")
-        _generate_parser(get_recipe(args.recipe), f"muselab generate --recipe {args.recipe}").print_help()
-        return 0
+        args.run = f"builtin:{args.recipe}"  # the run the recipe ships serves when none is named
     if not args.run:
         print("usage: muselab generate RUN [controls] [--out FILE_OR_DIR]; `muselab generate RUN --help` lists "
               "the controls of that run, `muselab generate --recipe NAME --help` those of a recipe (one of "
               f"{', '.join(recipe_names())})", file=sys.stderr)
         return 0 if args.help else EXIT_USER_ERROR
+    if args.run.startswith("builtin:"):  # a run that ships with muselab
+        args.run = str(api.shipped_run(args.run))
     if args.help:  # the controls come from the run's recipe: read config.json alone, not the weights
         from muselab.core.rundir import RunDir
 
@@ -381,6 +427,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from muselab import api
+
+    done = api.export(args.run, args.format, args.out, opset=args.opset, overwrite=args.overwrite)
+    check = ("not checked (onnxruntime is not installed)" if done.max_abs_diff is None
+             else f"max abs difference from torch {done.max_abs_diff:.2g}")
+    print(f"wrote {done.path} and {done.sidecar.name} ({check})")
+    return 0
+
+
 def _cmd_moderate(args: argparse.Namespace) -> int:
     from muselab.safety.moderation import moderate_command
 
@@ -427,6 +483,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from muselab.serve import run_server
+
+    if args.workers < 1 or not 0 < args.port < 65536 or args.queue < 0 or args.time_limit <= 0:
+        raise ConfigError("--workers must be >= 1, --port 1 to 65535, --queue >= 0 and --time-limit above 0")
+    limits = {"time_limit_s": args.time_limit, "queue": args.queue, "max_tokens": args.max_tokens,
+              "max_images": args.max_images, "max_audio_seconds": args.max_audio_seconds,
+              "max_upload_bytes": int(args.max_upload_mb * 1_000_000)}
+    run_server(args.runs, host=args.host, port=args.port, workers=args.workers,
+               api_key=args.api_key or os.environ.get("MUSELAB_API_KEY") or None, gallery=args.gallery,
+               cors=args.cors_origin, device=args.device, limits=limits)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from muselab.demo import run_demo
 
@@ -438,10 +510,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "generate" and args.recipe and args.run:
+        # With --recipe there is no run: the "run" argparse found is the value of a control (--mel FILE)
+        tokens = list(sys.argv[1:] if argv is None else argv)
+        tokens = tokens[tokens.index("generate") + 1:]
+        rest, skip = [], False
+        for token in tokens:
+            if skip or token in ("-h", "--help") or token.startswith("--recipe="):
+                skip = False
+                continue
+            if token == "--recipe":
+                skip = True
+                continue
+            rest.append(token)
+        args.run = None
     if args.command != "generate" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo}
+    commands = {"recipes": _cmd_recipes, "train": _cmd_train, "evaluate": _cmd_evaluate, "export": _cmd_export,
+                "moderate": _cmd_moderate, "detect": _cmd_detect, "info": _cmd_info, "demo": _cmd_demo,
+                "serve": _cmd_serve}
     # The library logs its notes (resampled input, skipped clips...); the CLI shows them on stderr
     notes = logging.StreamHandler(sys.stderr)
     notes.setFormatter(logging.Formatter("muselab: note: %(message)s"))

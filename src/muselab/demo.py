@@ -173,13 +173,14 @@ def _speech_section(out: DemoFolder, preset: str) -> Section:
         title=title,
         text=(f"A FastSpeech 2-style acoustic model ({run.model.num_parameters():,} parameters) trained for "
               f"{result.elapsed_s / 60:.1f} minutes on {SPEECH_DATA} (sentences spoken by flite's four voices, "
-              "with flite's phone durations), spoken through Griffin-Lim; the G2P model above pronounces 'muselab'. Word error rates are pocketsphinx's, an "
-              "offline recogniser, on held-out sentences: on muselab's speech, on Griffin-Lim applied to flite's "
+              "with flite's phone durations), spoken by the default vocoder (Griffin-Lim where none ships); the "
+              "G2P model above pronounces 'muselab'. Word error rates are pocketsphinx's, an "
+              "offline recogniser, on held-out sentences: on muselab's speech, on the vocoder applied to flite's "
               "own mel (resynth) and on flite's recordings. A few minutes of training makes a voice with the "
               "right rhythm and pitch but few words a recogniser understands; the default preset trains for 30 "
               "minutes."),
         metrics={k: v for k, v in metrics.items() if k in keep},
-        images=[(run_dir / "spectrograms.png", "flite, Griffin-Lim on flite's mel, muselab"),
+        images=[(run_dir / "spectrograms.png", "flite, the vocoder on flite's mel, muselab"),
                 (run_dir / "alignment.png", "phoneme durations: predicted, and flite's")],
         audio=[(spoken[0], DEMO_SENTENCE), (run_dir / "samples" / "tts.wav", "a held-out sentence: muselab"),
                (run_dir / "samples" / "flite_000.wav", "the same sentence: flite")],

@@ -70,6 +70,17 @@ def test_mel_module_is_batched_and_keeps_its_filterbank_out_of_checkpoints():
     assert "mel_basis" not in module.state_dict()
 
 
+@pytest.mark.parametrize("n_fft,hop,frames", [(1024, 256, 12), (512, 128, 3)])
+def test_istft_real_matches_torch_istft(n_fft, hop, frames):
+    gen = torch.Generator().manual_seed(0)
+    real, imag = (torch.randn(2, n_fft // 2 + 1, frames, generator=gen) * 8 for _ in range(2))
+    window = torch.hann_window(n_fft, periodic=True)
+    expected = torch.istft(torch.complex(real, imag), n_fft, hop, window=window, center=True, length=frames * hop)
+    got = dsp.istft_real(real, imag, window, hop, frames * hop)
+    assert got.shape == expected.shape == (2, frames * hop)
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
 def test_stft_shapes_and_istft_round_trip():
     x = torch.randn(3, 4000) * 0.3
     spec = dsp.stft(x, 512, 128)

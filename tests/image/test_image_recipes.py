@@ -234,3 +234,11 @@ def test_memorization_reject_refuses_images_still_too_close(gan_run: Path, monke
     with pytest.raises(RefusedError) as err:  # every image still a copy after the redraws: nothing to give
         run.generate(num_samples=2, seed=0, label="0", memorization="reject")
     assert "is as close to a training image" in error_message(err) and error_message(err).endswith("refused")
+
+
+def test_a_label_of_thousands_of_digits_is_one_control_error() -> None:
+    from muselab.image.recipe import resolve_label
+
+    with pytest.raises(ControlError) as err:
+        resolve_label("9" * 20_000, ["0", "1"])
+    assert "unknown --label" in error_message(err)

@@ -127,3 +127,10 @@ def test_bpe_sides_round_trip_and_train(tmp_path):
     api.train("text-seq2seq", str(data), out, preset="tiny", max_steps=5, quiet=True,
               overrides=["data.source_kind=bpe", "data.target_kind=bpe", "data.bpe_size=300"])
     assert isinstance(api.load(out).generate(input=["the cat"]).items[0], str)
+
+
+def test_min_length_beyond_the_longest_output_is_one_control_error(g2p_run):
+    from muselab.core.errors import ControlError
+
+    with pytest.raises(ControlError, match="--min-length 500 is longer than the longest output"):
+        api.load(g2p_run).generate(["cat"], min_length=500)

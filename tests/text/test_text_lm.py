@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import front_matter
 from muselab import api
 from muselab.core.checkpoint import load_tensors
 from muselab.core.errors import CheckpointError, ConfigError, ControlError
@@ -127,7 +128,14 @@ def test_evaluate_writes_the_metrics(tiny_run, tmp_path):
         assert key in saved and saved[key] == metrics[key]
     assert metrics["perplexity"] == pytest.approx(torch.tensor(metrics["val_loss"]).exp().item())
     assert (copy / "samples" / "eval_samples.jsonl").is_file()
-    assert "Evaluation" in (copy / "MODEL_CARD.md").read_text()
+    card = (copy / "MODEL_CARD.md").read_text()
+    assert "Evaluation" in card
+    meta = front_matter(card)  # the Hugging Face front matter carries the metrics eval.json holds
+    assert meta["pipeline_tag"] == "text-generation" and meta["tags"] == ["text-lm", "text", "muselab"]
+    data = json.loads((copy / "config.json").read_text())["data"]
+    assert data["spec"] not in card.split("\n---\n")[0] and meta["datasets"] == [f"sha256:{data['fingerprint']}"]
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["val_loss"] == pytest.approx(saved["val_loss"]) and metrics["novelty"] == saved["novelty"]
 
 
 def test_run_directory_has_the_documented_files(tiny_run):

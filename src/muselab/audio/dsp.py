@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from muselab.core.errors import ConfigError
@@ -61,6 +62,40 @@ def istft(spec: Tensor, n_fft: int, hop: int, win_length: int | None = None, cen
                       window=_window_for(spec, win_length), center=center, length=length)
     return wav.reshape(*lead, wav.shape[-1])
 
+
+def istft_bases(window: Tensor) -> tuple[Tensor, Tensor]:
+    """The inverse real DFT of `istft_real` as two matrices [n_fft, n_fft // 2 + 1], the window folded in."""
+    n_fft = window.shape[0]
+    bins = n_fft // 2 + 1
+    k = torch.arange(bins, device=window.device)
+    n = torch.arange(n_fft, device=window.device)
+    # n * k taken modulo n_fft before it becomes an angle: float32 angles up to 2 pi * n_fft / 2 would be
+    # off by 1e-4 rad, and so would the output
+    angle = (n[:, None] * k[None, :] % n_fft).double() * (2 * math.pi / n_fft)
+    # Bins other than DC and Nyquist stand for their mirror image too
+    scale = torch.full((bins,), 2.0 / n_fft, device=window.device, dtype=torch.float64)
+    scale[0] = scale[-1] = 1.0 / n_fft
+    weights = scale * window.double()[:, None]
+    return (angle.cos() * weights).to(window.dtype), (angle.sin() * weights).to(window.dtype)
+
+
+def istft_real(real: Tensor, imag: Tensor, window: Tensor, hop: int, length: int,
+               bases: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """`istft` of a centred one-sided spectrum given as real and imaginary parts `[B, n_fft // 2 + 1, frames]`,
+    in real arithmetic only (matrix products and a transposed convolution), so that it exports to ONNX and
+    TorchScript, which have no complex tensors. `window` is the analysis window of length n_fft, `bases`
+    what `istft_bases(window)` returns (made here when not given); `length` cuts the output, `[B, length]`.
+    Matches torch.istft to float rounding."""
+    n_fft = window.shape[0]
+    cos_basis, sin_basis = bases if bases is not None else istft_bases(window)
+    frames = cos_basis @ real - sin_basis @ imag  # windowed frames [B, n_fft, frames]
+    # Overlap-add: each frame lands hop samples after the one before
+    eye = torch.eye(n_fft, device=window.device, dtype=window.dtype)[:, None, :]
+    wav = F.conv_transpose1d(frames, eye, stride=hop)[:, 0]
+    squares = window.square()[None, :, None].expand(1, n_fft, frames.shape[-1])
+    envelope = F.conv_transpose1d(squares, eye, stride=hop)[:, 0]
+    start = n_fft // 2  # centred frames: drop the padding
+    return (wav / envelope.clamp(min=1e-11))[:, start:start + length]
 
 def magnitude(x: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True) -> Tensor:
     """|STFT| `[..., F, frames]`. Its gradient is finite at 0 (torch's complex abs uses sgn(0) = 0)."""

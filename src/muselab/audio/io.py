@@ -42,11 +42,12 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | Path, sr: int | None = None, mono: bool = True,
-               min_seconds: float = 0.1) -> tuple[np.ndarray, int, list[str]]:
+               min_seconds: float = 0.1, allow_silent: bool = False) -> tuple[np.ndarray, int, list[str]]:
     """Read an audio file: `(samples, sample_rate, notes)`.
 
     Samples are float32 `[T]` when `mono` (channels averaged), else `[channels, T]`. With `sr` the audio
-    is resampled to it. `notes` lists what was changed, e.g. "resampled 44100 Hz -> 16000 Hz".
+    is resampled to it. `notes` lists what was changed, e.g. "resampled 44100 Hz -> 16000 Hz". Silent
+    files are refused (nothing to learn from) unless `allow_silent` (a file to transform, not learn from).
     """
     path = Path(path)
     samples, file_sr = _read(path)
@@ -60,7 +61,7 @@ def load_audio(path: str | Path, sr: int | None = None, mono: bool = True,
         raise DataError(f"'{path}' is only {seconds:.3f} s long; audio files must last at least "
                         f"{min_seconds:g} s: remove it or use a longer recording")
     peak = float(np.abs(samples).max())
-    if peak < SILENCE_PEAK:
+    if peak < SILENCE_PEAK and not allow_silent:
         raise DataError(f"'{path}' is silent (peak amplitude {peak:.1e} < {SILENCE_PEAK:g}); check the "
                         "recording or remove the file")
     wav = samples.T  # [channels, T]

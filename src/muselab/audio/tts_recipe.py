@@ -12,7 +12,6 @@ and the real-time factor.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -42,10 +41,10 @@ from muselab.audio.tts.features import (
 from muselab.audio.tts.frontend import G2P, Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
-from muselab.audio.vocoder import MEL, Vocoder
+from muselab.audio.vocoder import MEL, Vocoder, mel_spectrogram
 from muselab.audio.vocoder_recipe import griffin_lim_from_mel
 from muselab.core.config import Section, TrainConfig
-from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.io import sha256_json
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
@@ -116,7 +115,9 @@ class TTSControls(BaseModel):
                          description="Length of the pauses at punctuation, as a multiple of the predicted one.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of Griffin-Lim's initial phase.")
     vocoder: str | None = Field(None, description="An audio-vocoder run directory to turn the mel into sound "
-                                                  "(default: Griffin-Lim, lower quality).")
+                                                  "(default: the vocoder muselab ships, else Griffin-Lim).")
+    griffin_lim: bool = Field(False, description="Turn the mel into sound with Griffin-Lim (lower quality) "
+                                                 "instead of a vocoder.")
     g2p: str | None = Field(None, description="A text-seq2seq run trained on builtin:cmudict that pronounces words "
                                               "the dictionary lacks (default: they are spelled letter by letter "
                                               "and reported).")
@@ -245,26 +246,18 @@ def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInve
 
 
 # -- vocoders ----------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def load_vocoder(path: str) -> Vocoder:
-    """An audio-vocoder run's network, read from its safetensors weights."""
-    from muselab.audio.vocoder_recipe import VocoderRecipeConfig
-    from muselab.core import rundir as files
-    from muselab.core.checkpoint import load_into, load_tensors
+def choose_vocoder(controls: TTSControls) -> tuple[Vocoder | None, str]:
+    """The network that turns mels into sound and its name for the manifest: the run named by
+    --vocoder, else the default (shipped) vocoder, else Griffin-Lim; --griffin-lim forces Griffin-Lim."""
+    from muselab.audio.default_vocoder import default_vocoder_name, load_default_vocoder, load_vocoder
 
-    run = RunDir(path)
-    if not (Path(path) / files.CONFIG).is_file():
-        raise ControlError(f"--vocoder '{path}' is not a run directory; pass a trained audio-vocoder run")
-    saved = run.read_config()
-    if saved.get("recipe") != "audio-vocoder":
-        raise ControlError(f"--vocoder '{path}' is a {saved.get('recipe')} run; pass an audio-vocoder run")
-    try:
-        cfg = VocoderRecipeConfig.model_validate(saved["config"])
-    except ValueError as err:
-        raise CheckpointError(f"--vocoder '{path}' has a config this muselab version cannot read ({err})") from None
-    model = Vocoder(cfg.model)
-    load_into(model, load_tensors(Path(path) / files.MODEL), Path(path) / files.MODEL)
-    return model.eval()
+    if controls.griffin_lim:
+        if controls.vocoder:
+            raise ControlError("give --vocoder RUN or --griffin-lim, not both")
+        return None, "griffin_lim"
+    if controls.vocoder:
+        return load_vocoder(controls.vocoder), controls.vocoder
+    return load_default_vocoder(), default_vocoder_name()
 
 
 def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -> np.ndarray:
@@ -277,6 +270,7 @@ def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -
 
 # -- the recipe ----------------------------------------------------------------------------------------
 class TTSRecipe(Recipe):
+    pipeline_tag = "text-to-speech"
     name = "audio-tts"
     summary = "text to speech: FastSpeech 2-style acoustic model on builtin:speech, vocoder or Griffin-Lim"
     config_class = TTSRecipeConfig
@@ -382,7 +376,7 @@ class TTSRecipe(Recipe):
         speaker = self.speaker_index(assets, controls.speaker)
         inventory: PhonemeInventory = assets["inventory"]
         sentences = Frontend(g2p=g2p, stress=inventory.stress).sentences(controls.text)
-        vocoder = load_vocoder(str(Path(controls.vocoder).resolve())) if controls.vocoder else None
+        vocoder, _ = choose_vocoder(controls)
         device = next(model.parameters()).device
         seed = controls.seed or 0
         clips: list[np.ndarray] = []
@@ -428,7 +422,7 @@ class TTSRecipe(Recipe):
         speaker = self.speaker_index(assets, controls.speaker)  # an unknown speaker fails before any work
         g2p = self.g2p(controls.g2p, context.load_run) if controls.g2p else None
         audio, timing = self.speak(model, cfg, assets, controls, g2p)
-        note: dict[str, Any] = {"vocoder": controls.vocoder or "griffin_lim",
+        note: dict[str, Any] = {"vocoder": choose_vocoder(controls)[1],
                                 "speaker": assets["speakers"][speaker],
                                 "sentences": len(timing["sentences"])}
         if timing["g2p"]:
@@ -447,12 +441,12 @@ class TTSRecipe(Recipe):
         of flite's voices; else the held-out recordings of the data), and the same comparison for the vocoder
         alone (the recording's own mel, vocoded): MCD (DTW), f0 RMSE in cents, and the word error rate of
         pocketsphinx on both and on the recordings; the real-time factor."""
-        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.dsp import resample
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
         references, source = self._references(assets, cfg, data)
         recognizer = Recognizer() if cfg.eval.recognizer else None
-        vocoder = load_vocoder(str(Path(cfg.eval.vocoder).resolve())) if cfg.eval.vocoder else None
+        vocoder, vocoder_name = choose_vocoder(TTSControls(vocoder=cfg.eval.vocoder))
         scores: dict[str, dict[str, list[float]]] = {part: {"mcd": [], "cents": []} for part in ("ours", "resynth")}
         errors = {"ours": [0, 0], "resynth": [0, 0], "flite": [0, 0]}  # word errors, reference words
         examples: list[dict[str, Any]] = []
@@ -463,7 +457,7 @@ class TTSRecipe(Recipe):
                                                                       vocoder=cfg.eval.vocoder))
             synth_seconds += time.perf_counter() - started
             spoken_seconds += len(ours) / SAMPLE_RATE
-            true_mel = log_mel(resample(ref, SPEECH_SAMPLE_RATE, SAMPLE_RATE))
+            true_mel = mel_spectrogram(resample(ref, SPEECH_SAMPLE_RATE, SAMPLE_RATE))
             resynth = vocode(true_mel, vocoder, cfg.synthesis.griffin_lim_iters, 0)
             clips = {"ours": resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(),
                      "resynth": resample(resynth, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(), "flite": ref}
@@ -484,7 +478,7 @@ class TTSRecipe(Recipe):
                                    "resynth_f0_rmse_cents": _mean(scores["resynth"]["cents"]),
                                    "realtime_factor": spoken_seconds / max(synth_seconds, 1e-9),
                                    "eval_sentences": len(references), "references": source,
-                                   "vocoder": cfg.eval.vocoder or "griffin_lim",
+                                   "vocoder": vocoder_name,
                                    "alignment": assets.get("alignment", "flite"),
                                    "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
         if recognizer is not None:
@@ -492,7 +486,7 @@ class TTSRecipe(Recipe):
             for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", reference_key)):
                 metrics[key] = errors[name][0] / max(1, errors[name][1])
             metrics["recognizer"] = "pocketsphinx (default US English model)"
-        self._pictures(examples[0], assets, cfg, run, data)
+        self._pictures(examples[0], assets, cfg, run, data, vocoder is not None)
         return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
 
     def _references(self, assets: dict[str, Any], cfg: TTSRecipeConfig, data: str | None
@@ -539,20 +533,20 @@ class TTSRecipe(Recipe):
             into["cents"].append(cents)
 
     def _pictures(self, example: dict[str, Any], assets: dict[str, Any], cfg: TTSRecipeConfig, run: RunDir,
-                  data: str | None) -> None:
+                  data: str | None, neural: bool) -> None:
         """RUN/spectrograms.png (flite, the vocoder on flite's mel, muselab) and RUN/alignment.png (the
         predicted durations over muselab's mel; flite's phone times, and the learned ones when the model
         learned its durations, over flite's mel)."""
-        from muselab.audio.dsp import log_mel, resample
+        from muselab.audio.dsp import resample
         from muselab.audio.plots import plot_alignment, plot_spectrograms
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
-        true_mel = log_mel(resample(example["flite"], SPEECH_SAMPLE_RATE, SAMPLE_RATE)).numpy()
-        ours_mel = log_mel(torch.from_numpy(example["ours"])).numpy()
-        vocoder = "the vocoder" if cfg.eval.vocoder else "Griffin-Lim"
+        true_mel = mel_spectrogram(resample(example["flite"], SPEECH_SAMPLE_RATE, SAMPLE_RATE)).numpy()
+        ours_mel = mel_spectrogram(torch.from_numpy(example["ours"])).numpy()
+        vocoder = "the vocoder" if neural else "Griffin-Lim"
         name = "flite" if example["flite_phones"] else "the recording"
         plot_spectrograms([(f"{name} (reference)", true_mel),
-                           (f"{vocoder} on its mel", log_mel(torch.from_numpy(example["resynth"])).numpy()),
+                           (f"{vocoder} on its mel", mel_spectrogram(torch.from_numpy(example["resynth"])).numpy()),
                            ("muselab", ours_mel)], run / "spectrograms.png", SAMPLE_RATE, MEL.hop,
                           title=f"held-out sentence 1 ({example['voice']})")
         inventory: PhonemeInventory = assets["inventory"]

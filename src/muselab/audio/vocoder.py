@@ -17,28 +17,62 @@ spectrograms at several resolutions), trained with least-squares GAN losses, and
 feature matching (L1 between the discriminators' feature maps on real and generated audio). The
 GAN trains in two optimizer phases per step, discriminator first (see `Vocoder.optimizer_phases`).
 
-Mel settings are the TTS field's shared ones (`muselab.audio.dsp.MelSettings`: 22,050 Hz, n_fft
-1024, hop 256, 80 Slaney mels up to 8 kHz, natural log of the magnitude mel). A mel of F frames
-gives F * hop samples. Read top to bottom: config, generator, discriminators, losses, the model.
+Mel settings are muselab's one convention for every model that makes or reads mels (the TTS
+acoustic model predicts the same): 22,050 Hz, n_fft 1024, hop 256, 80 Slaney mels over the full band,
+0 to 11,025 Hz (HiFi-GAN's 22 kHz mels stop at 8 kHz, which leaves a vocoder guessing the top octave
+of music), natural log of the magnitude mel. A mel of F frames gives F * hop samples. Frames whose mel
+is silent everywhere (at the log floor) come out silent whatever the network predicts: silence in,
+silence out. Read top to bottom: config, generator, discriminators, losses, the model.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from muselab.audio.dsp import MelSettings, MelSpectrogram, MultiResolutionSTFTLoss, magnitude, mel_filterbank
+from muselab.audio.dsp import (
+    MelSettings,
+    MelSpectrogram,
+    MultiResolutionSTFTLoss,
+    istft_bases,
+    istft_real,
+    log_mel,
+    magnitude,
+    mel_filterbank,
+)
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
 from muselab.nn import frozen  # no parameter gradients inside the block
 
-MEL = MelSettings()  # 22,050 Hz, n_fft 1024, hop 256, 80 mels, fmax 8000, natural-log magnitude
+MEL = MelSettings(fmax=None)  # 22,050 Hz, n_fft 1024, hop 256, 80 mels up to sr / 2, natural-log magnitude
+MEL_FMAX = MEL.sr / 2
+# A frame whose every mel value is within this of the log floor is digital silence
+SILENT_FRAME_MARGIN = 1e-3
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_pseudo_inverse() -> np.ndarray:
+    basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax).double().numpy()
+    return np.linalg.pinv(basis).astype(np.float32)  # numpy's: torch's first pinv costs most of a second
+
+
+def mel_pseudo_inverse() -> Tensor:
+    """The least-squares inverse [n_fft // 2 + 1, n_mels] of the mel filterbank (made once)."""
+    return torch.from_numpy(_mel_pseudo_inverse().copy())
+
+
+def mel_spectrogram(audio: Tensor) -> Tensor:
+    """The log-mel every muselab vocoder reads, [..., T] -> [..., n_mels, 1 + T // hop]."""
+    return log_mel(audio, MEL.sr, MEL.n_fft, MEL.hop, MEL.n_mels, MEL.fmin, MEL.fmax, MEL.power, MEL.log_floor,
+                   MEL.win_length)
 
 Batch = dict[str, Tensor]  # "audio" float [B, S], S a multiple of MEL.hop
 
@@ -118,8 +152,10 @@ class Generator(nn.Module):
         self.apply(_vocos_init)
         if cfg.mel_prior:
             # The least-squares linear spectrum of a mel (dsp.mel_to_linear's pseudo-inverse)
-            basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
-            self.register_buffer("mel_inverse", torch.linalg.pinv(basis), persistent=False)
+            self.register_buffer("mel_inverse", mel_pseudo_inverse(), persistent=False)
+            # The correction starts at zero: the first magnitudes are exactly the pseudo-inverse's (the
+            # spectrum Griffin-Lim would start from), not that plus noise, so early training goes into phase
+            nn.init.zeros_(self.head.weight[: MEL.n_fft // 2 + 1])
         else:
             self.mel_inverse = None
             # Start quiet (|X| ~ 0.05) rather than at |X| = 1 in every bin, loud noise: most bins of real
@@ -128,6 +164,11 @@ class Generator(nn.Module):
 
     def spectrum(self, mel: Tensor) -> Tensor:
         """The predicted complex STFT [B, n_fft // 2 + 1, F]."""
+        mag, phase = self.polar(mel)
+        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+
+    def polar(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
@@ -137,7 +178,8 @@ class Generator(nn.Module):
             log_mag = log_mag + torch.log(torch.clamp(self.mel_inverse @ mel.exp(), min=MIN_MAGNITUDE))
         # No |STFT| of audio within [-1, 1] exceeds the window's sum (n_fft / 2): the cap only stops overflow
         mag = torch.exp(log_mag.clamp(max=math.log(MEL.n_fft)))
-        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        # Silence in, silence out: frames with nothing above the floor are zeroed
+        return mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN), phase
 
     def forward(self, mel: Tensor) -> Tensor:
         # Centred frames: frame i sits on sample i * hop, as in dsp.stft, so F frames give F * hop samples
@@ -145,9 +187,28 @@ class Generator(nn.Module):
                            length=mel.shape[-1] * MEL.hop)
 
 
+class RealGenerator(nn.Module):
+    """The generator's waveform in real arithmetic (no complex tensors, no torch.istft), for ONNX and
+    TorchScript export: log-mel [B, n_mels, F] -> waveform [B, F * hop], equal to `Generator` to rounding."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+        cos_basis, sin_basis = istft_bases(generator.window)
+        self.register_buffer("cos_basis", cos_basis, persistent=False)
+        self.register_buffer("sin_basis", sin_basis, persistent=False)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        mag, phase = self.generator.polar(mel)
+        return istft_real(mag * torch.cos(phase), mag * torch.sin(phase), self.generator.window, MEL.hop,
+                          mel.shape[-1] * MEL.hop, (self.cos_basis, self.sin_basis))
+
+
 def _vocos_init(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv1d, nn.Linear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        # Vocos's truncated normal cuts at +-2 in absolute terms, 100 standard deviations out: a plain
+        # normal is the same distribution and many times faster to draw (it is drawn again at every load)
+        nn.init.normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)
 
 

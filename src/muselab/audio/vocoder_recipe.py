@@ -1,11 +1,15 @@
-"""The `audio-vocoder` recipe: a neural vocoder (log-mel -> waveform) trained on builtin:tones or a
-folder of recordings, compared with the untrained baseline, Griffin-Lim.
+"""The `audio-vocoder` recipe: a neural vocoder (log-mel -> waveform) trained on builtin:mixed,
+builtin:tones or a folder of recordings, compared with the untrained baseline, Griffin-Lim.
 
-Data: whole clips at 22,050 Hz, a deterministic share of them held out; training draws random
-segments and the model computes their mels itself. Generation vocodes a log-mel `.npy` (`--mel`) or
-resynthesises a recording from its own mel (`--wav`), with the network or, for comparison,
-Griffin-Lim (`--griffin-lim`). Evaluation scores both against the original held-out audio (MRSTFT,
-MCD), times both, and writes a spectrogram comparison and example WAVs into the run directory.
+Data: whole clips at 22,050 Hz, a deterministic share of them held out (for builtin:mixed also whole
+categories: instrument families and a voice never trained on); training draws random segments, each
+at a random gain and, for a share of them, resampled by up to a few semitones (pitch and tempo shift,
+band-limited), and the model computes their mels itself. Generation vocodes a log-mel `.npy` (`--mel`)
+or resynthesises a recording from its own mel (`--wav`; other rates are resampled, stereo is mixed
+down, silence stays silence), with the network or, for comparison, Griffin-Lim (`--griffin-lim`).
+Evaluation scores both against the original held-out audio (MRSTFT, MCD), per category and for seen
+and unseen kinds of sound, with Griffin-Lim-32 run by librosa as the baseline; times both, and writes
+a spectrogram comparison and example WAVs into the run directory.
 """
 
 from __future__ import annotations
@@ -26,40 +30,79 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from muselab.audio.dsp import (
     griffin_lim,
-    log_mel,
     mel_cepstral_distortion,
-    mel_filterbank,
-    mel_to_linear,
     mrstft_distance,
 )
-from muselab.audio.vocoder import MEL, Vocoder, VocoderConfig
+from muselab.audio.vocoder import (
+    MEL,
+    MEL_FMAX,
+    SILENT_FRAME_MARGIN,
+    RealGenerator,
+    Vocoder,
+    VocoderConfig,
+    mel_pseudo_inverse,
+    mel_spectrogram,
+)
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ControlError, DataError
-from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    EvalAudio,
+    Evaluation,
+    ExportSpec,
+    GenerationContext,
+    PreparedData,
+    Recipe,
+)
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
+from muselab.data.mixed import MIXED_DESCRIPTION
 from muselab.data.split import hold_out
 from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
 SAMPLE_RATE = MEL.sr
-MEL_DESCRIPTION = (f"{MEL.sr:,} Hz, n_fft {MEL.n_fft}, hop {MEL.hop}, {MEL.n_mels} mels, fmax {MEL.fmax:g}, "
-                   "natural-log magnitude (muselab.audio.dsp.log_mel)")
+MEL_DESCRIPTION = (f"{MEL.sr:,} Hz, n_fft {MEL.n_fft}, hop {MEL.hop}, {MEL.n_mels} Slaney mels from 0 to {MEL_FMAX:g} Hz, "
+                   "natural-log magnitude (muselab.audio.vocoder.mel_spectrogram)")
 # A natural-log magnitude mel of audio within [-1, 1] stays below about 3; values far outside this
 # range are some other scale (decibels, power, no log) that the vocoder would turn into noise
 MEL_VALUE_RANGE = (-30.0, 8.0)
 
 
 # -- config ------------------------------------------------------------------------------------------
+class MixedDataConfig(Section):
+    """How much of builtin:mixed to make (see muselab.data.mixed)."""
+
+    programs_per_family: int = Field(8, ge=1, le=8, description="General MIDI programs played per family (drums: "
+                                                                  "one kit)")
+    clips_per_program: int = Field(2, ge=1, description="clips each program plays")
+    utterances: int = Field(240, ge=0, description="flite utterances, the four voices taking turns")
+    tones: int = Field(40, ge=0, description="builtin:tones clips")
+    clip_seconds: float = Field(3.0, ge=1.0, description="length of each instrument and tones clip in seconds")
+
+
 class VocoderDataConfig(Section):
     clips: int = Field(200, ge=2, description="clips of builtin:tones to render, or utterances of builtin:speech to "
-                                              "read (ignored for a folder)")
+                                              "read (ignored for other data)")
     clip_seconds: float = Field(4.0, ge=0.5, description="length of each builtin:tones clip in seconds")
+    mixed: MixedDataConfig = MixedDataConfig()
     segment: int = Field(8192, ge=2048, description=f"training segment in samples, a multiple of {MEL.hop}")
     test_share: float = Field(0.1, gt=0, lt=0.5, description="share of whole clips held out for evaluation")
     skip_bad_files: bool = Field(False, description="leave unreadable, empty or silent audio files out (and count "
                                                     "them) instead of stopping")
+    gain_db: tuple[float, float] = Field((-18.0, 6.0), description="training segments are scaled by a gain drawn "
+                                         "from this range in dB (never above a peak of 1)")
+    pitch_shift: float = Field(4.0, ge=0, le=12, description="training segments chosen for it (resample_share) "
+                               "are resampled by up to this many semitones up or down (0 = off)")
+    resample_share: float = Field(0.5, ge=0, le=1, description="share of training segments resampled")
+
+    @field_validator("gain_db")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError("give the range as [low, high]")
+        return value
 
     @field_validator("segment")
     @classmethod
@@ -71,6 +114,8 @@ class VocoderDataConfig(Section):
 
 class VocoderEvalConfig(Section):
     max_seconds: float = Field(60.0, gt=0, description="held-out audio scored, at most (whole clips, in order)")
+    category_seconds: float = Field(10.0, gt=0, description="held-out audio scored per category of builtin:mixed, "
+                                                            "at most")
     realtime_seconds: float = Field(10.0, gt=0, description="seconds of audio the speed is timed on")
     griffin_lim_iters: int = Field(32, ge=1, description="iterations of the Griffin-Lim baseline")
     samples: int = Field(3, ge=0, description="held-out clips written to RUN/samples as WAVs")
@@ -79,7 +124,7 @@ class VocoderEvalConfig(Section):
 class VocoderRecipeConfig(Section):
     data: VocoderDataConfig = VocoderDataConfig()
     model: VocoderConfig = VocoderConfig()
-    train: TrainConfig = TrainConfig(max_steps=3000, max_minutes=8.0, batch_size=8, lr=3e-3, beta1=0.8,
+    train: TrainConfig = TrainConfig(max_steps=None, max_minutes=10.0, batch_size=8, lr=3e-3, beta1=0.8,
                                      beta2=0.99, warmup_steps=50, min_lr_ratio=0.05, weight_decay=0.01,
                                      grad_clip=10.0, eval_every=500, eval_batches=8, checkpoint_every=500)
     eval: VocoderEvalConfig = VocoderEvalConfig()
@@ -103,11 +148,22 @@ class VocoderControls(BaseModel):
 # -- data --------------------------------------------------------------------------------------------
 @dataclass
 class Clips:
-    """Whole clips at SAMPLE_RATE, float32 [T] each, split into training and held-out ones."""
+    """Whole clips at SAMPLE_RATE, float32 [T] each, split into training and held-out ones; for
+    builtin:mixed each held-out clip's category, and which categories were never trained on."""
 
     train: list[np.ndarray]
     test: list[np.ndarray]
     info: dict[str, Any]
+    test_categories: list[str] | None = None
+    unseen: tuple[str, ...] = ()
+
+    @property
+    def validation(self) -> list[np.ndarray]:
+        """The held-out clips that choose the best weights: never those of unseen categories, which
+        must stay out of every choice made in training."""
+        if self.test_categories is None:
+            return self.test
+        return [c for c, k in zip(self.test, self.test_categories, strict=True) if k not in self.unseen]
 
 
 @functools.lru_cache(maxsize=2)
@@ -119,7 +175,9 @@ def _render_tones(clips: int, seconds: float) -> tuple[Any, ...]:
 
 
 def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
-    """builtin:tones, or a folder of at least two audio files, as whole clips."""
+    """builtin:mixed, builtin:tones, or a folder of at least two audio files, as whole clips."""
+    if spec == "builtin:mixed":
+        return _load_mixed(cfg)
     if spec == "builtin:tones":
         from muselab.data.tones import TONES_DESCRIPTION, TONES_VERSION, tones_split
 
@@ -130,14 +188,26 @@ def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
     elif spec == "builtin:speech":
         train, test, info = _speech_clips(cfg.clips)
     elif spec.startswith("builtin:"):
-        raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:tones, builtin:speech or a folder of "
-                        "audio files")
+        raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:mixed, builtin:speech, builtin:tones "
+                        "or a folder of audio files")
     else:
         train, test, info = _load_folder(Path(spec), cfg.test_share, cfg.skip_bad_files)
-    info.update({"spec": spec, "sample_rate": SAMPLE_RATE, "train_clips": len(train), "test_clips": len(test),
-                 "train_seconds": round(sum(map(len, train)) / SAMPLE_RATE, 2),
-                 "test_seconds": round(sum(map(len, test)) / SAMPLE_RATE, 2)})
-    return Clips(train, test, info)
+    return Clips(train, test, _summary(info, spec, train, test))
+
+
+def _summary(info: dict[str, Any], spec: str, train: list[np.ndarray], test: list[np.ndarray]) -> dict[str, Any]:
+    return {**info, "spec": spec, "sample_rate": SAMPLE_RATE, "mel": MEL_DESCRIPTION, "train_clips": len(train),
+            "test_clips": len(test), "train_seconds": round(sum(map(len, train)) / SAMPLE_RATE, 2),
+            "test_seconds": round(sum(map(len, test)) / SAMPLE_RATE, 2)}
+
+
+def _load_mixed(cfg: VocoderDataConfig) -> Clips:
+    from muselab.data.mixed import HELD_OUT_CATEGORIES, MixedSize, load_mixed
+
+    data = load_mixed(MixedSize(**cfg.mixed.model_dump()), test_share=cfg.test_share, progress=logger.info)
+    train, test = [c.audio for c in data.train], [c.audio for c in data.test]
+    return Clips(train, test, _summary(data.info, "builtin:mixed", train, test), [c.category for c in data.test],
+                 HELD_OUT_CATEGORIES)
 
 
 def _speech_clips(utterances: int) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
@@ -198,22 +268,75 @@ def _load_folder(root: Path, test_share: float, skip_bad_files: bool = False
                          "fingerprint": digest.hexdigest()}
 
 
-class SegmentSource:
-    """Random fixed-length segments of whole clips for training; every whole segment, in order, for
-    validation. Clips shorter than a segment are padded with silence."""
+@dataclass(frozen=True)
+class Augmentation:
+    """What training does to each segment: a random gain, and for a share of segments a resampling by a
+    random ratio (pitch and tempo move together, as a tape played faster or slower). Resampling is done
+    in the frequency domain, so a raised segment loses what would fold above Nyquist and a lowered one
+    has an empty top band, as band-limited recordings (16 kHz speech) do."""
 
-    def __init__(self, clips: list[np.ndarray], segment: int) -> None:
+    gain_db: tuple[float, float] = (0.0, 0.0)
+    pitch_shift: float = 0.0  # semitones, up or down
+    resample_share: float = 0.0
+
+    @classmethod
+    def of(cls, cfg: VocoderDataConfig) -> Augmentation:
+        return cls(tuple(cfg.gain_db), cfg.pitch_shift, cfg.resample_share)  # type: ignore[arg-type]
+
+
+RESAMPLE_MARGIN = 512  # samples dropped at each end of a resampled piece (the FFT's wrap-around)
+MAX_PEAK = 0.99
+
+
+def resample_piece(piece: torch.Tensor, ratio: float, length: int) -> torch.Tensor:
+    """`piece` played `ratio` times faster (pitch up by 12 * log2(ratio) semitones), band-limited by
+    truncating or zero-padding its spectrum; the middle `length` samples."""
+    n_in = piece.shape[-1]
+    n_out = round(n_in / ratio)
+    spectrum = torch.fft.rfft(piece)
+    kept = torch.zeros(n_out // 2 + 1, dtype=spectrum.dtype)
+    bins = min(len(kept), len(spectrum))
+    kept[:bins] = spectrum[:bins]
+    out = torch.fft.irfft(kept, n_out) * (n_out / n_in)
+    start = (n_out - length) // 2
+    return out[start:start + length]
+
+
+class SegmentSource:
+    """Random fixed-length segments of whole clips for training (augmented as `augment` says); every
+    whole segment, in order, for validation. Clips shorter than a segment are padded with silence."""
+
+    def __init__(self, clips: list[np.ndarray], segment: int, augment: Augmentation | None = None) -> None:
         self.segment = segment
+        self.augment = augment or Augmentation()
         self.clips = [torch.from_numpy(np.pad(c, (0, max(0, segment - len(c))))) for c in clips]
         # Every start position equally likely: a clip is drawn in proportion to its length
         self.starts = torch.tensor([len(c) - segment + 1 for c in self.clips], dtype=torch.float64)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        aug, seg = self.augment, self.segment
         which = torch.multinomial(self.starts, batch_size, replacement=True, generator=generator)
-        offsets = (torch.rand(batch_size, generator=generator, dtype=torch.float64) * self.starts[which]).long()
-        return {"audio": torch.stack([self.clips[i][o:o + self.segment] for i, o in zip(which.tolist(),
-                                                                                         offsets.tolist(),
-                                                                                         strict=True)])}
+        draws = torch.rand(batch_size, 4, generator=generator, dtype=torch.float64)
+        pieces = []
+        for i, (position, resample_draw, shift_draw, gain_draw) in zip(which.tolist(), draws.tolist(), strict=True):
+            clip = self.clips[i]
+            ratio = 1.0
+            if aug.pitch_shift and resample_draw < aug.resample_share:
+                ratio = 2.0 ** ((2 * shift_draw - 1) * aug.pitch_shift / 12)
+            need = seg if ratio == 1.0 else math.ceil((seg + 2 * RESAMPLE_MARGIN) * ratio) + 2
+            offset = int(position * max(1, len(clip) - need + 1))
+            piece = clip[offset:offset + need]
+            if len(piece) < need:
+                piece = torch.nn.functional.pad(piece, (0, need - len(piece)))
+            if ratio != 1.0:
+                piece = resample_piece(piece, ratio, seg)
+            if aug.gain_db != (0.0, 0.0):
+                low, high = aug.gain_db
+                gain = 10.0 ** ((low + gain_draw * (high - low)) / 20)
+                peak = float(piece.abs().max())
+                piece = piece * (min(gain, MAX_PEAK / peak) if peak > 0 else gain)
+            pieces.append(piece.float())
+        return {"audio": torch.stack(pieces)}
 
     def eval_batches(self, batch_size: int, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         pieces = [clip[start:start + self.segment] for clip in self.clips
@@ -259,12 +382,29 @@ def read_mel(path: str | Path) -> torch.Tensor:
 
 
 # -- synthesis -----------------------------------------------------------------------------------------
+def linear_from_mel(mel: torch.Tensor) -> torch.Tensor:
+    """The linear magnitude spectrum [n_fft // 2 + 1, F] of a log-mel by pseudo-inverse (clamped at 0);
+    frames that are silent in the mel stay silent."""
+    linear = torch.clamp(mel_pseudo_inverse().to(mel.device, mel.dtype) @ mel.exp(), min=0.0)
+    return linear * (mel.amax(dim=-2, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
+
+
 def griffin_lim_from_mel(mel: torch.Tensor, n_iter: int = 32, seed: int = 0) -> torch.Tensor:
-    """The baseline: the linear spectrum from the mel by pseudo-inverse, then fast Griffin-Lim;
-    F frames give F * hop samples, as the network's output."""
-    basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
-    linear = mel_to_linear(mel.exp(), basis)
-    return griffin_lim(linear, MEL.n_fft, MEL.hop, n_iter=n_iter, seed=seed, length=mel.shape[-1] * MEL.hop)
+    """The fallback: the mel's pseudo-inverse, then muselab's fast Griffin-Lim (torch); F frames give
+    F * hop samples, as the network's output."""
+    return griffin_lim(linear_from_mel(mel), MEL.n_fft, MEL.hop, n_iter=n_iter, seed=seed,
+                       length=mel.shape[-1] * MEL.hop)
+
+
+def griffin_lim_librosa(mel: torch.Tensor, n_iter: int = 32, seed: int = 0) -> torch.Tensor:
+    """The baseline the evaluation and benchmarks compare with: librosa's Griffin-Lim (fast, momentum
+    0.99, random initial phase) from the same pseudo-inverse linear spectrum."""
+    import librosa
+
+    wav = librosa.griffinlim(linear_from_mel(mel).numpy(), n_iter=n_iter, hop_length=MEL.hop, n_fft=MEL.n_fft,
+                             window="hann", center=True, momentum=0.99, init="random", random_state=seed)
+    length = mel.shape[-1] * MEL.hop  # librosa makes (F - 1) * hop samples; padded as the network's F * hop
+    return torch.from_numpy(np.pad(wav, (0, max(0, length - len(wav))))[:length].astype(np.float32))
 
 
 def synthesise(model: Vocoder, mel: torch.Tensor, use_griffin_lim: bool, seed: int = 0,
@@ -280,19 +420,21 @@ class VocoderRecipe(Recipe):
     summary = "neural vocoder (mel spectrogram -> waveform), compared with Griffin-Lim"
     config_class = VocoderRecipeConfig
     controls_class = VocoderControls
-    default_data = "builtin:tones"
+    default_data = "builtin:mixed"
     data_formats = "a folder of at least two .wav, .flac or .ogg recordings (whole files are held out)"
-    builtin_data = {"builtin:tones": TONES_DESCRIPTION,
+    builtin_data = {"builtin:mixed": MIXED_DESCRIPTION, "builtin:tones": TONES_DESCRIPTION,
                     "builtin:speech": "flite's four voices speaking plain sentences (data.clips utterances; the "
-                                      "held-out sentences are the test clips): the vocoder audio-tts plugs in"}
+                                      "held-out sentences are the test clips): a speech-only vocoder for audio-tts"}
     capabilities = Capabilities(main_control="wav", writes_files=True)
     presets = {
         "tiny": {
-            "data": {"clips": 8, "clip_seconds": 1.0, "segment": 4096, "test_share": 0.25},
+            "data": {"clips": 8, "clip_seconds": 1.0, "segment": 4096, "test_share": 0.25,
+                     "mixed": {"programs_per_family": 1, "clips_per_program": 1, "utterances": 8, "tones": 4,
+                               "clip_seconds": 1.0}},
             "model": {"dim": 32, "intermediate": 64, "layers": 2, "disc_channels": 4},
             "train": {"max_steps": 6, "max_minutes": None, "batch_size": 4, "warmup_steps": 2, "eval_every": 3,
                       "eval_batches": 2, "checkpoint_every": 3, "log_every": 1},
-            "eval": {"realtime_seconds": 1.0, "samples": 1},
+            "eval": {"realtime_seconds": 1.0, "samples": 1, "category_seconds": 1.0},
         },
         "default": {},
         "base": {
@@ -306,8 +448,8 @@ class VocoderRecipe(Recipe):
     def prepare_data(self, cfg: VocoderRecipeConfig, data: str,
                      assets: dict[str, Any] | None = None) -> PreparedData:
         clips = load_clips(data, cfg.data)
-        return PreparedData(SegmentSource(clips.train, cfg.data.segment), SegmentSource(clips.test, cfg.data.segment),
-                            clips.info, {})
+        return PreparedData(SegmentSource(clips.train, cfg.data.segment, Augmentation.of(cfg.data)),
+                            SegmentSource(clips.validation, cfg.data.segment), clips.info, {})
 
     def build_model(self, cfg: VocoderRecipeConfig, assets: dict[str, Any]) -> Vocoder:
         return Vocoder(cfg.model)
@@ -322,6 +464,25 @@ class VocoderRecipe(Recipe):
                        source: Path) -> None:
         """Any vocoder serves any audio: the mel settings are the same for all."""
 
+    def export_module(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any]) -> ExportSpec:
+        # batch 2, not 1: torch.export fixes an axis whose example size is 1
+        mel = torch.randn(2, MEL.n_mels, 8, generator=torch.Generator().manual_seed(0)) - 4.0
+        return ExportSpec(
+            RealGenerator(model.generator), (mel,), ["mel"], ["waveform"],
+            {"mel": {0: "batch", 2: "frames"}, "waveform": {0: "batch", 1: "samples"}},
+            description="the generator in real arithmetic (its inverse STFT as matrix products): a log-mel "
+                        "spectrogram to a waveform, hop samples per frame",
+            meaning={"mel": f"float32 [batch, {MEL.n_mels}, frames]: {MEL_DESCRIPTION}",
+                     "waveform": f"float32 [batch, frames * {MEL.hop}] at {SAMPLE_RATE} Hz, within about [-1, 1]"},
+            pair_with={"sample_rate": SAMPLE_RATE, "n_fft": MEL.n_fft, "hop": MEL.hop, "n_mels": MEL.n_mels,
+                       "fmin": MEL.fmin, "fmax": MEL.fmax, "mel": "natural log of the magnitude mel "
+                       "(muselab.audio.dsp.log_mel), Slaney mel scale and norm"})
+
+    def shipped_run(self) -> Path | None:
+        from muselab.audio.default_vocoder import default_vocoder_dir
+
+        return default_vocoder_dir()
+
     # -- generation -------------------------------------------------------------------------------
     def generate(self, model: Vocoder, cfg: VocoderRecipeConfig, assets: dict[str, Any],
                  controls: VocoderControls, context: GenerationContext) -> AudioResult:
@@ -332,10 +493,10 @@ class VocoderRecipe(Recipe):
         if controls.wav is not None:
             from muselab.audio.io import load_audio
 
-            wav, _, changes = load_audio(controls.wav, sr=SAMPLE_RATE)
+            wav, _, changes = load_audio(controls.wav, sr=SAMPLE_RATE, allow_silent=True)
             for change in changes:
                 logger.info(f"{controls.wav}: {change}")
-            mel, length = log_mel(torch.from_numpy(wav)), len(wav)
+            mel, length = mel_spectrogram(torch.from_numpy(wav)), len(wav)
         else:
             mel = read_mel(controls.mel)
             length = mel.shape[-1] * MEL.hop
@@ -349,23 +510,29 @@ class VocoderRecipe(Recipe):
                  data: str | None) -> dict[str, Any]:
         if data is None:
             raise DataError("this run does not record its data; pass --data")
-        clips = _scored_clips(load_clips(data, cfg.data).test, cfg.eval.max_seconds)
+        clips = load_clips(data, cfg.data)
+        scored = _scored_clips(clips, cfg.eval)
         n_iter = cfg.eval.griffin_lim_iters
-        scores: dict[str, list[float]] = {"mrstft": [], "mcd": [], "mrstft_griffin_lim": [], "mcd_griffin_lim": []}
+        rows: list[dict[str, Any]] = []
         examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for clip in clips:
+        for category, clip in scored:
             wav = torch.from_numpy(clip)
-            mel = log_mel(wav)
-            outputs = {"": model.vocode(mel)[:len(clip)], "_griffin_lim": griffin_lim_from_mel(mel, n_iter)[:len(clip)]}
+            mel = mel_spectrogram(wav)
+            outputs = {"": model.vocode(mel)[:len(clip)], "_griffin_lim": griffin_lim_librosa(mel, n_iter)[:len(clip)]}
+            row: dict[str, Any] = {"category": category, "seconds": len(clip) / SAMPLE_RATE}
             for suffix, out in outputs.items():
-                scores["mrstft" + suffix].append(mrstft_distance(out, wav))
-                scores["mcd" + suffix].append(mel_cepstral_distortion(wav, out, SAMPLE_RATE))
-            if len(examples) < max(1, cfg.eval.samples):
+                row["mrstft" + suffix] = mrstft_distance(out, wav)
+                row["mcd" + suffix] = mel_cepstral_distortion(wav, out, SAMPLE_RATE)
+            rows.append(row)
+            if len(examples) < max(1, cfg.eval.samples) and all(c != category for c, _ in scored[:len(rows) - 1]):
                 examples.append((clip, outputs[""].numpy(), outputs["_griffin_lim"].numpy()))
-        weights = np.array([len(c) for c in clips], dtype=float)
-        metrics: dict[str, Any] = {k: float(np.average(v, weights=weights)) for k, v in scores.items()}
-        metrics.update(_speeds(model, clips, cfg.eval.realtime_seconds, n_iter))
-        metrics.update({"eval_clips": len(clips), "eval_seconds": round(float(weights.sum()) / SAMPLE_RATE, 2),
+        metrics: dict[str, Any] = _averages(rows)
+        if clips.test_categories is not None:
+            metrics.update(_by_category(rows, clips.unseen))
+        metrics.update(_speeds(model, [clip for _, clip in scored], cfg.eval.realtime_seconds, n_iter))
+        metrics.update({"eval_clips": len(rows), "eval_seconds": round(sum(r["seconds"] for r in rows), 2),
+                        "griffin_lim_baseline": f"librosa.griffinlim, {n_iter} iterations, momentum 0.99, from the "
+                                                "mel's pseudo-inverse",
                         "generator_parameters": model.num_parameters("generator"),
                         "threads": torch.get_num_threads()})
         return Evaluation(metrics, audio=self._write_pictures_and_samples(model, examples, cfg.eval.samples, run, data))
@@ -376,7 +543,7 @@ class VocoderRecipe(Recipe):
         from muselab.audio.plots import plot_spectrograms
 
         original, vocoded, baseline = examples[0]
-        panels = [(name, log_mel(torch.from_numpy(x)).numpy()) for name, x in
+        panels = [(name, mel_spectrogram(torch.from_numpy(x)).numpy()) for name, x in
                   (("original", original), ("vocoder", vocoded), ("Griffin-Lim", baseline))]
         plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out clip 1")
         if not n_samples:
@@ -391,8 +558,21 @@ class VocoderRecipe(Recipe):
                 for stem, index, use_gl in (("vocoder", 1, False), ("griffin_lim", 2, True))]
 
 
-def _scored_clips(test: list[np.ndarray], max_seconds: float) -> list[np.ndarray]:
-    """Whole held-out clips, in order, until `max_seconds` of audio (at least one clip)."""
+def _scored_clips(clips: Clips, cfg: VocoderEvalConfig) -> list[tuple[str | None, np.ndarray]]:
+    """(category, clip) of the held-out clips scored: whole clips in order until `max_seconds` of audio
+    (at least one clip), or for builtin:mixed until `category_seconds` per category, unseen ones first."""
+    if clips.test_categories is None:
+        return [(None, clip) for clip in _first_seconds(clips.test, cfg.max_seconds)]
+    order = list(dict.fromkeys(sorted(clips.test_categories, key=lambda c: (c not in clips.unseen,))))
+    scored = []
+    for category in order:
+        members = [clip for clip, c in zip(clips.test, clips.test_categories, strict=True) if c == category]
+        scored += [(category, clip) for clip in _first_seconds(members, cfg.category_seconds)]
+    return scored
+
+
+def _first_seconds(test: list[np.ndarray], max_seconds: float) -> list[np.ndarray]:
+    """Whole clips, in order, until `max_seconds` of audio (at least one clip)."""
     chosen, total = [], 0
     for clip in test:
         if chosen and total + len(clip) > max_seconds * SAMPLE_RATE:
@@ -402,17 +582,46 @@ def _scored_clips(test: list[np.ndarray], max_seconds: float) -> list[np.ndarray
     return chosen
 
 
+SCORES = ("mrstft", "mrstft_griffin_lim", "mcd", "mcd_griffin_lim")
+
+
+def _averages(rows: list[dict[str, Any]], suffix: str = "") -> dict[str, float]:
+    """Each score averaged over clips, weighted by their length."""
+    weights = np.array([r["seconds"] for r in rows])
+    return {f"{key}{suffix}": float(np.average([r[key] for r in rows], weights=weights)) for key in SCORES}
+
+
+def _by_category(rows: list[dict[str, Any]], unseen: tuple[str, ...]) -> dict[str, Any]:
+    """Scores for the seen and the unseen kinds of sound, and per category (`unseen.guitar.mrstft`, ...)."""
+    metrics: dict[str, Any] = {}
+    for kind, members in (("seen", [r for r in rows if r["category"] not in unseen]),
+                          ("unseen", [r for r in rows if r["category"] in unseen])):
+        if members:
+            metrics.update(_averages(members, f"_{kind}"))
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    beaten = 0
+    for category in categories:
+        scores = _averages([r for r in rows if r["category"] == category])
+        beaten += scores["mrstft"] < scores["mrstft_griffin_lim"] and scores["mcd"] < scores["mcd_griffin_lim"]
+        kind = "unseen" if category in unseen else "seen"
+        metrics.update({f"{kind}.{category}.{key}": value for key, value in scores.items()})
+    metrics["unseen_categories"] = ", ".join(c for c in categories if c in unseen)
+    metrics["categories_better_than_griffin_lim"] = f"{beaten} of {len(categories)} (both MRSTFT and MCD lower)"
+    return metrics
+
+
 def _speeds(model: Vocoder, clips: list[np.ndarray], seconds: float, n_iter: int) -> dict[str, float]:
-    """Seconds of audio made per wall-clock second, by the network (inference mode) and by Griffin-Lim,
-    from the same mel: the held-out clips end to end, repeated up to `seconds`."""
+    """Seconds of audio made per wall-clock second, by the network (inference mode) and by Griffin-Lim
+    (librosa), from the same mel: the held-out clips end to end, repeated up to `seconds`."""
     audio = np.concatenate(clips)
     repeats = math.ceil(seconds * SAMPLE_RATE / len(audio))
-    mel = log_mel(torch.from_numpy(np.tile(audio, repeats)[: max(len(audio), round(seconds * SAMPLE_RATE))]))
+    mel = mel_spectrogram(torch.from_numpy(np.tile(audio, repeats)[: max(len(audio), round(seconds * SAMPLE_RATE))]))
     audio_seconds = mel.shape[-1] * MEL.hop / SAMPLE_RATE
     model.vocode(mel[:, :64])  # warm-up: the first call pays for allocations and kernel choice
     network = _best_time(lambda: model.vocode(mel))
-    baseline = _best_time(lambda: griffin_lim_from_mel(mel, n_iter))
-    return {"realtime_factor": audio_seconds / network, "realtime_factor_griffin_lim": audio_seconds / baseline}
+    baseline = _best_time(lambda: griffin_lim_librosa(mel, n_iter), repeats=1)
+    return {"realtime_factor": audio_seconds / network, "realtime_factor_griffin_lim": audio_seconds / baseline,
+            "realtime_seconds": round(audio_seconds, 2)}
 
 
 def _best_time(work: Callable[[], Any], repeats: int = 3) -> float:

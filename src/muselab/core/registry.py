@@ -96,6 +96,27 @@ class Evaluation:
     audio: list[EvalAudio] = field(default_factory=list)
 
 
+@dataclass
+class ExportSpec:
+    """What `muselab export` turns into an ONNX or TorchScript file: a plain network with example inputs.
+
+    `module` maps `example_inputs` (tensors, in `input_names` order) to one tensor per `output_names`;
+    `dynamic_axes` names the axes that may vary (input or output name -> axis -> name), `axis_max` bounds
+    them where the network has a limit (a context window); an example's size on a dynamic axis must be 2 or
+    more, since torch.export fixes an axis whose example size is 0 or 1. `meaning` says in words what each input and
+    output holds, `pair_with` what a user needs beside the file (sample rate, image size, vocabulary)."""
+
+    module: nn.Module
+    example_inputs: tuple[Any, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    description: str
+    meaning: dict[str, str] = field(default_factory=dict)
+    axis_max: dict[str, int] = field(default_factory=dict)
+    pair_with: dict[str, Any] = field(default_factory=dict)
+
+
 class MemorizationGuard(ABC):
     """A recipe's measure of how close each output is to its training data, for the pipeline's guard.
 
@@ -139,6 +160,8 @@ class Recipe(ABC):
     # What `--data` accepts, for `muselab recipes NAME`: file formats in words, and builtin:NAME -> what it is
     data_formats: ClassVar[str] = ""
     builtin_data: ClassVar[dict[str, str]] = {}
+    # The Hugging Face pipeline tag the model card gives this recipe's runs, where one fits
+    pipeline_tag: ClassVar[str | None] = None
     # Presets are overrides on top of the config defaults, which are the CPU "default" preset
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
 
@@ -179,10 +202,18 @@ class Recipe(ABC):
         """Something to do after each validation with the step and the weights (e.g. a sample grid)."""
         return None
 
+    def export_module(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any]) -> ExportSpec | None:
+        """The plain network `muselab export` writes (e.g. a GAN's generator), or None: not exportable."""
+        return None
+
     @abstractmethod
     def evaluate(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> Evaluation:
         """Metrics for eval.json (and text samples to save)."""
+
+    def shipped_run(self) -> Path | None:
+        """A trained run that ships with muselab and serves when no run is named (`builtin:RECIPE`), if any."""
+        return None
 
 
 def register_recipe(name: str, target: str) -> None:

@@ -8,6 +8,7 @@ import torch
 from pydantic import BaseModel
 
 from muselab.core.config import Section, TrainConfig
+from muselab.core.registry import ExportSpec
 from muselab.image.controls import GANControls
 from muselab.image.gan import GAN, GANConfig
 from muselab.image.recipe import ImageDataConfig, ImageEvalConfig, ImageRecipe, parse_seed
@@ -55,3 +56,9 @@ class ImageGANRecipe(ImageRecipe):
                     for end in ends)
         z = slerp(z_a[0], z_b[0], torch.linspace(0, 1, controls.steps))
         return model.generate_from(z, None if label is None else torch.full((controls.steps,), label))
+
+    def export_module(self, model: GAN, cfg: GANRecipeConfig, assets: dict[str, Any]) -> ExportSpec:
+        return self._latent_export(model.generator, cfg, assets, "the generator (the EMA weights, BatchNorm in "
+                                   "eval mode): one image per latent", "z ~ N(0, I), times the truncation (1 = the "
+                                   "full spread, 0 = the average image)")
+

@@ -23,6 +23,7 @@ from muselab.core.io import Fields, atomic_write
 from muselab.core.registry import (
     Capabilities,
     Evaluation,
+    ExportSpec,
     GenerationContext,
     MemorizationGuard,
     PreparedData,
@@ -89,7 +90,7 @@ def resolve_label(label: str | None, class_names: list[str]) -> int | None:
         return None
     if label in class_names:
         return class_names.index(label)
-    if label.lstrip("-").isdigit() and 0 <= int(label) < len(class_names):
+    if label.isdigit() and len(label) <= 9 and int(label) < len(class_names):  # 9 digits: int() stays cheap
         return int(label)
     shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
     raise ControlError(f"unknown --label '{label}'; this model knows: {shown} (or an index from 0 to "
@@ -103,6 +104,7 @@ def parse_seed(text: str) -> int:
 
 
 class ImageRecipe(Recipe):
+    pipeline_tag = "unconditional-image-generation"
     capabilities = Capabilities(main_control="num_samples", writes_files=True)
     default_data = "builtin:digits"
     data_formats = ("a folder of images (PNG, JPEG, ...), one subfolder per class for a conditional model, or "
@@ -153,6 +155,26 @@ class ImageRecipe(Recipe):
             raise ConfigError(f"--init-from '{source}' makes {source_cfg.model.size}x{source_cfg.model.size}x"
                               f"{source_cfg.model.channels} images, this data is {cfg.model.size}x{cfg.model.size}x"
                               f"{cfg.model.channels}: set data.size and data.channels to match")
+
+    # -- export ---------------------------------------------------------------------------------
+    def _latent_export(self, network: nn.Module, cfg: BaseModel, assets: dict[str, Any], what: str,
+                       latent: str) -> ExportSpec:
+        """The ExportSpec of a network from latents (and labels, when conditional) to images."""
+        model_cfg = cfg.model
+        z = torch.randn(2, model_cfg.latent_dim, generator=torch.Generator().manual_seed(0))
+        inputs, names = (z,), ["latent"]
+        meaning = {"latent": f"float32 [batch, {model_cfg.latent_dim}]: {latent}",
+                   "images": f"float32 [batch, {model_cfg.channels}, {model_cfg.size}, {model_cfg.size}] in [-1, 1] "
+                             "(pixels = (images + 1) * 127.5)"}
+        axes: dict[str, dict[int, str]] = {"latent": {0: "batch"}, "images": {0: "batch"}}
+        if model_cfg.conditional:
+            inputs, names = (z, torch.tensor([0, model_cfg.num_classes - 1])), [*names, "labels"]
+            meaning["labels"] = f"int64 [batch]: class ids from 0 to {model_cfg.num_classes - 1} (see class_names)"
+            axes["labels"] = {0: "batch"}
+        pair_with = {"image_size": model_cfg.size, "channels": model_cfg.channels, "layout": "NCHW",
+                     "value_range": [-1, 1], "class_names": assets["class_names"] if model_cfg.conditional else []}
+        return ExportSpec(network, inputs, names, ["images"], axes, description=what, meaning=meaning,
+                          pair_with=pair_with)
 
     # -- generation -------------------------------------------------------------------------------
     @abstractmethod

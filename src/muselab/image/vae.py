@@ -186,7 +186,11 @@ class VAE(nn.Module):
     def decode(self, z: Tensor, labels: Tensor | int | None = None) -> Tensor:
         """The likelihood's mean as images in [-1, 1], [n, C, H, W]."""
         labels = resolve_labels(labels, z.size(0), self.cfg, self.device)
-        decoded = self.decoder(z.to(self.device), labels).float().contiguous()
+        return self.images_from(z.to(self.device), labels).contiguous()
+
+    def images_from(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """`decode` without the label checks: a plain tensor function, which export traces."""
+        decoded = self.decoder(z, labels).float()
         if self.log_sigma is None:
             return torch.sigmoid(decoded) * 2.0 - 1.0
         return decoded.clamp(-1.0, 1.0)
@@ -223,3 +227,16 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     if float(torch.sin(omega)) < 1e-6:  # (anti)parallel or zero vectors: no unique great circle
         return torch.lerp(a, b, t)
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+class ImageDecoder(nn.Module):
+    """The VAE's decoder with its likelihood's mean as images, as a plain network for export:
+    latents [B, latent_dim] (and labels [B] when conditional) -> images [B, C, H, W] in [-1, 1]."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.vae.images_from(z, labels)
+

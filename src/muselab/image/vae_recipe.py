@@ -10,13 +10,14 @@ from pydantic import BaseModel
 
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ControlError
+from muselab.core.registry import ExportSpec
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
 from muselab.data.images import ImageDataset, ImageStream, load_picture, to_float
 from muselab.image.controls import VAEControls
 from muselab.image.pictures import image_grid, to_pixels
 from muselab.image.recipe import ImageDataConfig, ImageEvalConfig, ImageRecipe, parse_seed
-from muselab.image.vae import VAE, VAEConfig
+from muselab.image.vae import VAE, ImageDecoder, VAEConfig
 
 
 class VAERecipeConfig(Section):
@@ -47,6 +48,11 @@ class ImageVAERecipe(ImageRecipe):
 
     def build_model(self, cfg: VAERecipeConfig, assets: dict[str, Any]) -> VAE:
         return VAE(cfg.model)
+
+    def export_module(self, model: VAE, cfg: VAERecipeConfig, assets: dict[str, Any]) -> ExportSpec:
+        return self._latent_export(ImageDecoder(model), cfg, assets, "the decoder: the likelihood's mean image "
+                                   "for each latent", "z ~ N(0, I) times the temperature for new images, or an "
+                                   "encoder's posterior mean")
 
     def _draw(self, model: VAE, n: int, labels: torch.Tensor | None, controls: BaseModel,
               generator: torch.Generator) -> torch.Tensor:

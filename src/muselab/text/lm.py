@@ -223,3 +223,17 @@ class GPT(nn.Module):
             return self(context, last_only=True)[:, -1, :].float()
 
         return step
+
+
+class NextTokenLogits(nn.Module):
+    """One decoding step without a cache, as a plain network for export: token ids [B, T] (the last
+    `block_size` tokens of the text so far, 1 <= T <= block_size) -> float logits of the next token
+    [B, vocab_size]. The same logits as `GPT.uncached_step` (and the cached step, which equals it)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, last_only=True)[:, -1, :].float()
+

@@ -15,6 +15,7 @@ from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.registry import (
     Capabilities,
     Evaluation,
+    ExportSpec,
     GenerationContext,
     MemorizationGuard,
     PreparedData,
@@ -27,9 +28,9 @@ from muselab.data.text import BUILTIN_TEXT_SOURCES, load_text_corpus, split_trai
 from muselab.text.bans import BannedWordsProcessor, build_ban_processor
 from muselab.text.controls import DEFAULT_MAX_COPY_CHARS, TextGenerationControls
 from muselab.text.decoding import StopStrings, build_processors, generate_tokens
-from muselab.text.lm import GPT, GPTConfig
+from muselab.text.lm import GPT, GPTConfig, NextTokenLogits
 from muselab.text.metrics import CopyIndex, load_copy_index, text_diversity_report
-from muselab.text.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from muselab.text.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer, train_tokenizer
 
 # The training text's suffix array, saved with the run so `generate` can tell copies from new text
 # (about 5 bytes per character of training text; 0.4 s to build and 20 ms to load for 1.1 MB).
@@ -100,6 +101,7 @@ def _encode(tokenizer: Tokenizer, text: str) -> torch.Tensor:
 
 
 class TextLMRecipe(Recipe):
+    pipeline_tag = "text-generation"
     name = "text-lm"
     summary = "decoder-only Transformer language model (char or BPE) on a .txt file, folder or JSONL"
     config_class = TextLMConfig
@@ -157,6 +159,23 @@ class TextLMRecipe(Recipe):
 
     def load_assets(self, cfg: TextLMConfig, run: RunDir) -> dict[str, Any]:
         return {"tokenizer": load_tokenizer(run.path), "copy_index": LazyCopyIndex(run / COPY_INDEX_FILE)}
+
+    def export_module(self, model: GPT, cfg: TextLMConfig, assets: dict[str, Any]) -> ExportSpec:
+        block, tokenizer = model.cfg.block_size, assets["tokenizer"]
+        example = torch.randint(0, model.cfg.vocab_size, (2, min(8, block)), generator=torch.Generator().manual_seed(0))
+        return ExportSpec(
+            NextTokenLogits(model), (example,), ["input_ids"], ["logits"],
+            {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+            description="one decoding step without a key/value cache: the next token's logits after each row of "
+                        f"token ids; feed the last {block} tokens of the text so far, pick a token from the "
+                        "logits (temperature, top-k, ...), append it and repeat",
+            meaning={"input_ids": f"int64 token ids of {TOKENIZER_FILE}, 1 to {block} per row (the context window)",
+                     "logits": f"float32 unnormalised scores of the next token, one per id of the vocabulary "
+                               f"({model.cfg.vocab_size})"},
+            axis_max={"sequence": block},
+            pair_with={"tokenizer": TOKENIZER_FILE, "tokenizer_kind": tokenizer.kind,
+                       "vocab_size": model.cfg.vocab_size, "context_tokens": block,
+                       "empty_prompt_ids": _start_ids(tokenizer, "")})
 
     def check_transfer(self, cfg: TextLMConfig, source_cfg: TextLMConfig, prepared: PreparedData,
                        source: Path) -> None:

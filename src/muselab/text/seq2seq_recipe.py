@@ -135,6 +135,7 @@ def collate(sources: Sequence[list[int]], targets: Sequence[list[int]]) -> dict[
 
 
 class TextSeq2SeqRecipe(Recipe):
+    pipeline_tag = "text2text-generation"
     name = "text-seq2seq"
     summary = "RNN encoder-decoder with attention on paired data: grapheme-to-phoneme, translation, rewriting"
     config_class = Seq2SeqRecipeConfig
@@ -237,6 +238,9 @@ class TextSeq2SeqRecipe(Recipe):
         src = pad(chunk).to(device)
         src_len = torch.tensor([len(c) for c in chunk])
         max_len = controls.max_length or 2 * int(src_len.max()) + 10
+        if controls.min_length > max_len:
+            raise ControlError(f"--min-length {controls.min_length} is longer than the longest output allowed here "
+                               f"({max_len}: --max-length, or twice the input plus 10 when it is 0)")
         with torch.no_grad():
             state = model.encode(src, src_len)
             if controls.temperature > 0 and controls.beam == 1:

@@ -34,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from muselab.audio.dsp import log_mel, resample
+from muselab.audio.dsp import resample
 from muselab.audio.tts.frontend import Frontend, Phonemized
 from muselab.audio.tts.inventory import BOS, PAUSES, PhonemeInventory, strip_stress
-from muselab.audio.vocoder import MEL
+from muselab.audio.vocoder import MEL, mel_spectrogram
 from muselab.core.errors import DataError
 from muselab.core.io import atomic_write
 from muselab.data.speech import Phone, SpeechDataset, Utterance
 
-FEATURES_VERSION = 1
-UNALIGNED_VERSION = 1  # of the cached phonemes, mel and f0 track of recordings without phone times
+FEATURES_VERSION = 2  # 2: full-band mels (to 11,025 Hz), the vocoders' convention
+UNALIGNED_VERSION = 2  # of the cached phonemes, mel and f0 track of recordings without phone times
 VOICED = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW",
                     "B", "D", "DH", "G", "JH", "L", "M", "N", "NG", "R", "V", "W", "Y", "Z", "ZH"})
 FLITE_NAMES = {"ax": "AH"}  # flite's schwa; its other phones are ARPAbet in lower case
@@ -198,7 +198,7 @@ def extract_unaligned(utterance: Utterance, data: SpeechDataset, frontend: Front
         return UtteranceFeatures(saved["ids"], None, None, None, saved["mel"], utterance.speaker, saved["f0"])
     symbols = symbols_of(frontend.phonemize(utterance.normalized))
     audio = data.audio(utterance)
-    mel = log_mel(resample(audio, data.sample_rate, MEL.sr)).numpy().astype(np.float32)
+    mel = mel_spectrogram(resample(audio, data.sample_rate, MEL.sr)).numpy().astype(np.float32)
     features = UtteranceFeatures(np.array(inventory.encode(symbols), dtype=np.int64), None, None, None, mel,
                                  utterance.speaker, _f0_track(audio, data.sample_rate))
     if use_cache:
@@ -231,7 +231,7 @@ def extract(utterance: Utterance, data: SpeechDataset, frontend: Frontend, inven
                                  utterance.speaker)
     symbols = symbols_of(frontend.phonemize(utterance.text))
     audio = data.audio(utterance)
-    mel = log_mel(resample(audio, data.sample_rate, MEL.sr)).numpy()
+    mel = mel_spectrogram(resample(audio, data.sample_rate, MEL.sr)).numpy()
     durations = align_durations(symbols, utterance.phones, mel.shape[1])
     features = UtteranceFeatures(np.array(inventory.encode(symbols), dtype=np.int64), durations,
                                  _pitch_per_symbol(_f0_track(audio, data.sample_rate), symbols, durations),
