@@ -111,6 +111,7 @@ CASES: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     "audio-vocoder": ("builtin:tones", [], {}),
     "audio-tts": ("builtin:speech", ["eval.recognizer=false"],
                   {"text": "Hello there. This sentence is long enough to carry a watermark in its sound."}),
+    "music-lm": ("builtin:bach", ["data.max_pieces=6"], {"bars": 2}),
 }
 
 

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from muselab.audio.ddsp import DDSP, DDSPConfig
-from muselab.audio.synth import harmonic_synth, midi_to_hz, note_to_midi
+from muselab.audio.synth import harmonic_synth, midi_to_hz
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.io import Fields, sha256_json
@@ -38,6 +38,7 @@ from muselab.data.audio_features import (
     extract_features,
     is_cached,
 )
+from muselab.data.notes import read_notes
 from muselab.data.split import hold_out
 from muselab.data.tones import TONES_DESCRIPTION
 
@@ -228,27 +229,6 @@ class NoteEvent:
     midi: int | None  # None = a rest
     start_s: float
     seconds: float
-
-
-def read_notes(text: str) -> list[tuple[int | None, float]]:
-    """"C4:0.5 E4:0.5 R:0.5 G4:1" (name:beats, R = rest; a bare name lasts one beat) -> (MIDI or None, beats)."""
-    tokens = text.replace(",", " ").split()
-    if not tokens:
-        raise ControlError("--notes is empty: give notes as NAME:BEATS, e.g. \"C4:0.5 E4:0.5 G4:1 R:0.5\"")
-    notes: list[tuple[int | None, float]] = []
-    for token in tokens:
-        name, _, beats_text = token.partition(":")
-        try:
-            beats = float(beats_text) if beats_text else 1.0
-        except ValueError:
-            beats = float("nan")
-        if not (math.isfinite(beats) and 0 < beats <= 64):
-            raise ControlError(f"cannot read the note {token!r}: the beats after ':' must be a number above 0 "
-                               "and at most 64, e.g. C4:0.5")
-        notes.append((None if name.upper() == "R" else note_to_midi(name), beats))
-    if all(midi is None for midi, _ in notes):
-        raise ControlError("--notes holds only rests (R): add at least one note, e.g. C4:1")
-    return notes
 
 
 def parse_notes(text: str, tempo: float) -> list[NoteEvent]:

@@ -13,27 +13,16 @@ centre the controls are held.
 from __future__ import annotations
 
 import math
-import re
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from muselab.core.errors import ControlError
-
 UpsampleMode = Literal["linear", "window"]
 
 # --------------------------------------------------------------------------------------------------
 # Pitch helpers
-
-_NOTE_NAME = re.compile(r"([A-Ga-g])(#{1,2}|b{1,2}|)(-?\d+)")
-_PITCH_CLASS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-
-
-class NoteNameError(ControlError, ValueError):
-    """A note name that cannot be read. A ControlError (the CLI prints it as one line) and a ValueError."""
-
 
 def midi_to_hz(midi):
     """MIDI note number (float, array or tensor) to Hz; A4 = 69 = 440 Hz."""
@@ -45,20 +34,6 @@ def hz_to_midi(hz):
     if isinstance(hz, Tensor):
         return 69.0 + 12.0 * torch.log2(hz / 440.0)
     return 69.0 + 12.0 * np.log2(np.asarray(hz, dtype=np.float64) / 440.0)
-
-
-def note_to_midi(name: str) -> int:
-    """Scientific pitch name to MIDI number: "C4" = 60, "F#3" = 54, "Bb2" = 46 (sharps #, flats b)."""
-    match = _NOTE_NAME.fullmatch(name.strip()) if isinstance(name, str) else None
-    if match is None:
-        raise NoteNameError(f"cannot read the note name {name!r}: write a letter A-G, an optional # or b, "
-                            "then an octave number, e.g. C4, F#3 or Bb2")
-    letter, accidental, octave = match.groups()
-    midi = 12 * (int(octave) + 1) + _PITCH_CLASS[letter.upper()]
-    midi += len(accidental) if accidental.startswith("#") else -len(accidental)
-    if not 0 <= midi <= 127:
-        raise NoteNameError(f"the note {name!r} is MIDI {midi}, outside 0-127 (C-1 to G9): choose another octave")
-    return midi
 
 
 # --------------------------------------------------------------------------------------------------

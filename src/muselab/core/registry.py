@@ -31,6 +31,7 @@ _RECIPES: dict[str, str] = {
     "audio-ddsp": "muselab.audio.ddsp_recipe:AudioDDSPRecipe",
     "audio-vocoder": "muselab.audio.vocoder_recipe:VocoderRecipe",
     "audio-tts": "muselab.audio.tts_recipe:TTSRecipe",
+    "music-lm": "muselab.music.recipe:MusicLMRecipe",
 }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from muselab.core.errors import MuselabError
 
-__all__ = ["AudioResult", "ImageResult", "Refused", "Result", "SequenceResult", "TextResult"]
+__all__ = ["AudioResult", "ImageResult", "MusicResult", "Refused", "Result", "SequenceResult", "TextResult"]
 
 
 @dataclass(frozen=True)
@@ -221,3 +221,28 @@ class AudioResult(Result):
     def _content_json(self) -> dict[str, Any]:
         return {"count": len(self.clips), "sample_rate": self.sample_rate,
                 "seconds": [round(d, 3) for d in self.durations]}
+
+
+@dataclass
+class MusicResult(Result):
+    """Pieces of music: `scores[i]` the notes as JSON (`muselab.data.scores.Score.to_json`: four voices of
+    [pitch, start, length] in quarter notes), `midi[i]` the piece as a Standard MIDI file, `rolls[i]` its
+    piano-roll picture (uint8 RGB), and `clips[i]` its sound at `sample_rate` when it was rendered."""
+
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    midi: list[bytes] = field(default_factory=list, repr=False)
+    rolls: list[np.ndarray] = field(default_factory=list, repr=False)
+    clips: list[np.ndarray] = field(default_factory=list, repr=False)
+    sample_rate: int = 0
+
+    kind = "music"
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.scores
+
+    def _content_json(self) -> dict[str, Any]:
+        return {"count": len(self.scores), "keys": [f"{s.get('key_name', '')}" for s in self.scores],
+                "notes": [sum(len(v) for v in s["voices"]) for s in self.scores],
+                "quarters": [max((n[1] + n[2] for v in s["voices"] for n in v), default=0) for s in self.scores],
+                "audio": bool(self.clips), "sample_rate": self.sample_rate or None}

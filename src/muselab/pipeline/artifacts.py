@@ -16,7 +16,15 @@ from muselab.core.artifacts import manifest as make_manifest
 from muselab.core.artifacts import manifest_path
 from muselab.core.errors import OutputExistsError
 from muselab.core.io import atomic_write, atomic_write_json, atomic_write_text
-from muselab.core.results import AudioResult, ImageResult, Provenance, Result, SequenceResult, TextResult
+from muselab.core.results import (
+    AudioResult,
+    ImageResult,
+    MusicResult,
+    Provenance,
+    Result,
+    SequenceResult,
+    TextResult,
+)
 
 
 class ArtifactWriter:
@@ -142,6 +150,44 @@ class ArtifactWriter:
         return written + sides
 
 
+    def write_music(self, midi: Sequence[bytes], rolls: Sequence[np.ndarray], clips: Sequence[np.ndarray],
+                    sample_rate: int, controls: dict[str, Any], notes: Sequence[dict[str, Any]] | None = None,
+                    ) -> list[Path]:
+        """Per piece a MIDI file (manifest in a meta event and beside it), its piano roll as PNG and, when
+        it was rendered, its sound as WAV (both watermarked, manifest inside and beside); `notes[i]` joins
+        piece i's manifests. NAME.mid, NAME.png and NAME.wav share a stem."""
+        from muselab.safety.embed import write_midi, write_png, write_wav
+        from muselab.safety.watermark import embed_audio, embed_image
+
+        targets = self._targets(len(midi), "music", ".mid")
+        pictures = [t.with_suffix(".png") for t in targets][: len(rolls)]
+        sounds = [t.with_suffix(".wav") for t in targets][: len(clips)]
+        self._check_free([*targets, *pictures, *sounds])
+        targets[0].parent.mkdir(parents=True, exist_ok=True)
+        written = []
+        for index, path in enumerate(targets):
+            extra = notes[index] if notes else {}
+            manifest = {**make_manifest(self.provenance, controls, index, path.name), "watermark": False, **extra}
+            write_midi(path, midi[index], manifest)
+            atomic_write_json(manifest_path(path), manifest)
+            written.append(path)
+            if index < len(pictures):
+                marked, watermarked = embed_image(rolls[index])
+                picture = {**make_manifest(self.provenance, controls, index, pictures[index].name),
+                           "watermark": watermarked, **extra}
+                write_png(pictures[index], marked, picture)
+                atomic_write_json(manifest_path(pictures[index]), picture)
+                written.append(pictures[index])
+            if index < len(sounds):
+                marked = embed_audio(np.asarray(clips[index], dtype=np.float32), sample_rate)
+                sound = {**make_manifest(self.provenance, controls, index, sounds[index].name), "watermark": True,
+                         "sample_rate": sample_rate, **extra}
+                write_wav(sounds[index], marked, sample_rate, sound)
+                atomic_write_json(manifest_path(sounds[index]), sound)
+                written.append(sounds[index])
+        return written
+
+
 def save_result(result: Result, path: Path, overwrite: bool) -> list[Path]:
     """Write a pipeline result: one file per item (a .tsv of lines for transductions), manifests with each
     item's notes (moderation, memorization), watermarks where the medium allows."""
@@ -168,4 +214,7 @@ def save_result(result: Result, path: Path, overwrite: bool) -> list[Path]:
     if isinstance(result, AudioResult):
         words = [t.get("words") for t in result.timing] if result.timing else None
         return writer.write_audio(result.clips, result.sample_rate, result.controls, result.notes, words)
+    if isinstance(result, MusicResult):
+        return writer.write_music(result.midi, result.rolls, result.clips, result.sample_rate, result.controls,
+                                  result.notes)
     raise TypeError(f"no writer for {type(result).__name__}")

@@ -190,7 +190,7 @@ def _drop_items(result: Result, indices: Sequence[int]) -> None:
     """Take refused items out of every per-item field of a result (the recipe's own notes too)."""
     drop = set(indices)
     for name in ("texts", "prompts", "prompt_indices", "arrays", "clips", "timing", "labels", "inputs", "nbest",
-                 "scores", "attention", "input_indices", "notes"):
+                 "scores", "attention", "input_indices", "midi", "rolls", "notes"):
         values = getattr(result, name, None)
         if values:
             setattr(result, name, [v for i, v in enumerate(values) if i not in drop])

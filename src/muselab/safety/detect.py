@@ -1,7 +1,7 @@
 """Check a file for muselab's watermark and provenance: one JSON-ready dict per file, never a crash.
 
 Images (anything Pillow reads: PNG, JPEG, WebP, ...) and audio (anything soundfile reads: WAV, FLAC,
-OGG, ...) are checked for the watermark; every file gets its manifest from inside the file (PNG, WAV)
+OGG, ...) are checked for the watermark; every file gets its manifest from inside the file (PNG, WAV, MIDI)
 or else from the sidecar `<file>.json` that muselab writes next to each output.
 """
 
@@ -60,6 +60,11 @@ def _open_audio(path: Path) -> tuple[np.ndarray, int] | None:
     return audio.mean(axis=1), sr
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def _check(path: Path, key: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"kind": "other", "watermark": False, "confidence": 0.0}
     notes = []
@@ -77,6 +82,9 @@ def _check(path: Path, key: str) -> dict[str, Any]:
             entry["kind"] = "audio"
             result = watermark.detect_audio(*sound, key)
             entry.update(watermark=result.found, confidence=round(result.confidence, 6))
+        elif _starts_with(path, b"MThd"):
+            entry["kind"] = "midi"
+            notes.append("MIDI holds no watermark; manifest only")
         else:
             notes.append("not an image or audio file; manifest only")
     manifest, source = read_manifest(path), "embedded"
@@ -92,7 +100,7 @@ def _check(path: Path, key: str) -> dict[str, Any]:
 
 
 def detect_file(path: str | Path, key: str = watermark.DEFAULT_KEY) -> dict[str, Any]:
-    """{"file", "kind": image|audio|other, "watermark", "confidence", "manifest", "manifest_source"
+    """{"file", "kind": image|audio|midi|other, "watermark", "confidence", "manifest", "manifest_source"
     (embedded|sidecar|None), "note"?}, or {"file", "error"} (one line) when the file cannot be read."""
     path = Path(path)
     if not path.exists():

@@ -5,6 +5,8 @@ entry, and an XMP packet (`XML:com.adobe.xmp`) whose `Iptc4xmpExt:DigitalSourceT
 trainedAlgorithmicMedia, which is where IPTC- and C2PA-aware tools look.
 WAV: 16-bit PCM written by soundfile, then a LIST/INFO chunk (ICMT comment, ISFT software) that common
 players show, and a `mslb` chunk with the full manifest JSON. Both stay readable by any PNG/WAV reader.
+MIDI: a copyright meta event with the one-line comment, and a text meta event `muselab:provenance {JSON}`
+at the start of the first track (ASCII JSON, which every MIDI reader passes through).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ XMP_KEY = "XML:com.adobe.xmp"
 # IPTC digital source type for media made by a trained model (the manifest normally carries it too)
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MIDI_MAGIC = b"MThd"
 
 
 def _software() -> str:
@@ -115,6 +118,35 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, manifest: d
     return atomic_write(Path(path), write)
 
 
+def write_midi(path: str | Path, midi: bytes, manifest: dict[str, Any]) -> Path:
+    """Write a Standard MIDI file (bytes) with `manifest` in meta events at the start of its first track."""
+    import io
+
+    import mido
+
+    song = mido.MidiFile(file=io.BytesIO(midi))
+    track = song.tracks[0]
+    text = PNG_KEY + " " + json.dumps(manifest, ensure_ascii=True, default=str)
+    track.insert(0, mido.MetaMessage("text", text=text, time=0))
+    track.insert(0, mido.MetaMessage("copyright", text=_comment(manifest).encode("ascii", "replace").decode(),
+                                     time=0))
+    return atomic_write(Path(path), lambda tmp: song.save(str(tmp)))
+
+
+def _midi_manifest(path: Path) -> dict[str, Any] | None:
+    import mido
+
+    try:
+        song = mido.MidiFile(str(path))
+    except (OSError, EOFError, ValueError, KeyError, IndexError) as e:
+        raise DataError(f"'{path}' is a damaged MIDI file ({e}); re-export it") from None
+    for track in song.tracks[:1]:
+        for message in track:
+            if message.is_meta and message.type == "text" and message.text.startswith(PNG_KEY + " "):
+                return _parse(message.text[len(PNG_KEY) + 1:], "MIDI text event", path)
+    return None
+
+
 def _parse(raw: bytes | str, where: str, path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
@@ -126,7 +158,7 @@ def _parse(raw: bytes | str, where: str, path: Path) -> dict[str, Any]:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
-    """The manifest stored inside a PNG or WAV file; None when the file holds none or is another kind
+    """The manifest stored inside a PNG, WAV or MIDI file; None when the file holds none or is another kind
     of file. Raises DataError (one line) when the file cannot be read, is a damaged PNG, or its
     manifest is not a JSON object."""
     path = Path(path)
@@ -149,4 +181,6 @@ def read_manifest(path: str | Path) -> dict[str, Any] | None:
         for chunk_id, start, size in _riff_chunks(blob, strict=False):
             if chunk_id == WAV_CHUNK:
                 return _parse(blob[start : start + size], f"WAV chunk {WAV_CHUNK.decode()}", path)
+    if head.startswith(MIDI_MAGIC):
+        return _midi_manifest(path)
     return None

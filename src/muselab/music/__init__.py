@@ -1,0 +1,1 @@
+"""Music: four-voice scores as tokens, the music-lm recipe, MIDI, piano rolls and music metrics."""

@@ -1,0 +1,225 @@
+"""A decoder-only Transformer language model, in one file (text-lm and music-lm both build on it).
+
+Pre-norm blocks, causal self-attention through `scaled_dot_product_attention`, rotary position
+embeddings, weight tying between the token embedding and the output layer, dropout, and a key/value
+cache for generation. Read top to bottom: config, cache, modules, model, loss.
+
+The cache holds at most `block_size` tokens. Past the context window, generation continues by
+recomputing the last `block_size` tokens every step: a cache that merely dropped its oldest entries
+would keep keys and values that layers above the first computed while the dropped tokens were still in
+view, so its output would drift from the model's on the window. Cached decoding is therefore exact
+everywhere, fast inside the window, and past it costs what recomputing costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from muselab.core.config import Section
+
+
+class GPTConfig(Section):
+    vocab_size: int = Field(0, ge=0, description="set from the tokenizer")
+    block_size: int = Field(256, ge=2, description="context length in tokens")
+    n_layer: int = Field(4, ge=1, description="Transformer blocks")
+    n_head: int = Field(4, ge=1, description="attention heads per block")
+    n_embd: int = Field(256, ge=8, description="model width; divisible by n_head")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on attention and residual paths")
+    bias: bool = Field(False, description="bias terms in linear layers and norms")
+    rope_base: float = Field(10000.0, gt=1, description="rotary embedding base")
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, up to `block_size` tokens."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        head_dim = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = cfg.block_size
+        self.length = 0  # filled slots, which is also the position of the next token
+
+    def fits(self, n_new: int) -> bool:
+        return self.length + n_new <= self.capacity
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n_new: int) -> None:
+        self.length += n_new
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int) -> None:
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError("n_embd must be divisible by n_head")
+        self.layer, self.n_head, self.dropout = layer, cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            k, v = cache.write(self.layer, k.to(cache.k.dtype), v.to(cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            if T == 1:
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                # query i sits at slot (L - T + i) and may see every slot up to it
+                L = k.size(2)
+                mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("GPTConfig.vocab_size must be set from the tokenizer")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        # residual projections start small so deep stacks begin close to the identity
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs (forward + backward) per token, as in the PaLM paper's appendix."""
+        c = self.cfg
+        return 6 * self.num_parameters() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:  # a cache never slides: see the module docstring
+            held = f" after {start} cached" if cache is not None else ""
+            raise ValueError(f"{T} tokens{held} exceed block_size {self.cfg.block_size}")
+        positions = torch.arange(start, start + T, device=idx.device)
+        cos, sin = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        x = self.drop(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(self.ln_f(x))
+
+    # -- what the Trainer calls -------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+    def eval_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        return loss, y.numel()
+
+    # -- what decoding calls ----------------------------------------------------------------------
+    def cached_step(self, batch_size: int, dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A step function for `decoding.generate_tokens` that keeps a KV cache while the context fits the
+        window, then recomputes the last `block_size` tokens each step, exactly as `uncached_step` does."""
+        weight = self.wte.weight
+        block = self.cfg.block_size
+        cache: KVCache | None = KVCache(self.cfg, batch_size, weight.device, dtype or weight.dtype)
+        window = torch.empty(batch_size, 0, dtype=torch.long, device=weight.device)
+
+        def step(new_ids: torch.Tensor) -> torch.Tensor:
+            nonlocal cache, window
+            window = torch.cat((window, new_ids.to(window.device)), dim=1)[:, -block:]
+            if cache is not None and cache.fits(new_ids.size(1)):
+                return self(new_ids, cache=cache, last_only=True)[:, -1, :].float()
+            # Past the window every layer above the first must see only the window, so nothing cached
+            # stays valid: recompute, and free the cache for good.
+            cache = None
+            return self(window, last_only=True)[:, -1, :].float()
+
+        return step
+
+    def uncached_step(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A step function that recomputes the whole (cropped) context every token."""
+        history: list[torch.Tensor] = []
+
+        def step(new_ids: torch.Tensor) -> torch.Tensor:
+            history.append(new_ids)
+            context = torch.cat(history, dim=1)[:, -self.cfg.block_size:]
+            return self(context, last_only=True)[:, -1, :].float()
+
+        return step
