@@ -1,6 +1,7 @@
 """The command line on its happy paths, in a real subprocess."""
 
 import json
+import shutil
 
 import pytest
 
@@ -66,4 +67,6 @@ def test_demo_writes_a_report(tmp_path):
     assert "grapheme-to-phoneme" in html and "wer" in html
     assert "conditional GAN" in html and "control_accuracy" in html and html.count("data:image/png;base64,") >= 9
     assert "learned instrument" in html and "vocoder_mcd" in html and html.count("<audio") >= 2
+    if shutil.which("flite"):
+        assert "four voices" in html and "wer_flite_reference" in html and html.count("<audio") >= 5
     assert run_cli("demo", "--preset", "tiny", "--out", str(out)).returncode == 2

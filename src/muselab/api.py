@@ -77,7 +77,7 @@ class Run:
             controls[self.recipe.capabilities.main_control] = main
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
         return pipeline.generate(self.recipe, self.model, self.config, self.assets, provenance, controls,
-                                 on_text=on_text, on_refused=on_refused)
+                                 on_text=on_text, on_refused=on_refused, load_run=_load_part)
 
     def stream(self, prompt: str = "", **controls: Any) -> Iterator[str]:
         """The text of one sample piece by piece as it is generated (moderated as it grows)."""
@@ -112,12 +112,21 @@ class Run:
 
         return export_run(self, format, out, opset=opset, overwrite=overwrite)
 
-    def evaluate(self, data: str | None = None) -> dict[str, Any]:
+    def evaluate(self, data: str | None = None, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+        """Metrics on `data` (default: the training data's held-out part); `overrides` ("eval.KEY=VALUE")
+        change the recipe's evaluation settings for this call."""
         spec = data or self.saved.get("data", {}).get("spec")
+        cfg = self.config
+        if overrides:
+            layer = parse_overrides(overrides)
+            if set(layer) - {"eval"}:
+                raise ConfigError("evaluate --set changes evaluation settings only (eval.KEY=VALUE); "
+                                  f"{', '.join(sorted(set(layer) - {'eval'}))}.* are fixed by training")
+            cfg = build_config(self.recipe.config_class, [self.config.model_dump(), layer])
         run = RunDir(self.path)
         run.reopen()  # what evaluation writes joins the run's record (runs from before the record stay as they are)
         with torch.no_grad():
-            result = self.recipe.evaluate(self.model, self.config, self.assets, run, spec)
+            result = self.recipe.evaluate(self.model, cfg, self.assets, run, spec)
         run.write_json(files.EVAL, {**result.metrics, "data": spec})
         provenance = Provenance(self.recipe.name, self.run_id, str(self.path))
         if result.samples or result.audio:
@@ -134,6 +143,11 @@ class Run:
         state = _read_state(run)
         write_model_card(run, self.saved, state, result.metrics, self.recipe.pipeline_tag)
         return result.metrics
+
+
+def _load_part(path: str) -> Run:
+    """A run another run's generation uses as a part (a speech model's G2P run), on the CPU."""
+    return load(path, device="cpu")
 
 
 def _read_state(run: RunDir) -> dict[str, Any]:
@@ -359,5 +373,6 @@ def export(path: str | Path, format: str = "onnx", out: str | Path | None = None
     return load(path, "cpu").export(format, out, opset=opset, overwrite=overwrite)
 
 
-def evaluate(path: str | Path, data: str | None = None, device: str = "auto") -> dict[str, Any]:
-    return load(path, device).evaluate(data)
+def evaluate(path: str | Path, data: str | None = None, device: str = "auto",
+             overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    return load(path, device).evaluate(data, overrides)

@@ -94,6 +94,9 @@ def add_control_options(parser: argparse.ArgumentParser, controls: type[BaseMode
         if get_origin(kind) is list and not _fixed_count(field):
             group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
                                help=f"read {flag} values from a UTF-8 file, one per line (default: none)")
+        elif kind is str and isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("file_option"):
+            group.add_argument(f"{flag}-file", dest=f"{name}__file", default=argparse.SUPPRESS, metavar="FILE",
+                               help=f"read {flag} from a UTF-8 file, the whole of it (default: none)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -138,6 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--data", help="evaluate on other data (default: the data it was trained on)")
     evaluate.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                          help="change an evaluation setting for this call, e.g. --set eval.vocoder=RUN (audio-tts)")
 
     export = sub.add_parser(
         "export", help="write a run's network as an ONNX or TorchScript file with a JSON sidecar",
@@ -341,7 +346,7 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
         return 0
     run = api.load(args.run, device="cpu")
     parser = _generate_parser(run.recipe, f"muselab generate {args.run}")
-    options = _read_list_files(vars(parser.parse_args(rest)))
+    options = _read_list_files(vars(parser.parse_args(rest)), run.recipe.controls_class)
     out, overwrite = options.pop("out"), options.pop("overwrite")
     device, on_refused = options.pop("device"), options.pop("on_refused")
     run.model.to(resolve_device(device))
@@ -384,17 +389,25 @@ def _cmd_generate(args: argparse.Namespace, rest: Sequence[str]) -> int:
     return 0
 
 
-def _read_list_files(options: dict[str, Any]) -> dict[str, Any]:
-    """`--input-file F` adds F's non-empty lines to `--input`."""
+def _read_list_files(options: dict[str, Any], controls: type[BaseModel]) -> dict[str, Any]:
+    """`--input-file F` adds F's non-empty lines to `--input` (a list control); `--text-file F` sets `--text`
+    to F's whole text (a text control: giving both is an error)."""
     from muselab.core.errors import DataError
     from muselab.data.text import read_text_file
 
     for key in [k for k in options if k.endswith("__file")]:
         path = Path(options.pop(key))
+        name = key[:-6]
+        flag = "--" + name.replace("_", "-")
         if not path.is_file():
-            raise DataError(f"--{key[:-6].replace('_', '-')}-file '{path}' does not exist")
-        lines = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
-        options[key[:-6]] = [*options.get(key[:-6], []), *lines]
+            raise DataError(f"{flag}-file '{path}' does not exist")
+        text = read_text_file(path)
+        if _field_type(controls.model_fields[name].annotation) is str:
+            if name in options:
+                raise ControlError(f"give {flag} or {flag}-file, not both")
+            options[name] = text
+        else:
+            options[name] = [*options.get(name, []), *(line.strip() for line in text.splitlines() if line.strip())]
     return options
 
 
@@ -404,7 +417,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from muselab import api
 
-    metrics = api.evaluate(args.run, args.data, device=args.device)
+    metrics = api.evaluate(args.run, args.data, device=args.device, overrides=args.overrides)
     table = Table(title=f"{args.run} (written to {Path(args.run) / 'eval.json'})")
     table.add_column("metric")
     table.add_column("value", justify="right")

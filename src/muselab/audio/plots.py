@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from muselab.core.io import atomic_write
 
-__all__ = ["plot_spectrograms", "plot_f0"]
+__all__ = ["plot_spectrograms", "plot_f0", "plot_alignment"]
 
 
 def plot_spectrograms(panels: Sequence[tuple[str, np.ndarray]], out_png: Path, sample_rate: int, hop: int,
@@ -69,6 +69,48 @@ def plot_f0(times: np.ndarray, requested_hz: np.ndarray, rendered_hz: np.ndarray
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", frameon=False)
+    try:
+        atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        fig.clear()
+    return Path(out_png)
+
+
+def plot_alignment(panels: Sequence[tuple[str, np.ndarray, Sequence[str], Sequence[tuple[str, np.ndarray]]]],
+                   out_png: Path, sample_rate: int, hop: int, title: str = "") -> Path:
+    """Phoneme alignments drawn over log-mels: per panel (title, log-mel [n_mels, frames], symbols, and one or
+    more (label, durations in frames) whose phoneme boundaries are drawn as vertical lines, each in its own
+    colour, the symbols written between the first set's boundaries)."""
+    if not panels:
+        raise ValueError("plot_alignment needs at least one panel")
+    fig = Figure(figsize=(12, 2.9 * len(panels)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    colours = ("white", "cyan", "lime")
+    for ax, (name, mel, symbols, sets) in zip(axes, panels, strict=True):
+        mel = np.asarray(mel, dtype=float)
+        seconds_per_frame = hop / sample_rate
+        top = float(mel.max())
+        ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=max(float(mel.min()), top - 9.2), vmax=top,
+                  extent=(0.0, mel.shape[1] * seconds_per_frame, 0, mel.shape[0]))
+        for k, (label, durations) in enumerate(sets):
+            ends = np.cumsum(np.asarray(durations)) * seconds_per_frame
+            ymin, ymax = (0.0, 0.5) if k % 2 else (0.5, 1.0)
+            for end in ends[:-1]:
+                ax.axvline(end, ymin=ymin, ymax=ymax, color=colours[k % len(colours)], linewidth=0.7)
+            ax.plot([], [], color=colours[k % len(colours)], label=label)
+            if k == 0:
+                starts = np.concatenate([[0.0], ends[:-1]])
+                for symbol, a, b in zip(symbols, starts, ends, strict=False):
+                    if b > a:
+                        ax.text((a + b) / 2, mel.shape[0] * 0.92, symbol, color="white", fontsize=6, ha="center",
+                                rotation=90 if len(symbol) > 2 else 0)
+        ax.set_title(name)
+        ax.set_ylabel("mel band")
+        ax.legend(loc="lower right", fontsize=7, facecolor="black", labelcolor="white")
+    axes[-1].set_xlabel("seconds")
+    if title:
+        fig.suptitle(title)
     try:
         atomic_write(Path(out_png), lambda tmp: fig.savefig(tmp, format="png"))
     finally:

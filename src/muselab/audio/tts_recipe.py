@@ -14,26 +14,42 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from muselab.audio.tts.features import UtteranceFeatures, extract, pad_stack, symbols_of, voiced_symbol
-from muselab.audio.tts.frontend import Frontend
+from muselab.audio.tts.align import ALIGN_VERSION, learn_durations
+from muselab.audio.tts.features import (
+    UNALIGNED_VERSION,
+    UtteranceFeatures,
+    align_durations,
+    cache_folder,
+    extract,
+    extract_unaligned,
+    pad_stack,
+    read_cached,
+    symbols_of,
+    voiced_symbol,
+    with_durations,
+    write_cached,
+)
+from muselab.audio.tts.frontend import G2P, Frontend
 from muselab.audio.tts.inventory import PAUSES, PhonemeInventory
 from muselab.audio.tts.model import AcousticConfig, AcousticModel, Stats
 from muselab.audio.vocoder import MEL, Vocoder, mel_spectrogram
 from muselab.audio.vocoder_recipe import griffin_lim_from_mel
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
+from muselab.core.io import sha256_json
 from muselab.core.registry import Capabilities, EvalAudio, Evaluation, GenerationContext, PreparedData, Recipe
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
+from muselab.data.speech import SpeechDataset, Utterance
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +63,12 @@ SILENT_LOG_MEL = -11.5129  # log(1e-5), the floor of log_mel
 class TTSDataConfig(Section):
     utterances: int | None = Field(None, ge=1, description="utterances of builtin:speech to train on (the first "
                                                            "N of its fixed order; None = all of them)")
+    alignment: Literal["auto", "flite", "mas"] = Field(
+        "auto", description="phoneme durations: flite's phone times (builtin:speech), mas (learned before "
+                            "training by monotonic alignment search: any recordings), auto (flite's when every "
+                            "utterance has them, else mas)")
+    alignment_rounds: int = Field(8, ge=1, le=100, description="rounds of hard EM that learn the durations "
+                                                               "(data.alignment=mas)")
 
 
 class TTSSynthesisConfig(Section):
@@ -58,6 +80,8 @@ class TTSEvalConfig(Section):
     sentences: int = Field(20, ge=1, description="held-out sentences spoken and scored")
     samples: int = Field(3, ge=0, description="of them written to RUN/samples as WAVs")
     recognizer: bool = Field(True, description="score intelligibility with pocketsphinx (word error rate)")
+    vocoder: str | None = Field(None, description="an audio-vocoder run that speaks the mels (default Griffin-Lim); "
+                                                  "it is also scored on flite's own mels, so each part's share shows")
 
 
 class TTSRecipeConfig(Section):
@@ -75,7 +99,8 @@ class TTSControls(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, description="The text to speak (any length: it is split into sentences).")
+    text: str | None = Field(None, description="The text to speak (any length: it is split into sentences).",
+                             json_schema_extra={"file_option": True})
     speaker: str | None = Field(None, description="Voice: a speaker name the model was trained on (e.g. slt) or "
                                                   "its index; default the first.")
     speed: float = Field(1.0, ge=0.25, le=4.0, allow_inf_nan=False,
@@ -93,6 +118,9 @@ class TTSControls(BaseModel):
                                                   "(default: the vocoder muselab ships, else Griffin-Lim).")
     griffin_lim: bool = Field(False, description="Turn the mel into sound with Griffin-Lim (lower quality) "
                                                  "instead of a vocoder.")
+    g2p: str | None = Field(None, description="A text-seq2seq run trained on builtin:cmudict that pronounces words "
+                                              "the dictionary lacks (default: they are spelled letter by letter "
+                                              "and reported).")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -112,6 +140,7 @@ class UtteranceBatches:
     def __init__(self, items: list[UtteranceFeatures], speakers: list[str], stats: Stats) -> None:
         self.items = items
         self.speaker_ids = [speakers.index(f.speaker) for f in items]
+        self.by_length = sorted(range(len(items)), key=lambda k: items[k].mel.shape[1])
         self.stats = stats
 
     def __len__(self) -> int:
@@ -131,7 +160,12 @@ class UtteranceBatches:
                 "speaker": torch.tensor([self.speaker_ids[i] for i in indices])}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self._collate(torch.randint(0, len(self.items), (batch_size,), generator=generator).tolist())
+        """Utterances of about one length (a random run of the length-sorted list, so little of the batch is
+        padding: a fifth less compute per step on builtin:speech than a uniform draw)."""
+        if batch_size >= len(self.items):
+            return self._collate(torch.randint(0, len(self.items), (batch_size,), generator=generator).tolist())
+        start = int(torch.randint(0, len(self.items) - batch_size + 1, (1,), generator=generator))
+        return self._collate(self.by_length[start:start + batch_size])
 
     def eval_batches(self, batch_size: int, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for count, first in enumerate(range(0, len(self.items), batch_size)):
@@ -140,27 +174,73 @@ class UtteranceBatches:
             yield self._collate(list(range(first, min(first + batch_size, len(self.items)))))
 
 
-def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInventory
+def alignment_of(data: SpeechDataset, wanted: str) -> str:
+    """"flite" or "mas": how the durations of these data are found (data.alignment, "auto" resolved)."""
+    timed = all(u.phones is not None for u in data.utterances)
+    if wanted == "flite" and not timed:
+        raise DataError(f"data.alignment=flite needs flite's phone times, and '{data.source}' has none; use "
+                        "data.alignment=mas (learned alignment) or auto")
+    return "flite" if wanted == "flite" or (wanted == "auto" and timed) else "mas"
+
+
+def _learned(data: SpeechDataset, train_u: list[Utterance], test_u: list[Utterance], frontend: Frontend,
+             inventory: PhonemeInventory, rounds: int) -> tuple[list[UtteranceFeatures], list[UtteranceFeatures]]:
+    """Train and held-out targets with durations learned by monotonic alignment search (cached)."""
+    items = [extract_unaligned(u, data, frontend, inventory) for u in train_u + test_u]
+    held = [False] * len(train_u) + [True] * len(test_u)
+    short = [u.id for u, f in zip(train_u + test_u, items, strict=True) if f.mel.shape[1] < len(f.ids)]
+    if short:  # every phoneme needs a frame of its own
+        logger.warning(f"left out {len(short)} recordings shorter than their phonemes ({', '.join(short[:3])}"
+                       f"{', ...' if len(short) > 3 else ''})")
+    keep = [k for k, f in enumerate(items) if f.mel.shape[1] >= len(f.ids)]
+    if not keep:
+        return [], []
+    items, held = [items[k] for k in keep], [held[k] for k in keep]
+    speakers = sorted({f.speaker for f in items})
+    key = sha256_json({"data": data.fingerprint, "ids": [f.ids.tolist() for f in items], "rounds": rounds,
+                       "version": UNALIGNED_VERSION, "align": ALIGN_VERSION})
+    path = cache_folder(f"durations-v{ALIGN_VERSION}") / f"{key[:32]}.npz"
+    saved = read_cached(path, ("durations", "lengths"))
+    durations = np.split(saved["durations"], np.cumsum(saved["lengths"])[:-1]) if saved else None
+    if durations is None or [len(d) for d in durations] != [len(f.ids) for f in items]:
+        started = time.monotonic()
+        durations = learn_durations([f.ids for f in items], [speakers.index(f.speaker) for f in items],
+                                    [f.mel for f in items], len(inventory), rounds=rounds)
+        logger.info(f"learned the phoneme durations of {len(items)} recordings (monotonic alignment search, "
+                    f"{rounds} rounds) in {time.monotonic() - started:.0f} s")
+        write_cached(path, {"durations": np.concatenate(durations), "lengths": np.array([len(d) for d in durations])})
+    done = [with_durations(f, d, inventory) for f, d in zip(items, durations, strict=True)]
+    return ([f for f, h in zip(done, held, strict=True) if not h], [f for f, h in zip(done, held, strict=True) if h])
+
+
+def load_speech_features(spec: str, cfg: TTSRecipeConfig, inventory: PhonemeInventory, alignment: str | None = None
                          ) -> tuple[list[UtteranceFeatures], list[UtteranceFeatures], dict[str, Any]]:
+    """(train, held out, info) targets; `alignment` (a trained run's) wins over data.alignment."""
     from muselab.data.speech import load_speech
 
-    if not spec.startswith("builtin:"):
-        raise DataError(f"audio-tts cannot train on '{spec}' yet: recordings without phone times need learned "
-                        "alignment (monotonic alignment search), which is not built; use builtin:speech")
-    data = load_speech(spec, utterances=cfg.data.utterances)
+    builtin = spec.startswith("builtin:")
+    data = load_speech(spec, utterances=cfg.data.utterances if builtin else None)
     for note in data.notes:
         logger.info(note)
+    alignment = alignment_of(data, alignment or cfg.data.alignment)
     frontend = Frontend(stress=inventory.stress)
-    train_u, test_u = data.split()
     started = time.monotonic()
-    train = [extract(u, data, frontend, inventory) for u in train_u]
-    test = [extract(u, data, frontend, inventory) for u in test_u]
+    train_u, test_u = data.split()
+    if alignment == "flite":
+        train = [extract(u, data, frontend, inventory) for u in train_u]
+        test = [extract(u, data, frontend, inventory) for u in test_u]
+    else:
+        train, test = _learned(data, train_u, test_u, frontend, inventory, cfg.data.alignment_rounds)
     if time.monotonic() - started > 5:
         logger.info(f"made the training targets of {len(data)} utterances in {time.monotonic() - started:.0f} s "
                     "(cached for next time)")
     if not train:
-        raise DataError(f"{spec} with {cfg.data.utterances} utterances leaves none for training; ask for more")
-    info = {**data.info, "spec": spec, "durations": "flite's phone times aligned to the front end's phonemes",
+        raise DataError(f"{spec} leaves no utterance for training (held out: {len(test)}); give more recordings"
+                        + (" or ask for more utterances" if builtin else ""))
+    durations = ("flite's phone times aligned to the front end's phonemes" if alignment == "flite" else
+                 "learned: monotonic alignment search, (speaker, phoneme) Gaussians fitted by hard EM")
+    info = {**data.info, "spec": spec, "alignment": alignment, "durations": durations,
+            **({"alignment_rounds": cfg.data.alignment_rounds} if alignment == "mas" else {}),
             "pitch": "YIN median per voiced phoneme (semitones above 55 Hz)"}
     return train, test, info
 
@@ -197,8 +277,8 @@ class TTSRecipe(Recipe):
     controls_class = TTSControls
     default_data = "builtin:speech"
     capabilities = Capabilities(main_control="text", writes_files=True, inputs={"text": "transform"})
-    data_formats = ("LJSpeech folders (metadata.csv id|text|normalized, wavs/) are read and checked, but training "
-                    "on them needs monotonic alignment search, which is not built yet: use builtin:speech")
+    data_formats = ("an LJSpeech-style folder (metadata.csv with id|text|normalized lines, wavs/ID.wav), one speaker; "
+                    "its phoneme durations are learned before training (monotonic alignment search)")
     builtin_data = {"builtin:speech": "715 sentences spoken by flite's four voices (slt, rms, awb, kal16), with "
                                       "exact phone durations; 45 sentences held out"}
     presets = {
@@ -214,7 +294,7 @@ class TTSRecipe(Recipe):
         "default": {},
         "base": {
             "model": {"dim": 256, "encoder_layers": 4, "decoder_layers": 6, "ffn_hidden": 1024,
-                      "predictor_hidden": 256, "postnet": True},
+                      "predictor_hidden": 256, "postnet": True, "dropout": 0.1},
             "train": {"max_steps": 100_000, "max_minutes": None, "batch_size": 32, "lr": 1e-3, "warmup_steps": 4000,
                       "eval_every": 2000, "checkpoint_every": 2000},
         },
@@ -223,13 +303,13 @@ class TTSRecipe(Recipe):
     # -- data -------------------------------------------------------------------------------------
     def prepare_data(self, cfg: TTSRecipeConfig, data: str, assets: dict[str, Any] | None = None) -> PreparedData:
         inventory = assets["inventory"] if assets else PhonemeInventory()
-        train, test, info = load_speech_features(data, cfg, inventory)
+        train, test, info = load_speech_features(data, cfg, inventory, assets.get("alignment") if assets else None)
         speakers = assets["speakers"] if assets else sorted({f.speaker for f in train})
         unknown = sorted({f.speaker for f in train + test} - set(speakers))
         if unknown:
             raise ConfigError(f"the data has speakers this model does not know ({', '.join(unknown)}); start a new run")
         stats = Stats(**assets["stats"]) if assets else _stats(train)
-        made = {"inventory": inventory, "speakers": speakers, "stats": asdict(stats)}
+        made = {"inventory": inventory, "speakers": speakers, "stats": asdict(stats), "alignment": info["alignment"]}
         val = UtteranceBatches(test, speakers, stats) if test else None
         return PreparedData(UtteranceBatches(train, speakers, stats), val,
                             {**info, "train_utterances": len(train), "val_utterances": len(test)}, made)
@@ -243,12 +323,13 @@ class TTSRecipe(Recipe):
 
     def save_assets(self, assets: dict[str, Any], run: RunDir) -> None:
         assets["inventory"].save(run / "phonemes.json")
-        run.write_json("speakers.json", {"speakers": assets["speakers"], "stats": assets["stats"]})
+        run.write_json("speakers.json", {"speakers": assets["speakers"], "stats": assets["stats"],
+                                         "alignment": assets.get("alignment", "flite")})
 
     def load_assets(self, cfg: TTSRecipeConfig, run: RunDir) -> dict[str, Any]:
         saved = run.read_json("speakers.json")
         return {"inventory": PhonemeInventory.load(run / "phonemes.json"), "speakers": saved["speakers"],
-                "stats": saved["stats"]}
+                "stats": saved["stats"], "alignment": saved.get("alignment", "flite")}
 
     def check_transfer(self, cfg: TTSRecipeConfig, source_cfg: TTSRecipeConfig, prepared: PreparedData,
                        source: Path) -> None:
@@ -266,19 +347,40 @@ class TTSRecipe(Recipe):
         raise ControlError(f"unknown speaker {speaker!r}; this model speaks with: "
                            + ", ".join(f"{s} ({i})" for i, s in enumerate(speakers)))
 
-    def speak(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls
-              ) -> tuple[np.ndarray, dict[str, Any]]:
+    def g2p(self, path: str, load_run: Callable[[str], Any] | None) -> G2P:
+        """The pronouncer of unknown words that a text-seq2seq run at `path` makes."""
+        if load_run is None:
+            raise ControlError("--g2p needs the generation pipeline (muselab generate or muselab.load(...).generate)")
+        if not (Path(path) / "config.json").is_file():
+            raise ControlError(f"--g2p '{path}' is not a run directory; pass a text-seq2seq run trained on "
+                               "builtin:cmudict")
+        run = load_run(path)
+        if run.recipe.name != "text-seq2seq":
+            raise ControlError(f"--g2p '{path}' is a {run.recipe.name} run; pass a text-seq2seq run trained on "
+                               "builtin:cmudict")
+
+        def pronounce(words: list[str]) -> list[list[str]]:
+            result = run.generate(input=words)
+            out: list[list[str]] = [[] for _ in words]  # a refused word stays empty: it is spelled
+            for position, phones in zip(result.input_indices, result.items, strict=True):
+                out[position] = phones.split() if isinstance(phones, str) else list(phones)
+            return out
+
+        return pronounce
+
+    def speak(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
+              g2p: G2P | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The whole text as one clip at 22,050 Hz, and its timing (sentences, words, phonemes)."""
         if controls.text is None or not controls.text.strip():
             raise ControlError("the text is empty; give some words to speak, e.g. --text \"Hello there.\"")
         speaker = self.speaker_index(assets, controls.speaker)
         inventory: PhonemeInventory = assets["inventory"]
-        sentences = Frontend(stress=inventory.stress).sentences(controls.text)
+        sentences = Frontend(g2p=g2p, stress=inventory.stress).sentences(controls.text)
         vocoder, _ = choose_vocoder(controls)
         device = next(model.parameters()).device
         seed = controls.seed or 0
         clips: list[np.ndarray] = []
-        timing: dict[str, Any] = {"words": [], "sentences": [], "spelled_out": []}
+        timing: dict[str, Any] = {"words": [], "sentences": [], "phonemes": [], "spelled_out": [], "g2p": []}
         offset = 0
         step = cfg.synthesis.batch_sentences
         for first in range(0, len(sentences), step):
@@ -301,9 +403,12 @@ class TTSRecipe(Recipe):
                     timing["words"].append({"word": word.word, "source": word.source,
                                             "start": round(base + starts[word.start + 1] * SECONDS_PER_FRAME, 3),
                                             "end": round(base + ends[word.end] * SECONDS_PER_FRAME, 3)})
+                timing["phonemes"] += [[symbol, round(base + a * SECONDS_PER_FRAME, 3), round(base + b * SECONDS_PER_FRAME, 3)]
+                                       for symbol, a, b in zip(symbols_of(sentence), starts, ends, strict=False)]
                 timing["sentences"].append({"text": sentence.text, "start": round(base, 3),
                                             "end": round(base + len(audio) / SAMPLE_RATE, 3)})
                 timing["spelled_out"] += [w for w in sentence.unknown if w not in timing["spelled_out"]]
+                timing["g2p"] += [w.word for w in sentence.words if w.how == "g2p" and w.word not in timing["g2p"]]
                 clips.append(audio)
                 offset += len(audio)
         audio = np.concatenate(clips)
@@ -314,87 +419,188 @@ class TTSRecipe(Recipe):
 
     def generate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], controls: TTSControls,
                  context: GenerationContext) -> AudioResult:
-        audio, timing = self.speak(model, cfg, assets, controls)
+        speaker = self.speaker_index(assets, controls.speaker)  # an unknown speaker fails before any work
+        g2p = self.g2p(controls.g2p, context.load_run) if controls.g2p else None
+        audio, timing = self.speak(model, cfg, assets, controls, g2p)
         note: dict[str, Any] = {"vocoder": choose_vocoder(controls)[1],
-                                "speaker": assets["speakers"][self.speaker_index(assets, controls.speaker)],
+                                "speaker": assets["speakers"][speaker],
                                 "sentences": len(timing["sentences"])}
+        if timing["g2p"]:
+            note["g2p"] = {"run": controls.g2p, "words": timing["g2p"]}
         if timing["spelled_out"]:
             note["spelled_out"] = timing["spelled_out"]
-            logger.warning(f"spelled out letter by letter (not in the dictionary): {', '.join(timing['spelled_out'])}")
+            logger.warning(f"spelled out letter by letter (not in the dictionary"
+                           f"{'; the G2P run gave no valid ARPAbet' if g2p else '; --g2p RUN pronounces such words'}"
+                           f"): {', '.join(timing['spelled_out'])}")
         return AudioResult(clips=[audio], sample_rate=SAMPLE_RATE, timing=[timing], notes=[note])
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, model: AcousticModel, cfg: TTSRecipeConfig, assets: dict[str, Any], run: RunDir,
                  data: str | None) -> Evaluation:
-        from muselab.audio.dsp import mel_cepstral_distortion, resample
-        from muselab.audio.io import load_audio
-        from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
+        """Held-out sentences spoken by the model and compared with recordings of them (flite's, for a model
+        of flite's voices; else the held-out recordings of the data), and the same comparison for the vocoder
+        alone (the recording's own mel, vocoded): MCD (DTW), f0 RMSE in cents, and the word error rate of
+        pocketsphinx on both and on the recordings; the real-time factor."""
+        from muselab.audio.dsp import resample
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
 
-        speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
-        if not speakers:
-            raise DataError("evaluation compares with flite's voices; this model knows none of them")
-        sentences = held_out_sentences()[: cfg.eval.sentences]
+        references, source = self._references(assets, cfg, data)
         recognizer = Recognizer() if cfg.eval.recognizer else None
-        scores: dict[str, list[float]] = {"mcd": [], "f0_rmse_cents": []}
-        errors = {"ours": [0, 0], "flite": [0, 0]}  # word errors, reference words
-        examples: list[tuple[np.ndarray, np.ndarray]] = []
+        vocoder, vocoder_name = choose_vocoder(TTSControls(vocoder=cfg.eval.vocoder))
+        scores: dict[str, dict[str, list[float]]] = {part: {"mcd": [], "cents": []} for part in ("ours", "resynth")}
+        errors = {"ours": [0, 0], "resynth": [0, 0], "flite": [0, 0]}  # word errors, reference words
+        examples: list[dict[str, Any]] = []
         spoken_seconds, synth_seconds = 0.0, 0.0
-        for i, sentence in enumerate(sentences):
-            voice = speakers[i % len(speakers)]
-            reference = flite_utterance(sentence, voice)
-            ref, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
+        for sentence, voice, ref, phones in references:
             started = time.perf_counter()
-            ours, _ = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0))
+            ours, timing = self.speak(model, cfg, assets, TTSControls(text=sentence, speaker=voice, seed=0,
+                                                                      vocoder=cfg.eval.vocoder))
             synth_seconds += time.perf_counter() - started
             spoken_seconds += len(ours) / SAMPLE_RATE
-            ours_16k = resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy()
-            scores["mcd"].append(mel_cepstral_distortion(ref, ours_16k, SPEECH_SAMPLE_RATE, use_dtw=True))
-            cents = f0_rmse_cents(ref, ours_16k, SPEECH_SAMPLE_RATE)
-            if cents is not None:
-                scores["f0_rmse_cents"].append(cents)
+            true_mel = mel_spectrogram(resample(ref, SPEECH_SAMPLE_RATE, SAMPLE_RATE))
+            resynth = vocode(true_mel, vocoder, cfg.synthesis.griffin_lim_iters, 0)
+            clips = {"ours": resample(ours, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(),
+                     "resynth": resample(resynth, SAMPLE_RATE, SPEECH_SAMPLE_RATE).numpy(), "flite": ref}
+            for part in ("ours", "resynth"):
+                self._score(ref, clips[part], scores[part])
             if recognizer is not None:
                 words = Frontend().phonemize(sentence).normalized.split()
                 truth = [w for w in words if w not in PAUSES]
-                for name, clip in (("ours", ours_16k), ("flite", ref)):
+                for name, clip in clips.items():
                     errors[name][0] += word_errors(truth, recognizer.transcribe(clip, SPEECH_SAMPLE_RATE).split())
                     errors[name][1] += len(truth)
             if len(examples) < max(1, cfg.eval.samples):
-                examples.append((ref, ours))
-        metrics: dict[str, Any] = {"mcd_db": float(np.mean(scores["mcd"])),
-                                   "f0_rmse_cents": float(np.mean(scores["f0_rmse_cents"])) if scores["f0_rmse_cents"]
-                                   else None,
+                examples.append({"sentence": sentence, "voice": voice, "flite": ref, "ours": ours, "resynth": resynth,
+                                 "phonemes": timing["phonemes"], "flite_phones": phones})
+        metrics: dict[str, Any] = {"mcd_db": _mean(scores["ours"]["mcd"]),
+                                   "f0_rmse_cents": _mean(scores["ours"]["cents"]),
+                                   "resynth_mcd_db": _mean(scores["resynth"]["mcd"]),
+                                   "resynth_f0_rmse_cents": _mean(scores["resynth"]["cents"]),
                                    "realtime_factor": spoken_seconds / max(synth_seconds, 1e-9),
-                                   "eval_sentences": len(sentences), "vocoder": "griffin_lim",
+                                   "eval_sentences": len(references), "references": source,
+                                   "vocoder": vocoder_name,
+                                   "alignment": assets.get("alignment", "flite"),
                                    "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
         if recognizer is not None:
-            metrics["wer"] = errors["ours"][0] / max(1, errors["ours"][1])
-            metrics["wer_flite_reference"] = errors["flite"][0] / max(1, errors["flite"][1])
+            reference_key = "wer_flite_reference" if source.startswith("flite") else "wer_reference"
+            for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", reference_key)):
+                metrics[key] = errors[name][0] / max(1, errors[name][1])
             metrics["recognizer"] = "pocketsphinx (default US English model)"
-        return Evaluation(metrics, audio=self._pictures_and_samples(examples, cfg.eval.samples, run))
+        self._pictures(examples[0], assets, cfg, run, data, vocoder is not None)
+        return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
 
-    def _pictures_and_samples(self, examples: list[tuple[np.ndarray, np.ndarray]], n_samples: int,
-                              run: RunDir) -> list[EvalAudio]:
-        from muselab.audio.dsp import resample
-        from muselab.audio.io import save_audio
-        from muselab.audio.plots import plot_spectrograms
+    def _references(self, assets: dict[str, Any], cfg: TTSRecipeConfig, data: str | None
+                    ) -> tuple[list[tuple[str, str, np.ndarray, Any]], str]:
+        """(sentence, speaker, 16 kHz recording, flite's phones or None) to compare with, and what they are:
+        flite's recordings of the held-out sentences for a model of flite's voices, else the data's
+        held-out recordings (its first recordings when none is held out)."""
+        from muselab.audio.io import load_audio
+        from muselab.data.speech import (
+            SPEECH_SAMPLE_RATE,
+            SPEECH_VOICES,
+            flite_utterance,
+            held_out_sentences,
+            load_speech,
+        )
+
+        speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
+        if speakers:
+            out = []
+            for i, sentence in enumerate(held_out_sentences()[: cfg.eval.sentences]):
+                reference = flite_utterance(sentence, speakers[i % len(speakers)])
+                audio, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
+                out.append((sentence, reference.speaker, audio, reference.phones))
+            return out, "flite's recordings of the held-out sentences"
+        if data is None or data.startswith("builtin:"):
+            raise DataError("this model knows none of flite's voices: evaluate it on its own recordings with "
+                            "--data FOLDER (the LJSpeech-layout folder it was trained on)")
+        speech = load_speech(data, sample_rate=SPEECH_SAMPLE_RATE)
+        train_u, test_u = speech.split()
+        chosen = [u for u in test_u or train_u if u.speaker in assets["speakers"]][: cfg.eval.sentences]
+        if not chosen:
+            raise DataError(f"'{data}' holds no recording by this model's speakers ({', '.join(assets['speakers'])})")
+        return ([(u.normalized, u.speaker, speech.audio(u), None) for u in chosen],
+                "the data's held-out recordings" if test_u else "the data's first recordings (none is held out)")
+
+    @staticmethod
+    def _score(reference: np.ndarray, clip: np.ndarray, into: dict[str, list[float]]) -> None:
+        from muselab.audio.dsp import mel_cepstral_distortion
         from muselab.data.speech import SPEECH_SAMPLE_RATE
 
-        reference, ours = examples[0]
-        ref_22k = resample(reference, SPEECH_SAMPLE_RATE, SAMPLE_RATE)
-        panels = [("flite (reference)", mel_spectrogram(ref_22k).numpy()),
-                  ("muselab", mel_spectrogram(torch.from_numpy(ours)).numpy())]
-        plot_spectrograms(panels, run / "spectrograms.png", SAMPLE_RATE, MEL.hop, title="held-out sentence 1")
+        into["mcd"].append(mel_cepstral_distortion(reference, clip, SPEECH_SAMPLE_RATE, use_dtw=True))
+        cents = f0_rmse_cents(reference, clip, SPEECH_SAMPLE_RATE)
+        if cents is not None:
+            into["cents"].append(cents)
+
+    def _pictures(self, example: dict[str, Any], assets: dict[str, Any], cfg: TTSRecipeConfig, run: RunDir,
+                  data: str | None, neural: bool) -> None:
+        """RUN/spectrograms.png (flite, the vocoder on flite's mel, muselab) and RUN/alignment.png (the
+        predicted durations over muselab's mel; flite's phone times, and the learned ones when the model
+        learned its durations, over flite's mel)."""
+        from muselab.audio.dsp import resample
+        from muselab.audio.plots import plot_alignment, plot_spectrograms
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
+
+        true_mel = mel_spectrogram(resample(example["flite"], SPEECH_SAMPLE_RATE, SAMPLE_RATE)).numpy()
+        ours_mel = mel_spectrogram(torch.from_numpy(example["ours"])).numpy()
+        vocoder = "the vocoder" if neural else "Griffin-Lim"
+        name = "flite" if example["flite_phones"] else "the recording"
+        plot_spectrograms([(f"{name} (reference)", true_mel),
+                           (f"{vocoder} on its mel", mel_spectrogram(torch.from_numpy(example["resynth"])).numpy()),
+                           ("muselab", ours_mel)], run / "spectrograms.png", SAMPLE_RATE, MEL.hop,
+                          title=f"held-out sentence 1 ({example['voice']})")
+        inventory: PhonemeInventory = assets["inventory"]
+        symbols = symbols_of(Frontend(stress=inventory.stress).phonemize(example["sentence"]))
+        frames = [round(end / SECONDS_PER_FRAME) - round(start / SECONDS_PER_FRAME)
+                  for _, start, end in example["phonemes"]]
+        panels = [("muselab: predicted durations over its own mel", ours_mel, [p for p, _, _ in example["phonemes"]],
+                   [("predicted", np.array(frames))])]
+        sets = ([("flite's phone times", align_durations(symbols, example["flite_phones"], true_mel.shape[1]))]
+                if example["flite_phones"] else [])
+        if assets.get("alignment") == "mas" and data is not None:
+            learned = self._learned_durations(data, example["sentence"], example["voice"], true_mel, inventory, cfg)
+            if learned is not None:
+                sets.append(("learned (monotonic alignment search)", learned))
+        if sets:
+            panels.append(("the recording: " + " and ".join(label for label, _ in sets), true_mel, symbols, sets))
+        plot_alignment(panels, run / "alignment.png", SAMPLE_RATE, MEL.hop, title=example["sentence"])
+
+    @staticmethod
+    def _learned_durations(data: str, sentence: str, voice: str, mel: np.ndarray, inventory: PhonemeInventory,
+                           cfg: TTSRecipeConfig) -> np.ndarray | None:
+        """The durations monotonic alignment search learned for the recording of a sentence (from the cache
+        training made; None when the training data did not hold it)."""
+        train, test, _ = load_speech_features(data, cfg, inventory, "mas")
+        for features in test + train:
+            if features.speaker == voice and features.mel.shape == mel.shape:
+                ids = inventory.encode(symbols_of(Frontend(stress=inventory.stress).phonemize(sentence)))
+                if features.ids.tolist() == ids:
+                    return features.durations
+        return None
+
+    def _samples(self, examples: list[dict[str, Any]], n_samples: int, run: RunDir) -> list[EvalAudio]:
+        from muselab.audio.io import save_audio
+        from muselab.data.speech import SPEECH_SAMPLE_RATE
+
         if not n_samples:
             return []
         folder = run / "samples"
         folder.mkdir(exist_ok=True)
-        for i, (ref, _) in enumerate(examples[:n_samples]):  # flite's recordings: not muselab's, so no manifest
-            save_audio(folder / f"flite_{i:03d}.wav", ref, SPEECH_SAMPLE_RATE)
-        return [EvalAudio("tts.wav", [ours for _, ours in examples[:n_samples]], SAMPLE_RATE,
-                          {"source": "held-out sentences of builtin:speech", "seed": 0})]
+        for i, example in enumerate(examples[:n_samples]):  # the recordings are not muselab's: no manifest
+            prefix = "flite" if example["flite_phones"] else "reference"
+            save_audio(folder / f"{prefix}_{i:03d}.wav", example["flite"], SPEECH_SAMPLE_RATE)
+        chosen = examples[:n_samples]
+        return [EvalAudio("tts.wav", [e["ours"] for e in chosen], SAMPLE_RATE,
+                          {"source": "held-out sentences", "seed": 0}),
+                EvalAudio("resynth.wav", [e["resynth"] for e in chosen], SAMPLE_RATE,
+                          {"source": "recordings of the held-out sentences, their mel vocoded", "seed": 0})]
 
 
 # -- metrics -------------------------------------------------------------------------------------------
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def word_errors(reference: list[str], hypothesis: list[str]) -> int:
     """Substitutions + insertions + deletions turning `hypothesis` into `reference` (Levenshtein on words)."""
     previous = list(range(len(hypothesis) + 1))

@@ -83,7 +83,8 @@ class MixedDataConfig(Section):
 
 
 class VocoderDataConfig(Section):
-    clips: int = Field(200, ge=2, description="clips of builtin:tones to render (ignored for other data)")
+    clips: int = Field(200, ge=2, description="clips of builtin:tones to render, or utterances of builtin:speech to "
+                                              "read (ignored for other data)")
     clip_seconds: float = Field(4.0, ge=0.5, description="length of each builtin:tones clip in seconds")
     mixed: MixedDataConfig = MixedDataConfig()
     segment: int = Field(8192, ge=2048, description=f"training segment in samples, a multiple of {MEL.hop}")
@@ -184,9 +185,11 @@ def load_clips(spec: str, cfg: VocoderDataConfig) -> Clips:
         train, test = ([clip.audio for clip in part] for part in parts)
         key = f"tones-v{TONES_VERSION}-{cfg.clips}-{cfg.clip_seconds}-{SAMPLE_RATE}-{cfg.test_share}"
         info = {"source": TONES_DESCRIPTION, "fingerprint": hashlib.sha256(key.encode()).hexdigest()}
+    elif spec == "builtin:speech":
+        train, test, info = _speech_clips(cfg.clips)
     elif spec.startswith("builtin:"):
-        raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:mixed, builtin:tones or a folder "
-                        "of audio files")
+        raise DataError(f"unknown data '{spec}' for audio-vocoder; use builtin:mixed, builtin:speech, builtin:tones "
+                        "or a folder of audio files")
     else:
         train, test, info = _load_folder(Path(spec), cfg.test_share, cfg.skip_bad_files)
     return Clips(train, test, _summary(info, spec, train, test))
@@ -205,6 +208,21 @@ def _load_mixed(cfg: VocoderDataConfig) -> Clips:
     train, test = [c.audio for c in data.train], [c.audio for c in data.test]
     return Clips(train, test, _summary(data.info, "builtin:mixed", train, test), [c.category for c in data.test],
                  HELD_OUT_CATEGORIES)
+
+
+def _speech_clips(utterances: int) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """The first `utterances` of builtin:speech (flite's four voices) at the vocoder's rate; its held-out
+    sentences are the test clips, as for audio-tts."""
+    from muselab.audio.io import load_audio
+    from muselab.data.speech import SPEECH_DESCRIPTION, SPEECH_VOICES, builtin_sentences, load_speech
+
+    data = load_speech("builtin:speech", utterances=min(utterances, len(builtin_sentences()) * len(SPEECH_VOICES)))
+    train_u, test_u = data.split()
+    train = [load_audio(u.path, sr=SAMPLE_RATE, min_seconds=0.0)[0] for u in train_u]
+    test = [load_audio(u.path, sr=SAMPLE_RATE, min_seconds=0.0)[0] for u in test_u]
+    if not test:  # a small build may hold no held-out sentence: the last utterance is held out then
+        test = [train.pop()]
+    return train, test, {"source": SPEECH_DESCRIPTION, "fingerprint": data.fingerprint}
 
 
 def _load_folder(root: Path, test_share: float, skip_bad_files: bool = False
@@ -404,7 +422,9 @@ class VocoderRecipe(Recipe):
     controls_class = VocoderControls
     default_data = "builtin:mixed"
     data_formats = "a folder of at least two .wav, .flac or .ogg recordings (whole files are held out)"
-    builtin_data = {"builtin:mixed": MIXED_DESCRIPTION, "builtin:tones": TONES_DESCRIPTION}
+    builtin_data = {"builtin:mixed": MIXED_DESCRIPTION, "builtin:tones": TONES_DESCRIPTION,
+                    "builtin:speech": "flite's four voices speaking plain sentences (data.clips utterances; the "
+                                      "held-out sentences are the test clips): a speech-only vocoder for audio-tts"}
     capabilities = Capabilities(main_control="wav", writes_files=True)
     presets = {
         "tiny": {

@@ -71,6 +71,9 @@ class GenerationContext:
     ban_words: list[str] = field(default_factory=list)  # words decoding must never write
     on_text: Callable[[str], None] | None = None  # the whole text of sample 0 so far, as it grows
     device: Any = None
+    # opens another trained run by its path (the API's `load`), for recipes that use one as a part, e.g. a
+    # G2P run that pronounces the words a speech model's dictionary lacks; None outside the API
+    load_run: Callable[[str], Any] | None = None
 
 
 @dataclass

@@ -222,8 +222,10 @@ def _policy_label(policy: Policy) -> str:
 
 def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dict[str, Any],
              provenance: Provenance, values: dict[str, Any] | BaseModel, *,
-             on_text: Callable[[str], None] | None = None, on_refused: OnRefused = "skip") -> Result:
-    """Run one request through every check and return its typed result (saveable, with provenance)."""
+             on_text: Callable[[str], None] | None = None, on_refused: OnRefused = "skip",
+             load_run: Callable[[str], Any] | None = None) -> Result:
+    """Run one request through every check and return its typed result (saveable, with provenance);
+    `load_run` opens another run a recipe may use as a part (GenerationContext.load_run)."""
     controls = values if isinstance(values, BaseModel) else parse_controls(recipe.controls_class, values)
     controls = _fill_seed(controls)
     policy = load_policy(getattr(controls, "policy", None))
@@ -236,7 +238,7 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
     stream = ModeratedStream(policy, on_text) if on_text and recipe.capabilities.streams_text else None
     device = next(model.parameters()).device
     context = GenerationContext(policy=policy, ban_words=words, on_text=stream.feed if stream else None,
-                                device=device)
+                                device=device, load_run=load_run)
     model.eval()
     allowed = inputs.allowed_controls(controls)
     with torch.no_grad():

@@ -7,8 +7,12 @@ alignment (difflib's matcher on phone names, flite's `ax` read as `AH`, any paus
 leading pause as the `<bos>` symbol every sequence starts with). Matched phones keep flite's duration;
 where the two disagree (another pronunciation), the flite stretch is shared evenly by the front end's
 phones there. Phone end times become mel-frame boundaries (frame i is centred on sample i * hop at
-22,050 Hz), so the durations add up to the mel's frame count exactly. Recordings without phone times
-(a user's folder) need learned alignment, which this version does not have.
+22,050 Hz), so the durations add up to the mel's frame count exactly.
+
+**Recordings without phone times** (a user's folder, or builtin:speech with `data.alignment=mas`):
+the phonemes, the log-mel and the f0 track are made per utterance first (`extract_unaligned`), the
+durations of all of them are then learned together (`align.py`: monotonic alignment search), and
+pitch and energy per phoneme follow from those durations as above (`with_durations`).
 
 **Pitch**: the median f0 of the phoneme's frames (YIN, 10 ms frames on the 16 kHz recording), in
 semitones above 55 Hz, for phonemes that carry voice (vowels and voiced consonants); others get 0.
@@ -39,6 +43,7 @@ from muselab.core.io import atomic_write
 from muselab.data.speech import Phone, SpeechDataset, Utterance
 
 FEATURES_VERSION = 2  # 2: full-band mels (to 11,025 Hz), the vocoders' convention
+UNALIGNED_VERSION = 2  # of the cached phonemes, mel and f0 track of recordings without phone times
 VOICED = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW",
                     "B", "D", "DH", "G", "JH", "L", "M", "N", "NG", "R", "V", "W", "Y", "Z", "ZH"})
 FLITE_NAMES = {"ax": "AH"}  # flite's schwa; its other phones are ARPAbet in lower case
@@ -49,14 +54,16 @@ FRAME_RATE = MEL.sr / MEL.hop  # mel frames per second
 
 @dataclass
 class UtteranceFeatures:
-    """One utterance as the model trains on it (N symbols, T mel frames)."""
+    """One utterance as the model trains on it (N symbols, T mel frames). Before its durations are
+    learned (no phone times), durations, pitch and energy are None and f0_track holds YIN's f0."""
 
     ids: np.ndarray  # int64 [N], <bos> first
-    durations: np.ndarray  # int64 [N], frames, sum T
-    pitch: np.ndarray  # float32 [N], semitones above 55 Hz, 0 where unvoiced or unmeasured
-    energy: np.ndarray  # float32 [N], mean log-mel of the phoneme's frames (0 for zero-length ones)
+    durations: np.ndarray | None  # int64 [N], frames, sum T
+    pitch: np.ndarray | None  # float32 [N], semitones above 55 Hz, 0 where unvoiced or unmeasured
+    energy: np.ndarray | None  # float32 [N], mean log-mel of the phoneme's frames (0 for zero-length ones)
     mel: np.ndarray  # float32 [80, T]
     speaker: str
+    f0_track: np.ndarray | None = None  # float32, Hz every PITCH_HOP_S seconds (until durations are known)
 
 
 def symbols_of(phonemized: Phonemized) -> list[str]:
@@ -126,12 +133,17 @@ def align_durations(symbols: list[str], phones: tuple[Phone, ...] | list[Phone],
     return out
 
 
-def _pitch_per_symbol(audio_16k: np.ndarray, sr: int, symbols: list[str], durations: np.ndarray) -> np.ndarray:
+def _f0_track(audio: np.ndarray, sr: int) -> np.ndarray:
+    """YIN's f0 in Hz every PITCH_HOP_S seconds."""
     import librosa
 
-    hop = round(PITCH_HOP_S * sr)
-    f0 = librosa.yin(audio_16k, fmin=PITCH_RANGE[0], fmax=PITCH_RANGE[1], sr=sr, hop_length=hop,
-                     frame_length=1024 if sr <= 22050 else 2048)
+    frame_length = 1024 if sr <= 22050 else 2048
+    audio = np.pad(audio, (0, max(0, frame_length - len(audio))))
+    return librosa.yin(audio, fmin=PITCH_RANGE[0], fmax=PITCH_RANGE[1], sr=sr, hop_length=round(PITCH_HOP_S * sr),
+                       frame_length=frame_length).astype(np.float32)
+
+
+def _pitch_per_symbol(f0: np.ndarray, symbols: list[str], durations: np.ndarray) -> np.ndarray:
     bounds = np.concatenate([[0], np.cumsum(durations)]) / FRAME_RATE  # seconds
     out = np.zeros(len(symbols), dtype=np.float32)
     for i, symbol in enumerate(symbols):
@@ -152,43 +164,81 @@ def _energy_per_symbol(mel: np.ndarray, durations: np.ndarray) -> np.ndarray:
                                                                                  strict=True)], dtype=np.float32)
 
 
-def _cache_folder() -> Path:
+def cache_folder(kind: str = f"v{FEATURES_VERSION}") -> Path:
     base = os.environ.get("MUSELAB_CACHE") or Path.home() / ".cache" / "muselab"
-    return Path(base).expanduser() / "tts_features" / f"v{FEATURES_VERSION}"
+    return Path(base).expanduser() / "tts_features" / kind
+
+
+def read_cached(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: saved[name] for name in names}
+    except (OSError, ValueError, KeyError):
+        return None  # damaged: made again
+
+
+def write_cached(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+def extract_unaligned(utterance: Utterance, data: SpeechDataset, frontend: Frontend, inventory: PhonemeInventory,
+                      use_cache: bool = True) -> UtteranceFeatures:
+    """An utterance's phonemes, log-mel and f0 track, before its durations are learned (cached)."""
+    digest = hashlib.sha256(utterance.path.read_bytes())
+    digest.update(json.dumps([utterance.normalized, inventory.stress, data.sample_rate, UNALIGNED_VERSION]).encode())
+    path = cache_folder(f"unaligned-v{UNALIGNED_VERSION}") / f"{digest.hexdigest()[:32]}.npz"
+    saved = read_cached(path, ("ids", "mel", "f0")) if use_cache else None
+    if saved is not None:
+        return UtteranceFeatures(saved["ids"], None, None, None, saved["mel"], utterance.speaker, saved["f0"])
+    symbols = symbols_of(frontend.phonemize(utterance.normalized))
+    audio = data.audio(utterance)
+    mel = mel_spectrogram(resample(audio, data.sample_rate, MEL.sr)).numpy().astype(np.float32)
+    features = UtteranceFeatures(np.array(inventory.encode(symbols), dtype=np.int64), None, None, None, mel,
+                                 utterance.speaker, _f0_track(audio, data.sample_rate))
+    if use_cache:
+        write_cached(path, {"ids": features.ids, "mel": features.mel, "f0": features.f0_track})
+    return features
+
+
+def with_durations(features: UtteranceFeatures, durations: np.ndarray, inventory: PhonemeInventory
+                   ) -> UtteranceFeatures:
+    """The utterance with its learned durations, and the pitch and energy per phoneme they give."""
+    assert features.f0_track is not None and int(durations.sum()) == features.mel.shape[1]
+    symbols = [inventory.symbols[i] for i in features.ids]
+    return UtteranceFeatures(features.ids, durations.astype(np.int64),
+                             _pitch_per_symbol(features.f0_track, symbols, durations),
+                             _energy_per_symbol(features.mel, durations), features.mel, features.speaker)
 
 
 def extract(utterance: Utterance, data: SpeechDataset, frontend: Frontend, inventory: PhonemeInventory,
             use_cache: bool = True) -> UtteranceFeatures:
     """One utterance's targets, from the cache when it has them."""
     if utterance.phones is None:
-        raise DataError(f"'{utterance.path}' has no phone times: learned alignment (monotonic alignment search) "
-                        "for recordings without them is not built yet; train audio-tts on builtin:speech")
+        raise DataError(f"'{utterance.path}' has no phone times; train with data.alignment=mas (learned "
+                        "alignment) instead")
     digest = hashlib.sha256(utterance.path.read_bytes())
     digest.update(json.dumps([utterance.text, utterance.phones, inventory.stress, FEATURES_VERSION]).encode())
-    path = _cache_folder() / f"{digest.hexdigest()[:32]}.npz"
-    if use_cache and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                return UtteranceFeatures(saved["ids"], saved["durations"], saved["pitch"], saved["energy"],
-                                         saved["mel"], utterance.speaker)
-        except (OSError, ValueError, KeyError):
-            pass  # damaged: made again
+    path = cache_folder() / f"{digest.hexdigest()[:32]}.npz"
+    saved = read_cached(path, ("ids", "durations", "pitch", "energy", "mel")) if use_cache else None
+    if saved is not None:
+        return UtteranceFeatures(saved["ids"], saved["durations"], saved["pitch"], saved["energy"], saved["mel"],
+                                 utterance.speaker)
     symbols = symbols_of(frontend.phonemize(utterance.text))
     audio = data.audio(utterance)
     mel = mel_spectrogram(resample(audio, data.sample_rate, MEL.sr)).numpy()
     durations = align_durations(symbols, utterance.phones, mel.shape[1])
     features = UtteranceFeatures(np.array(inventory.encode(symbols), dtype=np.int64), durations,
-                                 _pitch_per_symbol(audio, data.sample_rate, symbols, durations),
+                                 _pitch_per_symbol(_f0_track(audio, data.sample_rate), symbols, durations),
                                  _energy_per_symbol(mel, durations), mel.astype(np.float32), utterance.speaker)
     if use_cache:
-        arrays = {"ids": features.ids, "durations": features.durations, "pitch": features.pitch,
-                  "energy": features.energy, "mel": features.mel}
-
-        def write(tmp: Path) -> None:
-            with tmp.open("wb") as handle:
-                np.savez(handle, **arrays)
-
-        atomic_write(path, write)
+        write_cached(path, {"ids": features.ids, "durations": durations, "pitch": features.pitch,
+                             "energy": features.energy, "mel": features.mel})
     return features
 
 
