@@ -336,8 +336,11 @@ class Server:
         self.gallery, self.limits = gallery, limits
         loaded = [muselab.load(path, device=device) for path in runs]
         names = model_names(runs)
-        vocoders = [name for name, run in zip(names, loaded, strict=True) if run.recipe.name == "audio-vocoder"]
-        self.models = {name: ServedModel(name, run, limits, vocoders) for name, run in zip(names, loaded, strict=True)}
+        # the models a control may name (a vocoder, a G2P run), by recipe
+        held: dict[str, list[str]] = {}
+        for name, run in zip(names, loaded, strict=True):
+            held.setdefault(run.recipe.name, []).append(name)
+        self.models = {name: ServedModel(name, run, limits, held) for name, run in zip(names, loaded, strict=True)}
 
     def model(self, name: str) -> ServedModel:
         served = self.models.get(name)

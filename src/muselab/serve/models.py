@@ -35,7 +35,7 @@ ARTIFACT_ID = r"^[0-9a-f]{24}$"
 FILE_CONTROLS: dict[str, str] = {"wav": "audio", "timbre": "audio", "mel": "array", "init_image": "image",
                                  "mask": "image"}
 # Controls that name another run: in a request they take the name of a model this server holds
-MODEL_CONTROLS: dict[str, str] = {"vocoder": "audio-vocoder"}
+MODEL_CONTROLS: dict[str, str] = {"vocoder": "audio-vocoder", "g2p": "text-seq2seq"}
 # Controls the server decides: a policy file and an output path are the server's, and streaming is the
 # `stream` endpoint's business
 HIDDEN_CONTROLS = frozenset({"policy", "attention_plot", "stream"})
@@ -134,7 +134,7 @@ def _capped(info: FieldInfo, limit: int) -> FieldInfo:
 
 
 def request_model(controls: type[BaseModel], name: str, limits: Limits, writes_files: bool,
-                  vocoders: list[str]) -> type[BaseModel]:
+                  held: dict[str, list[str]]) -> type[BaseModel]:
     """The request body of one served model: its controls model as a server takes it (module docstring)."""
     fields: dict[str, Any] = {}
     for key, info in controls.model_fields.items():
@@ -148,9 +148,10 @@ def request_model(controls: type[BaseModel], name: str, limits: Limits, writes_f
                 json_schema_extra={"x-muselab-file": FILE_CONTROLS[key]}))
             continue
         if key in MODEL_CONTROLS:
-            fields[key] = (Literal[tuple(vocoders)] | None if vocoders else None, Field(  # type: ignore[misc]
+            names = held.get(MODEL_CONTROLS[key], [])
+            fields[key] = (Literal[tuple(names)] | None if names else None, Field(  # type: ignore[misc]
                 None, description=_with_range(info.description, info, "the name of a loaded "
-                                              f"{MODEL_CONTROLS[key]} model" + ("" if vocoders else
+                                              f"{MODEL_CONTROLS[key]} model" + ("" if names else
                                                                                  "; none is loaded here")),
                 json_schema_extra={"x-muselab-model": MODEL_CONTROLS[key]}))
             continue
@@ -236,11 +237,11 @@ class ServedModel:
     requests). The time limit and a client that goes away stop a generation at the next module call of
     the model (a forward pre-hook on each submodule), so nothing half-made is saved."""
 
-    def __init__(self, name: str, run: Any, limits: Limits, vocoders: list[str]) -> None:
+    def __init__(self, name: str, run: Any, limits: Limits, held: dict[str, list[str]]) -> None:
         self.name, self.run, self.limits = name, run, limits
         self.recipe = run.recipe
         self.request_class = request_model(run.recipe.controls_class, name, limits,
-                                           run.recipe.capabilities.writes_files, vocoders)
+                                           run.recipe.capabilities.writes_files, held)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"muselab-{name}")
         self._lock = threading.Lock()
         self.pending = 0  # running + waiting
