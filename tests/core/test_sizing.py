@@ -72,3 +72,30 @@ def test_dry_run_prints_the_choice_and_steps_and_writes_nothing(corpus_file, tmp
     assert steps > 10
     assert "n_embd = 32" in out and "# max_steps = (unset)" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_image_rule_by_number_of_images():
+    from muselab.image.gan_recipe import ImageGANRecipe
+
+    recipe = ImageGANRecipe()
+    default = api.resolve_config("image-gan")
+    few, some = (recipe.size_for_data({"train_images": n}, 5.0) for n in (300, 5_000))
+    many_short, many_long = (recipe.size_for_data({"train_images": 50_000}, m) for m in (10.0, None))
+    assert some.layer == {"model": {"width": default.model.width}, "train": {"batch_size": default.train.batch_size}}
+    assert few.layer["train"]["batch_size"] < default.train.batch_size and few.layer["model"]["diffaugment"]
+    assert many_short.layer == some.layer and many_long.layer["model"]["width"] == 2 * default.model.width
+
+
+def test_image_default_preset_keeps_the_data_shape(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(24):
+        Image.new("RGB", (8, 8), (10 * i, 255 - 10 * i, 128)).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    api.train("image-gan", str(folder), out, max_steps=1, overrides=["data.size=8", "eval.samples=16",
+                                                                     "eval.reference_images=16"], quiet=True)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["sizing"]["rule"] == "small" and saved["config"]["model"]["size"] == 8
+    assert saved["config"]["model"]["diffaugment"] == "color,translation,cutout" and not saved["sizing"]["overridden"]
