@@ -3,7 +3,6 @@
 import json
 
 from conftest import run_cli
-
 from muselab import api
 from muselab.core.registry import size_row
 from muselab.text.lm_recipe import TextLMRecipe
