@@ -42,6 +42,7 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = [(self.k[i], self.v[i]) for i in range(cfg.n_layer)]  # views, made once
         self.capacity = cfg.block_size
         self.length = 0  # filled slots, which is also the position of the next token
 
@@ -50,9 +51,10 @@ class KVCache:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._layers[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n_new: int) -> None:
         self.length += n_new
@@ -68,6 +70,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
+
+
+def _attend_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Causal attention. On a CPU under bf16 autocast it runs in fp32: CPUs' bf16 attention kernels (the backward
+    above all) are several times slower than their fp32 ones at these sizes, even where bf16 matmuls are faster."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
 
 
 class CausalSelfAttention(nn.Module):
@@ -88,7 +100,7 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = _attend_causal(q, k, v, dropout)
         else:
             k, v = cache.write(self.layer, k.to(cache.k.dtype), v.to(cache.v.dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -140,6 +152,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        self._rotary_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self.apply(self._init_weights)
         # residual projections start small so deep stacks begin close to the identity
         for name, p in self.named_parameters():
@@ -155,6 +168,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def _rotary(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every position of the window, made once per device (not weights: not saved)."""
+        if self._rotary_tables is None or self._rotary_tables[0].device != device:
+            positions = torch.arange(self.cfg.block_size, device=device)
+            self._rotary_tables = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        return self._rotary_tables
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -169,8 +189,8 @@ class GPT(nn.Module):
         if start + T > self.cfg.block_size:  # a cache never slides: see the module docstring
             held = f" after {start} cached" if cache is not None else ""
             raise ValueError(f"{T} tokens{held} exceed block_size {self.cfg.block_size}")
-        positions = torch.arange(start, start + T, device=idx.device)
-        cos, sin = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        cos, sin = self._rotary(idx.device)
+        cos, sin = cos[start:start + T], sin[start:start + T]
         x = self.drop(self.wte(idx))
         for block in self.blocks:
             x = block(x, cos, sin, cache)
@@ -199,16 +219,19 @@ class GPT(nn.Module):
         weight = self.wte.weight
         block = self.cfg.block_size
         cache: KVCache | None = KVCache(self.cfg, batch_size, weight.device, dtype or weight.dtype)
-        window = torch.empty(batch_size, 0, dtype=torch.long, device=weight.device)
+        fed: list[torch.Tensor] = []  # what the cache holds; joined into a window only once it overflows
 
         def step(new_ids: torch.Tensor) -> torch.Tensor:
-            nonlocal cache, window
-            window = torch.cat((window, new_ids.to(window.device)), dim=1)[:, -block:]
+            nonlocal cache
+            new_ids = new_ids.to(weight.device)
+            fed.append(new_ids)
             if cache is not None and cache.fits(new_ids.size(1)):
                 return self(new_ids, cache=cache, last_only=True)[:, -1, :].float()
             # Past the window every layer above the first must see only the window, so nothing cached
             # stays valid: recompute, and free the cache for good.
             cache = None
+            window = torch.cat(fed, dim=1)[:, -block:]
+            fed[:] = [window]
             return self(window, last_only=True)[:, -1, :].float()
 
         return step
