@@ -8,7 +8,8 @@ number of new tokens (the context window's worth, so both stay inside it), batch
 its decoding loop with the KV cache (`generate_tokens(model.cached_step(B), ...)`, what `muselab generate`
 runs per batch); HF's is `GPT2LMHeadModel.generate(do_sample=False, use_cache=True)`. transformers is a
 benchmark-only dependency (the `bench` extra); without it the benchmark says so and exits 0. Rounds
-alternate the sides and each side's fastest round counts; on a shared machine read the ratios. Also
+alternate the sides and each side's fastest round counts, by wall clock and by this process's CPU time
+(with one thread the CPU time leaves out the waits a shared machine adds: the steadier ratio). Also
 checks that muselab's greedy output is the same with and without its cache.
 """
 
@@ -29,22 +30,25 @@ SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}
 VOCAB = 65
 
 
-def ours(model: GPT, batch: int, tokens: int) -> tuple[float, list[list[int]]]:
+def clocked(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def ours(model: GPT, batch: int, tokens: int) -> tuple[float, float]:
     prompt = torch.zeros(batch, 1, dtype=torch.long)
     controls = TextGenerationControls(max_new_tokens=tokens, temperature=0)
-    started = time.perf_counter()
     with torch.inference_mode():
-        out = generate_tokens(model.cached_step(batch), prompt, controls)
-    return time.perf_counter() - started, out
+        return clocked(lambda: generate_tokens(model.cached_step(batch), prompt, controls))
 
 
-def theirs(model, batch: int, tokens: int) -> float:
+def theirs(model, batch: int, tokens: int) -> tuple[float, float]:
     prompt = torch.zeros(batch, 1, dtype=torch.long)
-    started = time.perf_counter()
     with torch.inference_mode():
-        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
-                       min_new_tokens=tokens, do_sample=False, use_cache=True, pad_token_id=0)
-    return time.perf_counter() - started
+        return clocked(lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens,
+                                              min_new_tokens=tokens, do_sample=False, use_cache=True, pad_token_id=0))
 
 
 def main() -> int:
@@ -73,14 +77,14 @@ def main() -> int:
         theirs(hf, batch, 8)
         mine, hfs = [], []
         for _ in range(args.rounds):
-            mine.append(ours(model, batch, args.tokens)[0])
+            mine.append(ours(model, batch, args.tokens))
             hfs.append(theirs(hf, batch, args.tokens))
         new = batch * args.tokens
-        rows += [(f"batch {batch}: muselab tokens/s", new / min(mine)),
-                 (f"batch {batch}: HF transformers tokens/s", new / min(hfs)),
-                 (f"batch {batch}: muselab ms per step", 1000 * min(mine) / args.tokens),
-                 (f"batch {batch}: HF ms per step", 1000 * min(hfs) / args.tokens),
-                 (f"batch {batch}: muselab / HF", min(hfs) / min(mine))]
+        for clock, index in (("wall", 0), ("CPU", 1)):
+            m, h = min(t[index] for t in mine), min(t[index] for t in hfs)
+            rows += [(f"batch {batch}: muselab tokens/s ({clock})", new / m),
+                     (f"batch {batch}: HF transformers tokens/s ({clock})", new / h),
+                     (f"batch {batch}: muselab / HF ({clock})", h / m)]
     prompt = torch.zeros(2, 1, dtype=torch.long)
     controls = TextGenerationControls(max_new_tokens=2 * SHAPE["block_size"], temperature=0)
     with torch.inference_mode():

@@ -52,24 +52,31 @@ class KVCache:
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.size(2)
         keys, values = self._layers[layer]
-        keys[:, :, self.length:end] = k
-        values[:, :, self.length:end] = v
-        return keys[:, :, :end], values[:, :, :end]
+        keys.narrow(2, self.length, k.size(2)).copy_(k)
+        values.narrow(2, self.length, v.size(2)).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, n_new: int) -> None:
         self.length += n_new
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """The rotation of each position as complex numbers `[T, head_dim // 2]` (cos + i sin of its angles)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair of channels (0, 1), (2, 3), ... of `x` `[..., head_dim]` by the positions' angles; the
+    pair is one complex number, so the rotation is one multiplication (`rotation` broadcasts against it)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, without the call when it would return `x` (generation: a module call per token adds up)."""
+    return module(x) if module.training and module.p > 0 else x
 
 
 def _attend_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -92,12 +99,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k = apply_rotary(qkv[:, :, :2], rotation[:, None, None, :]).transpose(1, 3).unbind(2)  # [B, H, T, D]
+        v = qkv[:, :, 2].transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
             y = _attend_causal(q, k, v, dropout)
@@ -112,7 +118,7 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        return _dropout(self.resid_dropout, self.proj(y))
 
 
 class MLP(nn.Module):
@@ -123,7 +129,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return _dropout(self.dropout, self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -134,9 +140,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotation, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -152,7 +157,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
-        self._rotary_tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rotation: torch.Tensor | None = None
         self.apply(self._init_weights)
         # residual projections start small so deep stacks begin close to the identity
         for name, p in self.named_parameters():
@@ -168,12 +173,12 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _rotary(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of every position of the window, made once per device (not weights: not saved)."""
-        if self._rotary_tables is None or self._rotary_tables[0].device != device:
+    def _rotary(self, device: torch.device) -> torch.Tensor:
+        """The rotation of every position of the window, made once per device (not weights: not saved)."""
+        if self._rotation is None or self._rotation.device != device:
             positions = torch.arange(self.cfg.block_size, device=device)
-            self._rotary_tables = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
-        return self._rotary_tables
+            self._rotation = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        return self._rotation
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -189,11 +194,10 @@ class GPT(nn.Module):
         if start + T > self.cfg.block_size:  # a cache never slides: see the module docstring
             held = f" after {start} cached" if cache is not None else ""
             raise ValueError(f"{T} tokens{held} exceed block_size {self.cfg.block_size}")
-        cos, sin = self._rotary(idx.device)
-        cos, sin = cos[start:start + T], sin[start:start + T]
-        x = self.drop(self.wte(idx))
+        rotation = self._rotary(idx.device)[start:start + T]
+        x = _dropout(self.drop, self.wte(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, rotation, cache)
         if cache is not None:
             cache.advance(T)
         if last_only:
