@@ -6,12 +6,13 @@ nanoGPT's `model.py` (MIT, Karpathy) is imported from the folder given (default:
 beside the checkout) and never copied here; without it the benchmark says so and exits 0. Its loop is
 nanoGPT's train.py loop: random windows, forward under the precision's autocast, backward, gradient
 clipping at 1.0, AdamW step, zero_grad(set_to_none=True), learning rate set every step. muselab's side is
-`api.train` (the Trainer, with its logging, budget checks and per-step seeding) on the same data, its
-speed read from metrics.jsonl's steps_per_s (validation and checkpoints are not in it, as they are not
-in nanoGPT's timing). Shape: 4 layers x 128, 4 heads, context 64, batch 32, no dropout, builtin:words as
+`api.train` (the Trainer, with its logging, budget checks and per-step seeding) on the same data, timed as
+a run of N more steps less a shorter run (the set-up, final validation and checkpoint cancel out). Shape: 4 layers x 128, 4 heads, context 64, batch 32, no dropout, builtin:words as
 characters. Rounds alternate the two sides, each side's fastest round counts (the least disturbed by
-other work on a shared machine); the ratio is what to read, not the absolute numbers.
-Precisions: fp32 and bf16 autocast (what `precision=auto` picks on CPUs with bf16 units).
+other work on a shared machine), by wall clock and by this process's CPU time (with one thread, CPU time
+leaves out the waits a shared machine adds: the steadier ratio); read the ratios, not the absolutes.
+Precisions: fp32, bf16 autocast on both sides, and "auto": muselab's default (`train.precision=auto`, which
+times both here) against nanoGPT's own CPU default (fp32; its train.py autocasts only on GPUs).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import torch
 from common import print_table, write_result
 
 from muselab import api
-from muselab.core.rundir import RunDir
 from muselab.data.text import load_text_corpus
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}
 BATCH = 32
+WARM_UP = 5  # steps before the clock starts
 DEFAULT_NANOGPT = Path(__file__).resolve().parents[2] / "shared" / "baselines" / "nanogpt"
 
 
@@ -42,14 +43,20 @@ def load_nanogpt(folder: Path):
     return module
 
 
-def nanogpt_ms_per_step(nanogpt, ids: torch.Tensor, vocab: int, steps: int, precision: str) -> float:
+def clocked(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def nanogpt_ms_per_step(nanogpt, ids: torch.Tensor, vocab: int, steps: int, precision: str) -> tuple[float, float]:
     torch.manual_seed(0)
     model = nanogpt.GPT(nanogpt.GPTConfig(vocab_size=vocab, dropout=0.0, bias=False, **SHAPE))
     model.train()
     optimizer = model.configure_optimizers(0.1, 5e-3, (0.9, 0.99), "cpu")
     block = SHAPE["block_size"]
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu",
-                                                                                                       enabled=False)
+    context = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def get_batch():
         starts = torch.randint(len(ids) - block, (BATCH,))
@@ -70,23 +77,25 @@ def nanogpt_ms_per_step(nanogpt, ids: torch.Tensor, vocab: int, steps: int, prec
         if i % 10 == 0:
             loss.item()
 
-    for i in range(5):  # warm-up
+    for i in range(WARM_UP):
         step(i)
-    started = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return 1000 * (time.perf_counter() - started) / steps
+    wall, cpu = clocked(lambda: [step(i) for i in range(steps)])
+    return 1000 * wall / steps, 1000 * cpu / steps
 
 
-def muselab_ms_per_step(data: Path, steps: int, precision: str, folder: Path) -> float:
-    out = folder / f"muselab_{precision}"
+def muselab_ms_per_step(data: Path, steps: int, precision: str, folder: Path) -> tuple[float, float]:
+    """The Trainer's whole loop: a run of WARM_UP + steps steps less one of WARM_UP steps (the set-up, the final
+    validation of one batch and the final checkpoint cancel out)."""
     overrides = [f"model.{k}={v}" for k, v in SHAPE.items()] + [
         "model.dropout=0.0", f"train.batch_size={BATCH}", "train.eval_every=0", "train.checkpoint_every=0",
-        "train.log_every=5", "train.eval_batches=1", f"train.precision={precision}"]
-    api.train("text-lm", str(data), out, overrides=overrides, max_steps=steps + 10, overwrite=True, quiet=True)
-    records = [r for r in RunDir(out).read_metrics() if "steps_per_s" in r and r["step"] > 10]
-    seconds = sum(5 / r["steps_per_s"] for r in records)  # each record covers log_every=5 steps
-    return 1000 * seconds / (5 * len(records))
+        "train.eval_batches=1", f"train.precision={precision}"]
+
+    def train(n: int) -> tuple[float, float]:
+        return clocked(lambda: api.train("text-lm", str(data), folder / f"muselab_{precision}_{n}",
+                                         overrides=overrides, max_steps=n, overwrite=True, quiet=True))
+
+    short, long = train(WARM_UP), train(WARM_UP + steps)
+    return 1000 * (long[0] - short[0]) / steps, 1000 * (long[1] - short[1]) / steps
 
 
 def main() -> int:
@@ -94,7 +103,9 @@ def main() -> int:
     parser.add_argument("--nanogpt", type=Path, default=DEFAULT_NANOGPT, help="folder holding nanoGPT's model.py")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per side and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,bf16,auto",
+                        help="auto: muselab's train.precision=auto against nanoGPT as its train.py runs on a CPU "
+                             "(fp32: it autocasts only on GPUs)")
     parser.add_argument("--name", default="text_lm_speed")
     args = parser.parse_args()
     if not (args.nanogpt / "model.py").is_file():
@@ -115,13 +126,20 @@ def main() -> int:
     for precision in args.precisions.split(","):
         nano, ours = [], []
         for _ in range(args.rounds):
-            nano.append(nanogpt_ms_per_step(nanogpt, ids, vocab, args.steps, precision))
+            nano.append(nanogpt_ms_per_step(nanogpt, ids, vocab, args.steps, "fp32" if precision == "auto" else precision))
             ours.append(muselab_ms_per_step(data, args.steps, precision, folder))
-        rows += [(f"{precision}: nanoGPT ms/step (best; all)", f"{min(nano):.1f}; {', '.join(f'{t:.1f}' for t in nano)}"),
-                 (f"{precision}: muselab ms/step (best; all)", f"{min(ours):.1f}; {', '.join(f'{t:.1f}' for t in ours)}"),
-                 (f"{precision}: nanoGPT tokens/s", tokens_per_step * 1000 / min(nano)),
-                 (f"{precision}: muselab tokens/s", tokens_per_step * 1000 / min(ours)),
-                 (f"{precision}: muselab / nanoGPT tokens/s", min(nano) / min(ours))]
+        if precision == "auto":
+            resolved = api.load(folder / f"muselab_auto_{WARM_UP + args.steps}").config.train.precision
+            rows.append(("auto: muselab's precision auto chose", resolved))
+        for clock, index in (("wall", 0), ("CPU", 1)):
+            n, o = min(t[index] for t in nano), min(t[index] for t in ours)
+            rows += [(f"{precision}: nanoGPT ms/step ({clock}; rounds)", f"{n:.1f}; " + ", ".join(
+                         f"{t[index]:.1f}" for t in nano)),
+                     (f"{precision}: muselab ms/step ({clock}; rounds)", f"{o:.1f}; " + ", ".join(
+                         f"{t[index]:.1f}" for t in ours)),
+                     (f"{precision}: nanoGPT tokens/s ({clock})", tokens_per_step * 1000 / n),
+                     (f"{precision}: muselab tokens/s ({clock})", tokens_per_step * 1000 / o),
+                     (f"{precision}: muselab / nanoGPT tokens/s ({clock})", n / o)]
     rows.append(("command", " ".join(["python benchmarks/bench_text_lm_speed.py", *sys.argv[1:]])))
     print_table(rows)
     print(f"written {write_result(args.name, dict(rows))}")
