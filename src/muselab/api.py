@@ -198,6 +198,16 @@ def _resolve_new_run(recipe: str, data: str | None, preset: str, config_file: st
     return the_recipe, cfg, prepared, sizing
 
 
+def prepare_run(recipe: str, data: str | None = None, *, preset: str = "default", config_file: str | None = None,
+                overrides: Sequence[str] | dict[str, Any] | None = None, seed: int | None = None,
+                max_steps: int | None = None, max_minutes: float | None = None
+                ) -> tuple[Recipe, BaseModel, PreparedData, Sizing | None]:
+    """What a new run starts from, without writing anything: the recipe, the config (the sizing rule applied),
+    the prepared data and the rule's choice (for benchmarks and tools that drive the Trainer themselves)."""
+    return _resolve_new_run(recipe, data, preset, config_file, overrides, _flag_layer(seed, max_steps, max_minutes),
+                            None)
+
+
 def sizing_record(sizing: Sizing | None, cfg: BaseModel) -> dict[str, Any] | None:
     """What config.json says about the sizing rule: its row, the numbers it read, what it chose, and which of
     its choices a config file, --set or a flag replaced (the value that ran is in the config)."""
