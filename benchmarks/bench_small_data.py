@@ -61,6 +61,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="budget of each arm")
     parser.add_argument("--chars", type=int, default=230_000)
     parser.add_argument("--out", help="keep the data and both runs here (default: a temporary folder)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also train the sized default with these overrides (an arm per --variant), to see "
+                             "whether a change to the rule would do better")
     parser.add_argument("--name", default="small_data")
     args = parser.parse_args()
     folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-small-data-"))
@@ -68,10 +71,12 @@ def main() -> int:
     data = cut_words(args.chars, folder)
     sized = arm("sized", data, folder, args.minutes, [])
     old = arm("old default", data, folder, args.minutes, OLD_DEFAULT)
+    variants = {f"sized + {v}": arm(f"variant_{i}", data, folder, args.minutes, v.split(","))
+                for i, v in enumerate(args.variant)}
     final, best = sized["final_val_loss"], sized["best_val_loss"]
     rows: list[tuple[str, object]] = [("data", f"builtin:words, first {len(data.read_text()):,} characters"),
                                       ("budget per arm (minutes)", args.minutes)]
-    for name, values in (("sized", sized), ("old default", old)):
+    for name, values in (("sized", sized), ("old default", old), *variants.items()):
         rows += [(f"{name}: {key}", value) for key, value in values.items()]
     rows += [
         ("sized: final within 1 % of best", final <= 1.01 * best),
@@ -79,7 +84,8 @@ def main() -> int:
         ("gain over the old default's best weights (nats)", old["best_val_loss"] - final),
         ("bar met (within 1 % and >= 0.05 nats over its last weights)",
          final <= 1.01 * best and old["final_val_loss"] - final >= 0.05),
-        ("command", f"python benchmarks/bench_small_data.py --minutes {args.minutes:g} --chars {args.chars}"),
+        ("command", f"python benchmarks/bench_small_data.py --minutes {args.minutes:g} --chars {args.chars}"
+                    + "".join(f" --variant {v}" for v in args.variant)),
     ]
     print_table(rows)
     print(f"written {write_result(args.name, dict(rows))}")
