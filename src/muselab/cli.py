@@ -426,7 +426,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     saved = run.read_config()
     state = run.read_json(files.TRAINER_STATE_JSON) if (run / files.TRAINER_STATE_JSON).is_file() else {}
     evaluation = run.read_json(files.EVAL) if (run / files.EVAL).is_file() else {}
+    sizing = saved.get("sizing") if isinstance(saved.get("sizing"), dict) else None
     summary = {"run": str(run), "recipe": saved["recipe"], "preset": saved.get("preset"),
+               "sizing": f"row {sizing.get('rule')}, overridden: {', '.join(sizing.get('overridden') or []) or 'none'}"
+               if sizing else None,
                "parameters": saved.get("parameters"), "data": saved.get("data", {}),
                "step": state.get("step"), "elapsed_min": round(state.get("elapsed_s", 0) / 60, 2),
                "final_val_loss": state.get("final_val_loss"), "eval": evaluation,

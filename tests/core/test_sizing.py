@@ -4,6 +4,7 @@ import json
 
 from conftest import run_cli
 from muselab import api
+from muselab.cli import main
 from muselab.core.registry import size_row
 from muselab.text.lm_recipe import TextLMRecipe
 from muselab.text.seq2seq_recipe import TextSeq2SeqRecipe
@@ -39,7 +40,7 @@ def test_seq2seq_rule_keeps_the_tuned_preset_for_cmudict_sized_data():
     assert tiny.layer["model"]["hidden"] < model["hidden"] and tiny.layer["model"]["dropout"] > model["dropout"]
 
 
-def test_default_preset_records_the_rule_and_set_wins(corpus_file, tmp_path):
+def test_default_preset_records_the_rule_and_set_wins(corpus_file, tmp_path, capsys):
     out = tmp_path / "run"
     api.train("text-lm", str(corpus_file), out, overrides=["model.n_layer=3", "train.eval_every=0"], max_steps=2,
               quiet=True)
@@ -50,6 +51,8 @@ def test_default_preset_records_the_rule_and_set_wins(corpus_file, tmp_path):
     assert saved["config"]["model"]["n_layer"] == 3  # --set wins
     assert saved["config"]["model"]["n_embd"] == sizing["chose"]["model.n_embd"]  # the rest is the rule's
     assert api.load(out).model.cfg.n_layer == 3
+    assert main(["info", str(out)]) == 0
+    assert "sizing: row xs, overridden: model.n_layer" in capsys.readouterr().out
 
 
 def test_other_presets_are_not_resized(corpus_file, tmp_path):
