@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
-from common import print_table, write_result
+from common import clocked, print_table, write_result
 
 from muselab.text.controls import TextGenerationControls
 from muselab.text.decoding import generate_tokens
@@ -28,13 +27,6 @@ from muselab.text.lm import GPT, GPTConfig
 
 SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}
 VOCAB = 65
-
-
-def clocked(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def ours(model: GPT, batch: int, tokens: int) -> tuple[float, float]:

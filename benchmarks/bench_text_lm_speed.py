@@ -21,11 +21,10 @@ import argparse
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from common import print_table, write_result
+from common import clocked, print_table, write_result
 
 from muselab import api
 from muselab.data.text import load_text_corpus
@@ -41,13 +40,6 @@ def load_nanogpt(folder: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def clocked(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def nanogpt_ms_per_step(nanogpt, ids: torch.Tensor, vocab: int, steps: int, precision: str) -> tuple[float, float]:
