@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import Timer, cpu_model, print_table, write_result
+from common import Timer, print_table, write_result
 
 TEXT = ("the quick brown fox jumps over a lazy dog while seven bright stars sing softly above old stone bridges "
         "and river boats drift past gardens of tall green trees\n")

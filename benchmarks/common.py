@@ -61,6 +61,14 @@ def time_call(fn: Callable[[], T]) -> tuple[float, T]:
     return clock.stop(), result
 
 
+def clocked(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of `fn`: with one thread the CPU time leaves out
+    the waits other work on a shared machine adds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of `repeats` calls of `fn`, in seconds (the least disturbed by other work)."""
     return min(time_call(fn)[0] for _ in range(repeats))

@@ -31,7 +31,7 @@ from muselab.core.config import (
 from muselab.core.controls import parse_controls
 from muselab.core.errors import CheckpointError, ConfigError, ControlError
 from muselab.core.modelcard import write_model_card
-from muselab.core.registry import Recipe, get_recipe
+from muselab.core.registry import PreparedData, Recipe, Sizing, get_recipe
 from muselab.core.results import Provenance, Result
 from muselab.core.rundir import RunDir
 from muselab.core.runtime import init_distributed, resolve_device, shutdown_distributed
@@ -202,6 +202,58 @@ def _run_config(path: str) -> dict[str, Any]:
     return config
 
 
+def _resolve_new_run(recipe: str, data: str | None, preset: str, config_file: str | None,
+                     overrides: Sequence[str] | dict[str, Any] | None, flags: dict[str, Any],
+                     source: Run | None) -> tuple[Recipe, BaseModel, PreparedData, Sizing | None]:
+    """The config, prepared data and sizing choice of a new run. Layers, later wins: the preset, the recipe's
+    sizing rule (default preset only, not when starting from another run's weights), a config file, --set,
+    the flags, and the budget layer (a user's budget without steps: train for that long)."""
+    the_recipe = get_recipe(recipe)
+    layers = [*_config_layers(the_recipe, preset, config_file, overrides), flags]
+    cfg = build_config(the_recipe.config_class, [*layers, budget_layer(layers[1:])])
+    data = data or the_recipe.default_data
+    prepared = the_recipe.prepare_data(cfg, data, source.assets if source else None)
+    sizing = None
+    if preset == "default" and source is None:
+        sizing = the_recipe.size_for_data(prepared.info, cfg.train.max_minutes)
+    if sizing is not None:
+        layers.insert(1, sizing.layer)
+        cfg = build_config(the_recipe.config_class, [*layers, budget_layer(layers[2:])])
+        prepared = the_recipe.resize_data(prepared, cfg)
+    return the_recipe, cfg, prepared, sizing
+
+
+def prepare_run(recipe: str, data: str | None = None, *, preset: str = "default", config_file: str | None = None,
+                overrides: Sequence[str] | dict[str, Any] | None = None, seed: int | None = None,
+                max_steps: int | None = None, max_minutes: float | None = None
+                ) -> tuple[Recipe, BaseModel, PreparedData, Sizing | None]:
+    """What a new run starts from, without writing anything: the recipe, the config (the sizing rule applied),
+    the prepared data and the rule's choice (for benchmarks and tools that drive the Trainer themselves)."""
+    return _resolve_new_run(recipe, data, preset, config_file, overrides, _flag_layer(seed, max_steps, max_minutes),
+                            None)
+
+
+def sizing_record(sizing: Sizing | None, cfg: BaseModel) -> dict[str, Any] | None:
+    """What config.json says about the sizing rule: its row, the numbers it read, what it chose, and which of
+    its choices a config file, --set or a flag replaced (the value that ran is in the config)."""
+    if sizing is None:
+        return None
+    chose = _flatten(sizing.layer)
+    ran = _flatten(cfg.model_dump(mode="json"))
+    return {"rule": sizing.rule, "inputs": sizing.inputs, "chose": chose,
+            "overridden": sorted(key for key, value in chose.items() if ran.get(key) != value)}
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _freeze(model: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
     frozen = []
     for pattern in patterns:
@@ -260,15 +312,13 @@ def train(
     else:
         if not recipe:
             raise ConfigError("name a recipe to train, e.g. `muselab train text-lm` (see `muselab recipes`)")
-        the_recipe = get_recipe(recipe)
-        layers = [*_config_layers(the_recipe, preset, config_file, overrides), flags]
-        cfg = build_config(the_recipe.config_class, [*layers, budget_layer(layers[1:])])
-        if budget_layer(layers[1:]):
+        source = load(init_from) if init_from else None
+        the_recipe, cfg, prepared, sizing = _resolve_new_run(recipe, data, preset, config_file, overrides, flags,
+                                                             source)
+        data = data or the_recipe.default_data
+        if cfg.train.max_steps is None:
             log.info("a time budget without train.max_steps: training runs for %g minutes, the final "
                      "validation included", cfg.train.max_minutes)
-        data = data or the_recipe.default_data
-        source = load(init_from) if init_from else None
-        prepared = the_recipe.prepare_data(cfg, data, source.assets if source else None)
         if source:
             the_recipe.check_transfer(cfg, source.config, prepared, source.path)
         assets = prepared.assets
@@ -298,6 +348,7 @@ def train(
                     "freeze": list(freeze), "frozen_parameters": len(frozen),
                     "precision": {"requested": requested_precision, "resolved": trainer.precision,
                                   "reason": trainer.precision_choice.reason},
+                    "sizing": sizing_record(sizing, cfg),
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "versions": _versions(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 })
@@ -313,6 +364,39 @@ def train(
         return result
     finally:
         shutdown_distributed()
+
+
+@dataclass
+class TrainingPlan:
+    """What `train()` would do with these arguments: the config (the sizing rule applied), the rule's record,
+    the data's statistics, the precision chosen, and the optimizer steps estimated from timed steps."""
+
+    recipe: str
+    config: BaseModel
+    sizing: dict[str, Any] | None
+    data: dict[str, Any]
+    precision: str
+    parameters: int
+    step_s: float
+    estimated_steps: int | None
+
+
+def plan(recipe: str, data: str | None = None, *, preset: str = "default", config_file: str | None = None,
+         overrides: Sequence[str] | dict[str, Any] | None = None, seed: int | None = None,
+         max_steps: int | None = None, max_minutes: float | None = None, probe_steps: int = 3) -> TrainingPlan:
+    """A dry run: prepare the data, apply the sizing rule, build the model and time `probe_steps` training
+    steps on a copy of nothing that is kept; writes nothing (`muselab train ... --dry-run`)."""
+    clock_start = time.monotonic()
+    flags = _flag_layer(seed, max_steps, max_minutes)
+    the_recipe, cfg, prepared, sizing = _resolve_new_run(recipe, data, preset, config_file, overrides, flags, None)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = the_recipe.build_model(cfg, prepared.assets)
+    trainer = Trainer(model, cfg.train, RunDir(Path(".")), prepared.train, prepared.val, device=device, quiet=True)
+    cfg.train.precision = trainer.precision
+    steps, step_s = trainer.estimate_steps(time.monotonic() - clock_start, probe_steps)
+    return TrainingPlan(the_recipe.name, cfg, sizing_record(sizing, cfg), prepared.info, trainer.precision,
+                        sum(p.numel() for p in model.parameters()), step_s, steps)
 
 
 def _finish_run(run: RunDir, result: TrainResult) -> None:

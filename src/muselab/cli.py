@@ -129,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             "recipes that read folders of images or audio)")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config as TOML (for --config) and exit without training")
+    train.add_argument("--dry-run", action="store_true",
+                       help="prepare the data, apply the default preset's sizing rule, time a few steps, print the "
+                            "config and the estimated steps, and exit without training or writing anything")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     generate = sub.add_parser("generate", help="generate from a trained run (`muselab generate RUN --help` "
@@ -249,6 +252,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             header += f"\n(--preset {args.preset} keeps the fields marked (unset) unset)"
         print(dumps_toml(values, header=header), end="")
         return 0
+    if args.dry_run:
+        if not args.recipe:
+            raise ConfigError("--dry-run needs a recipe, e.g. `muselab train text-lm --data FILE --dry-run`")
+        _print_plan(api.plan(args.recipe, args.data, preset=args.preset, config_file=args.config,
+                             overrides=overrides, seed=args.seed, max_steps=args.max_steps,
+                             max_minutes=args.max_minutes))
+        return 0
     if not args.out:
         raise ConfigError("name the run directory to train into: --out RUN")
     result = api.train(args.recipe, args.data, args.out, preset=args.preset, config_file=args.config,
@@ -265,6 +275,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {result.step} steps{stopped} in {result.elapsed_s / 60:.1f} min{val}{skipped}; run: {args.out}",
           file=sys.stderr)
     return 0
+
+
+def _print_plan(plan: Any) -> None:
+    from muselab.core.toml_out import dumps_toml
+
+    train = plan.config.train
+    print(f"recipe: {plan.recipe}; data: {plan.data.get('source', plan.data.get('spec'))}")
+    sizing = plan.sizing
+    if sizing:
+        inputs = ", ".join(f"{k} {v}" for k, v in sizing["inputs"].items())
+        print(f"sizing rule: row {sizing['rule']} for {inputs}")
+        print("  chose: " + ", ".join(f"{k}={v}" for k, v in sizing["chose"].items()))
+        if sizing["overridden"]:
+            print("  overridden by your settings: " + ", ".join(sizing["overridden"]))
+    else:
+        print("sizing rule: none (only the default preset sizes itself to the data)")
+    print(f"parameters: {plan.parameters:,}; precision: {plan.precision}")
+    end = f"{train.max_minutes:g} minutes" if train.max_minutes else f"train.max_steps {train.max_steps}"
+    steps = f"about {plan.estimated_steps:,}" if plan.estimated_steps is not None else "unknown"
+    print(f"a training step: {plan.step_s * 1000:.0f} ms (timed here, now); steps: {steps} ({end})")
+    print(dumps_toml(plan.config.model_dump(mode="json"), header="the config it would train with"), end="")
 
 
 def _unset_by_preset(values: dict[str, Any], recipe: str) -> bool:
@@ -464,7 +495,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     saved = run.read_config()
     state = run.read_json(files.TRAINER_STATE_JSON) if (run / files.TRAINER_STATE_JSON).is_file() else {}
     evaluation = run.read_json(files.EVAL) if (run / files.EVAL).is_file() else {}
+    sizing = saved.get("sizing") if isinstance(saved.get("sizing"), dict) else None
     summary = {"run": str(run), "recipe": saved["recipe"], "preset": saved.get("preset"),
+               "sizing": f"row {sizing.get('rule')}, overridden: {', '.join(sizing.get('overridden') or []) or 'none'}"
+               if sizing else None,
                "parameters": saved.get("parameters"), "data": saved.get("data", {}),
                "step": state.get("step"), "elapsed_min": round(state.get("elapsed_s", 0) / 60, 2),
                "final_val_loss": state.get("final_val_loss"), "eval": evaluation,

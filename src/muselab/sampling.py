@@ -303,8 +303,11 @@ def generate_tokens(
         if len(active) < batch:  # finished rows cost nothing beyond the model's own batched step
             rows = torch.tensor(active, device=device)
             history, scores = history[rows], scores[rows.to(scores.device)]
-        scores = processors(history, scores)
-        allowed = ~torch.isneginf(scores).all(-1)
+        if processors:
+            scores = processors(history, scores)
+            allowed = (~torch.isneginf(scores).all(-1)).tolist()
+        else:  # nothing can ban a token: every row has one (no per-token work beyond the pick)
+            allowed = [True] * len(active)
         if greedy:
             picks = scores.argmax(-1)
         else:
@@ -312,11 +315,13 @@ def generate_tokens(
                 generator = torch.Generator(device=scores.device).manual_seed(controls.seed)
             probs = scores.softmax(-1)
             # Rows with nothing allowed end below; give them a harmless distribution so multinomial accepts it.
-            probs = torch.where(allowed[:, None], probs, torch.ones_like(probs))
+            if not all(allowed):
+                mask = torch.tensor(allowed, device=probs.device)[:, None]
+                probs = torch.where(mask, probs, torch.ones_like(probs))
             picks = torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
         fed = [filler] * batch
-        for row, token, ok in zip(active, picks.tolist(), allowed.tolist(), strict=True):
+        for row, token, ok in zip(active, picks.tolist(), allowed, strict=True):
             if not ok:
                 finished[row] = True
             elif token == eos_id:

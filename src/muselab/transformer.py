@@ -42,6 +42,7 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_head, cfg.block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._layers = [(self.k[i], self.v[i]) for i in range(cfg.n_layer)]  # views, made once
         self.capacity = cfg.block_size
         self.length = 0  # filled slots, which is also the position of the next token
 
@@ -50,24 +51,44 @@ class KVCache:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._layers[layer]
+        keys.narrow(2, self.length, k.size(2)).copy_(k)
+        values.narrow(2, self.length, v.size(2)).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, n_new: int) -> None:
         self.length += n_new
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """The rotation of each position, `[T, head_dim // 2, 2]`: cos and sin of its angles. Real, not complex
+    numbers: ONNX has no complex tensors, and exported text-lm models run this same code."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair of channels (0, 1), (2, 3), ... of `x` `[..., head_dim]` by the positions' angles
+    (`rotation[..., 0]` and `[..., 1]`, cos and sin, broadcast against the pairs)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = rotation.unbind(-1)
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, without the call when it would return `x` (generation: a module call per token adds up)."""
+    return module(x) if module.training and module.p > 0 else x
+
+
+def _attend_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Causal attention. On a CPU under bf16 autocast it runs in fp32: CPUs' bf16 attention kernels (the backward
+    above all) are several times slower than their fp32 ones at these sizes, even where bf16 matmuls are faster."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
 
 
 class CausalSelfAttention(nn.Module):
@@ -80,15 +101,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k = apply_rotary(qkv[:, :, :2], rotation[:, None, None, :]).transpose(1, 3).unbind(2)  # [B, H, T, D]
+        v = qkv[:, :, 2].transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = _attend_causal(q, k, v, dropout)
         else:
             k, v = cache.write(self.layer, k.to(cache.k.dtype), v.to(cache.v.dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -100,7 +120,7 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        return _dropout(self.resid_dropout, self.proj(y))
 
 
 class MLP(nn.Module):
@@ -111,7 +131,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return _dropout(self.dropout, self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -122,9 +142,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotation, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -140,6 +159,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        self._rotation: torch.Tensor | None = None
         self.apply(self._init_weights)
         # residual projections start small so deep stacks begin close to the identity
         for name, p in self.named_parameters():
@@ -155,6 +175,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def _rotary(self, device: torch.device) -> torch.Tensor:
+        """The rotation of every position of the window, made once per device (not weights: not saved)."""
+        if self._rotation is None or self._rotation.device != device:
+            positions = torch.arange(self.cfg.block_size, device=device)
+            self._rotation = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
+        return self._rotation
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -169,11 +196,10 @@ class GPT(nn.Module):
         if start + T > self.cfg.block_size:  # a cache never slides: see the module docstring
             held = f" after {start} cached" if cache is not None else ""
             raise ValueError(f"{T} tokens{held} exceed block_size {self.cfg.block_size}")
-        positions = torch.arange(start, start + T, device=idx.device)
-        cos, sin = rotary_tables(positions, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_base)
-        x = self.drop(self.wte(idx))
+        rotation = self._rotary(idx.device)[start:start + T]
+        x = _dropout(self.drop, self.wte(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, rotation, cache)
         if cache is not None:
             cache.advance(T)
         if last_only:
@@ -199,16 +225,19 @@ class GPT(nn.Module):
         weight = self.wte.weight
         block = self.cfg.block_size
         cache: KVCache | None = KVCache(self.cfg, batch_size, weight.device, dtype or weight.dtype)
-        window = torch.empty(batch_size, 0, dtype=torch.long, device=weight.device)
+        fed: list[torch.Tensor] = []  # what the cache holds; joined into a window only once it overflows
 
         def step(new_ids: torch.Tensor) -> torch.Tensor:
-            nonlocal cache, window
-            window = torch.cat((window, new_ids.to(window.device)), dim=1)[:, -block:]
+            nonlocal cache
+            new_ids = new_ids.to(weight.device)
+            fed.append(new_ids)
             if cache is not None and cache.fits(new_ids.size(1)):
                 return self(new_ids, cache=cache, last_only=True)[:, -1, :].float()
             # Past the window every layer above the first must see only the window, so nothing cached
             # stays valid: recompute, and free the cache for good.
             cache = None
+            window = torch.cat(fed, dim=1)[:, -block:]
+            fed[:] = [window]
             return self(window, last_only=True)[:, -1, :].float()
 
         return step

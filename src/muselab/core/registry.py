@@ -48,6 +48,25 @@ class PreparedData:
     assets: dict[str, Any] = field(default_factory=dict)  # tokenizer and the like
 
 
+@dataclass
+class Sizing:
+    """What a recipe's sizing rule chose for the default preset from the data and the budget.
+
+    `layer` is a config layer that sits right above the preset: a config file, `--set` and the flags
+    still override every field of it. `rule` names the row of the recipe's table (the README shows the
+    tables) and `inputs` the numbers the rule read; both go into config.json."""
+
+    rule: str
+    inputs: dict[str, Any]
+    layer: dict[str, Any]
+
+
+def size_row(value: float, limits: Sequence[float]) -> int:
+    """For sizing rules: the index of the first of the ascending `limits` that `value` is below (len(limits)
+    when none), i.e. the row of a size table."""
+    return next((i for i, limit in enumerate(limits) if value < limit), len(limits))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a recipe's generation is, declared once: the CLI, API, pipeline and server read it from here."""
@@ -197,6 +216,17 @@ class Recipe(ABC):
         """The guard for these controls; None when the user turned it off, or a one-line reason why the
         outputs cannot be checked (e.g. the training data is not readable here)."""
         return NOT_MEASURED
+
+    def size_for_data(self, stats: dict[str, Any], budget_minutes: float | None) -> Sizing | None:
+        """The default preset's sizing rule: model size, context, regularisation, batch and learning rate for
+        data described by `stats` (what prepare_data put in `info`) and a time budget in minutes (None:
+        train.max_steps ends training). None keeps the preset as it is (recipes without a rule)."""
+        return None
+
+    def resize_data(self, prepared: PreparedData, cfg: BaseModel) -> PreparedData:
+        """The prepared data for a config the sizing rule changed (e.g. windows of a new context length); by
+        default the same, for recipes whose batches do not depend on what the rule chooses."""
+        return prepared
 
     def validation_hook(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any],
                         run: RunDir) -> Callable[[int, dict[str, Any]], None] | None:

@@ -365,12 +365,33 @@ class Trainer:
             torch.set_rng_state(cpu_rng)
         return min(times)
 
+    def estimate_steps(self, spent_s: float = 0.0, probe_steps: int = 3) -> tuple[int | None, float]:
+        """(steps, seconds per step) this run would train: `probe_steps` real optimizer steps are timed after a
+        warm-up one (they change the weights: for a dry run, which saves nothing), and a time budget, less
+        `spent_s` already gone and the validations' share, is divided by their average. None steps: no end
+        but the clock, and no budget either (cannot happen: the config needs one of them)."""
+        self.model.train()
+        self._train_step(1)
+        started = time.monotonic()
+        for step in range(2, 2 + probe_steps):
+            self._train_step(step)
+        step_s = (time.monotonic() - started) / probe_steps
+        if self.budget is None:
+            return self.cfg.max_steps, step_s
+        # a validation batch is a forward pass, about a third of a training step
+        validation_share = (self.cfg.eval_batches or 20) / (3 * max(1, self.cfg.eval_every or 1000))
+        steps = int(max(0.0, self.budget.seconds - spent_s) / (step_s * (1 + validation_share)))
+        return (min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps), step_s
+
     def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.AdamW:
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": group, "weight_decay": wd}
                   for group, wd in ((decay, self.cfg.weight_decay), (no_decay, 0.0)) if group]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        # The fused kernel: one pass over all tensors (for a 4x128 text model on a CPU, 1.5 ms a step against
+        # 8 ms for the per-tensor loop, about a tenth of the step)
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2), fused=fused)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def weights_for_saving(self) -> dict[str, torch.Tensor]:

@@ -33,6 +33,9 @@ class ImageGANRecipe(ImageRecipe):
     summary = "DCGAN-family GAN, optionally class-conditional, on a folder of images"
     config_class = GANRecipeConfig
     controls_class = GANControls
+    # Few images: DiffAugment on real and fake images, the remedy its paper (Zhao et al. 2020) measured for
+    # GANs on a few hundred images
+    small_data_layer = {"model": {"diffaugment": "color,translation,cutout"}}
     presets = {
         "tiny": {
             "model": {"latent_dim": 16, "width": 8},

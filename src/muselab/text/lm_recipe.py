@@ -20,6 +20,8 @@ from muselab.core.registry import (
     MemorizationGuard,
     PreparedData,
     Recipe,
+    Sizing,
+    size_row,
 )
 from muselab.core.results import TextResult
 from muselab.core.rundir import RunDir
@@ -68,6 +70,27 @@ class TextLMConfig(Section):
         eval_every=250, eval_batches=20, checkpoint_every=250, weight_decay=0.1, beta2=0.99,
     )
     eval: TextEvalConfig = TextEvalConfig()
+
+
+# The default preset's sizing rule (README: "Defaults that fit the data"). Rows, smallest first:
+# (name, n_layer, n_head, n_embd, block_size, batch_size, lr). The data picks a row by training tokens, the
+# budget caps it (a short budget cannot train a large model). Dropout follows the data's row, and is off
+# when the budget capped the model: a model smaller than its data, trained briefly, underfits. Calibration
+# (230 k characters of builtin:words, 4x128, context 64, fp32, 4,000 steps, about what 5 quiet CPU minutes
+# take): dropout 0.1 at lr 5e-3 ended at 2.164 (best 2.160), the earlier preset (dropout 0, 2,000 steps) at
+# 2.215 (best 2.203); dropout 0.2 at lr 3e-3 trailed dropout 0.1 by 0.006-0.011 from step 1,000 to 2,000.
+# benchmarks/bench_small_data.py checks it under a real budget.
+LM_SIZES = [
+    ("xs", 2, 2, 64, 64, 32, 5e-3),
+    ("s", 4, 4, 128, 64, 32, 5e-3),
+    ("m", 4, 6, 192, 128, 32, 2e-3),
+    ("l", 6, 8, 256, 256, 32, 1e-3),
+    ("xl", 6, 6, 384, 256, 64, 1e-3),
+]
+LM_DATA_ROWS = [50_000, 500_000, 5_000_000, 50_000_000]  # training tokens below which row 0, 1, 2, 3 fits
+LM_BUDGET_ROWS = [2, 15, 60, 240]  # minutes below which row 0, 1, 2, 3 is the largest the budget trains
+LM_DROPOUT = [0.2, 0.1, 0.1, 0.1, 0.0]  # by the data's row, when the budget did not cap the model
+LM_WEIGHT_DECAY = 0.1
 
 
 class TokenStream:
@@ -140,11 +163,30 @@ class TextLMRecipe(Recipe):
         info = {
             "spec": data, "source": corpus.source, "fingerprint": corpus.fingerprint,
             "documents": corpus.n_documents, "train_chars": len(train_text), "val_chars": len(val_text),
-            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids), "vocab_size": tokenizer.vocab_size,
             "unknown_tokens": int((train_ids == 0).sum()) if tokenizer.kind == "char" else 0,
         }
         return PreparedData(TokenStream(train_ids, cfg.model.block_size), TokenStream(val_ids, cfg.model.block_size),
                             info, {"tokenizer": tokenizer, "train_text": train_text, "val_text": val_text})
+
+    def size_for_data(self, stats: dict[str, Any], budget_minutes: float | None) -> Sizing:
+        tokens = stats["train_tokens"]
+        data_row = size_row(tokens, LM_DATA_ROWS)
+        row = data_row if budget_minutes is None else min(data_row, size_row(budget_minutes, LM_BUDGET_ROWS))
+        name, n_layer, n_head, n_embd, block, batch, lr = LM_SIZES[row]
+        layer = {
+            "model": {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block,
+                      "dropout": LM_DROPOUT[data_row] if row == data_row else 0.0},
+            "train": {"batch_size": batch, "lr": lr, "weight_decay": LM_WEIGHT_DECAY},
+        }
+        capped = " (capped by the budget)" if row < data_row else ""
+        return Sizing(rule=f"{name}{capped}", inputs={"train_tokens": tokens, "vocab_size": stats["vocab_size"],
+                                                      "budget_minutes": budget_minutes}, layer=layer)
+
+    def resize_data(self, prepared: PreparedData, cfg: TextLMConfig) -> PreparedData:
+        block = cfg.model.block_size
+        return PreparedData(TokenStream(prepared.train.ids, block), TokenStream(prepared.val.ids, block),
+                            prepared.info, prepared.assets)
 
     def build_model(self, cfg: TextLMConfig, assets: dict[str, Any]) -> GPT:
         model_cfg = cfg.model.model_copy(update={"vocab_size": assets["tokenizer"].vocab_size})

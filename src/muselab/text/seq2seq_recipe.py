@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from muselab.core.config import Section, TrainConfig
 from muselab.core.controls import aliases
 from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.core.registry import Capabilities, Evaluation, GenerationContext, PreparedData, Recipe
+from muselab.core.registry import (
+    Capabilities,
+    Evaluation,
+    GenerationContext,
+    PreparedData,
+    Recipe,
+    Sizing,
+    size_row,
+)
 from muselab.core.results import SequenceResult
 from muselab.core.rundir import RunDir
 from muselab.core.trainer import mean_loss
@@ -65,6 +73,22 @@ class Seq2SeqRecipeConfig(Section):
                                      weight_decay=0.0, grad_clip=1.0, eval_every=1000, eval_batches=0,
                                      checkpoint_every=1000, beta2=0.99)
     eval: Seq2SeqEvalConfig = Seq2SeqEvalConfig()
+
+
+# The default preset's sizing rule (README: "Defaults that fit the data"). Rows, smallest first:
+# (name, emb_dim, hidden, enc_layers, dec_layers, batch_size, lr). The data picks a row by training pairs, the
+# budget caps it; dropout follows the data's row, and is small when the budget capped the model. Row "m"
+# with no budget is the CMUdict-tuned preset above (112k training pairs).
+SEQ2SEQ_SIZES = [
+    ("xs", 64, 128, 1, 1, 32, 3e-3),
+    ("s", 96, 192, 2, 1, 64, 3e-3),
+    ("m", 128, 256, 2, 1, 256, 4e-3),
+    ("l", 256, 512, 3, 2, 256, 2e-3),
+]
+SEQ2SEQ_DATA_ROWS = [2_000, 20_000, 200_000]  # training pairs below which row 0, 1, 2 fits
+SEQ2SEQ_BUDGET_ROWS = [3, 10, 120]  # minutes below which row 0, 1, 2 is the largest the budget trains
+SEQ2SEQ_DROPOUT = [0.3, 0.2, 0.05, 0.1]  # by the data's row, when the budget did not cap the model
+SEQ2SEQ_CAPPED_DROPOUT = 0.05
 
 
 class Seq2SeqControls(BaseModel):
@@ -190,9 +214,24 @@ class TextSeq2SeqRecipe(Recipe):
                             f"validation); add pairs or raise data.max_length")
         info = {"spec": data, "source": corpus.source, "fingerprint": corpus.fingerprint, **corpus.info,
                 "train_pairs": len(train_s), "val_pairs": len(val_s), "test_pairs": len(corpus.test),
-                "dropped_too_long": dropped, "target_kind": target_kind}
+                "dropped_too_long": dropped, "target_kind": target_kind,
+                "source_vocab_size": source_vocab.size, "target_vocab_size": target_vocab.size}
         return PreparedData(PairStream(train_s, train_t), PairStream(val_s, val_t), info,
                             {"source_vocab": source_vocab, "target_vocab": target_vocab, "corpus": corpus})
+
+    def size_for_data(self, stats: dict[str, Any], budget_minutes: float | None) -> Sizing:
+        pairs = stats["train_pairs"]
+        data_row = size_row(pairs, SEQ2SEQ_DATA_ROWS)
+        row = data_row if budget_minutes is None else min(data_row, size_row(budget_minutes, SEQ2SEQ_BUDGET_ROWS))
+        name, emb, hidden, enc, dec, batch, lr = SEQ2SEQ_SIZES[row]
+        layer = {"model": {"emb_dim": emb, "hidden": hidden, "enc_layers": enc, "dec_layers": dec,
+                           "dropout": SEQ2SEQ_DROPOUT[data_row] if row == data_row else SEQ2SEQ_CAPPED_DROPOUT},
+                 "train": {"batch_size": batch, "lr": lr}}
+        capped = " (capped by the budget)" if row < data_row else ""
+        return Sizing(rule=f"{name}{capped}", inputs={
+            "train_pairs": pairs, "source_vocab_size": stats["source_vocab_size"],
+            "target_vocab_size": stats["target_vocab_size"],
+            "budget_minutes": budget_minutes}, layer=layer)
 
     def build_model(self, cfg: Seq2SeqRecipeConfig, assets: dict[str, Any]) -> Seq2Seq:
         return Seq2Seq(cfg.model.model_copy(update={"src_vocab_size": assets["source_vocab"].size,
