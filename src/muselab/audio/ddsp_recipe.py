@@ -1,7 +1,7 @@
 """The `audio-ddsp` recipe: a DDSP instrument learned from monophonic recordings, played from notes or
 from another recording (timbre transfer).
 
-Data is `builtin:tones` or a folder (or one file) of wav/flac/ogg recordings, resampled to the model's
+Data is `builtin:tones`, `builtin:soundfont` (one sampled instrument, `data/solo.py`) or a folder (or one file) of wav/flac/ogg recordings, resampled to the model's
 rate. Long recordings are cut into clips of `data.clip_seconds`; whole clips are held out for
 evaluation (evenly spaced, so the split is the same every time). Read top to bottom: config, data,
 notes and controls, the recipe (generation, evaluation).
@@ -39,13 +39,15 @@ from muselab.data.audio_features import (
     is_cached,
 )
 from muselab.data.notes import read_notes
+from muselab.data.solo import DEFAULT_INSTRUMENT, INSTRUMENTS, SOLO_DESCRIPTION, instrument_program
 from muselab.data.split import hold_out
 from muselab.data.tones import TONES_DESCRIPTION
 
 logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them on stderr
 
 BUILTIN_TONES = "builtin:tones"
-TONE_SECONDS = 4.0
+BUILTIN_SOUNDFONT = "builtin:soundfont"
+TONE_SECONDS = 4.0  # each clip of builtin:tones and of builtin:soundfont
 SILENCE_DB = -80.0  # the loudness floor of the features (a_weighted_loudness's floor_db)
 MAX_SECONDS = 600  # longest phrase --notes may ask for
 
@@ -60,13 +62,26 @@ class DDSPDataConfig(Section):
                                                               "(the unit of the held-out split and of the cache)")
     test_share: float = Field(0.1, gt=0, lt=0.5, description="share of the clips held out for evaluation")
     f0: Literal["auto", "pyin", "labels"] = Field(
-        "auto", description="pitch source: pyin, or labels (builtin:tones' true f0); auto = labels for "
-                            "builtin:tones (pYIN on its 13 minutes takes over 10 minutes on 2 cores), pyin otherwise")
+        "auto", description="pitch source: pyin, or labels (the built-in data's true f0: builtin:tones' synthesis, "
+                            "builtin:soundfont's notes); auto = labels for built-in data (pYIN on builtin:tones' 13 "
+                            "minutes takes over 10 minutes on 2 cores), pyin otherwise")
     tones_clips: int = Field(200, ge=2, le=2000, description="clips of builtin:tones (4 s each)")
+    instrument: str = Field(DEFAULT_INSTRUMENT, description="the instrument builtin:soundfont plays: "
+                                                            + ", ".join(sorted(INSTRUMENTS)))
+    soundfont_clips: int = Field(150, ge=2, le=2000, description="clips of builtin:soundfont (4 s each)")
     fmin: float = Field(50.0, ge=20, description="lowest pitch pYIN looks for, Hz")
     fmax: float = Field(1600.0, le=4000, description="highest pitch pYIN looks for, Hz")
     skip_bad_files: bool = Field(False, description="leave unreadable, empty or silent audio files out (and count "
                                                     "them) instead of stopping")
+
+    @field_validator("instrument")
+    @classmethod
+    def _known_instrument(cls, value: str) -> str:
+        try:
+            instrument_program(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return value
 
 
 class DDSPEvalConfig(Section):
@@ -133,11 +148,19 @@ def _raw_clips(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[RawClip], list[Ra
                     for i, clip in enumerate(clips)]
 
         return raw(train, 0), raw(test, len(train)), TONES_DESCRIPTION
+    if spec == BUILTIN_SOUNDFONT:
+        from muselab.data.solo import make_solo_clips
+
+        solo, font = make_solo_clips(cfg.data.instrument, cfg.data.soundfont_clips, TONE_SECONDS, sr, hop)
+        labelled = cfg.data.f0 in ("auto", "labels")
+        train, test = _split([RawClip(c.name, c.audio, c.f0_hz if labelled else None) for c in solo],
+                             cfg.data.test_share)
+        return train, test, f"{cfg.data.instrument} from {font}, held notes and melodies rendered with FluidSynth"
     if spec.startswith("builtin:"):
-        raise DataError(f"unknown built-in audio data '{spec}'; audio-ddsp knows {BUILTIN_TONES}, or pass a folder "
-                        "of monophonic wav/flac/ogg recordings")
+        raise DataError(f"unknown built-in audio data '{spec}'; audio-ddsp knows {BUILTIN_TONES} and "
+                        f"{BUILTIN_SOUNDFONT}, or pass a folder of monophonic wav/flac/ogg recordings")
     if cfg.data.f0 == "labels":
-        raise ConfigError("data.f0=labels needs builtin:tones (recordings have no pitch labels); use pyin or auto")
+        raise ConfigError("data.f0=labels needs built-in data (recordings have no pitch labels); use pyin or auto")
     from muselab.audio.io import list_audio_files, load_audio
 
     root = Path(spec)
@@ -198,7 +221,7 @@ def load_features(cfg: DDSPRecipeConfig, spec: str) -> tuple[list[ClipFeatures],
                                         "audio": [hash_clip(c) for c in train + test]}),
             "train_clips": len(train), "test_clips": len(test),
             "train_minutes": round(sum(c.n_frames for c in train) * settings.hop / settings.sample_rate / 60, 2),
-            "f0": ("ground-truth labels of builtin:tones (pYIN is used for recordings and for evaluation)"
+            "f0": ("ground-truth labels of the built-in data (pYIN is used for recordings and for evaluation)"
                    if f0_source == "labels" else f"pYIN ({settings.fmin:g}-{settings.fmax:g} Hz)")}
     return train, test, info
 
@@ -350,11 +373,11 @@ class AudioDDSPRecipe(Recipe):
     default_data = BUILTIN_TONES
     data_formats = ("a folder of (or one) monophonic .wav, .flac or .ogg recordings of one instrument or voice; "
                     "long ones are cut into data.clip_seconds clips")
-    builtin_data = {BUILTIN_TONES: TONES_DESCRIPTION}
+    builtin_data = {BUILTIN_TONES: TONES_DESCRIPTION, BUILTIN_SOUNDFONT: SOLO_DESCRIPTION}
     capabilities = Capabilities(main_control="notes", writes_files=True)
     presets = {
         "tiny": {
-            "data": {"tones_clips": 8, "window_seconds": 0.5},
+            "data": {"tones_clips": 8, "soundfont_clips": 8, "window_seconds": 0.5},
             "model": {"hidden": 16, "gru": 16, "mlp_layers": 1, "n_harmonics": 20, "n_noise_bands": 17},
             "train": {"max_steps": 8, "batch_size": 2, "warmup_steps": 2, "eval_every": 4, "eval_batches": 1,
                       "checkpoint_every": 4, "log_every": 2},
