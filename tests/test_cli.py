@@ -69,4 +69,8 @@ def test_demo_writes_a_report(tmp_path):
     assert "learned instrument" in html and "vocoder_mcd" in html and html.count("<audio") >= 2
     if shutil.which("flite"):
         assert "four voices" in html and "wer_flite_reference" in html and html.count("<audio") >= 5
+    assert "chorales learnt from Bach" in html and "in_key_share_random" in html
+    if shutil.which("fluidsynth"):
+        assert html.count("<audio") >= 4 and (out / "music" / "ode.wav").is_file()
+    assert (out / "music" / "ode.mid").is_file() and (out / "music" / "chorale.png").is_file()
     assert run_cli("demo", "--preset", "tiny", "--out", str(out)).returncode == 2
