@@ -268,3 +268,36 @@ def test_mel_cepstral_distortion_aligns_different_lengths_by_dtw():
     assert 0 < aligned < mismatched
     with pytest.raises(ValueError, match="DTW"):
         dsp.mel_cepstral_distortion(clean, delayed, 16000, use_dtw=False)
+
+
+def _vowel(f0: float, sr: int, seconds: float) -> np.ndarray:
+    """A sung vowel: harmonics of a vibrato f0 under two formant bumps (700 and 1,200 Hz)."""
+    t = np.arange(round(seconds * sr)) / sr
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 5 * t))) / sr
+    x = sum((np.exp(-((k * f0 - 700) / 150) ** 2) + 0.6 * np.exp(-((k * f0 - 1200) / 200) ** 2) + 0.02)
+            * np.sin(k * phase) for k in range(1, 60))
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.mark.parametrize("semitones", [12.0, -7.0])
+def test_shift_pitch_moves_the_pitch_and_keeps_the_formants(semitones: float) -> None:
+    sr = 22050
+    x = _vowel(150.0, sr, 1.5)
+    y = dsp.shift_pitch(x, sr, semitones)
+    assert y.shape == x.shape and np.isfinite(y).all()
+
+    def median_f0(a: np.ndarray) -> float:
+        f0, voiced, _ = librosa.pyin(a, fmin=60, fmax=800, sr=sr, frame_length=2048, hop_length=256)
+        return float(np.median(f0[voiced]))
+
+    assert median_f0(y) / median_f0(x) == pytest.approx(2 ** (semitones / 12), rel=0.02)
+
+    def envelope(a: np.ndarray) -> np.ndarray:
+        return np.log(dsp.spectral_envelope(np.abs(librosa.stft(a, n_fft=1024, hop_length=256)), 22)).mean(axis=1)
+
+    speech_band = slice(10, 140)  # 215-3,000 Hz
+    chipmunk = librosa.effects.pitch_shift(x, sr=sr, n_steps=semitones)
+    kept = np.abs(envelope(y) - envelope(x))[speech_band].mean()
+    moved = np.abs(envelope(chipmunk) - envelope(x))[speech_band].mean()
+    assert kept < 0.3 * moved
+    assert np.array_equal(dsp.shift_pitch(x, sr, 0.0), x)

@@ -113,6 +113,9 @@ def test_speed_and_pitch_shift_act_on_the_model(tts_run: Path) -> None:
     slow_audio = run.generate("The old boat drifted slowly toward the rocky shore.", seed=0).items[0]
     fast_audio = run.generate("The old boat drifted slowly toward the rocky shore.", speed=2.0, seed=0).items[0]
     assert abs(len(fast_audio) - len(slow_audio) / 2) <= 0.1 * len(slow_audio) / 2
+    # the pipeline shifts the sound itself (dsp.shift_pitch, tested there): same length, other samples
+    high_audio = run.generate("The old boat drifted slowly toward the rocky shore.", pitch_shift=12.0, seed=0).items[0]
+    assert len(high_audio) == len(slow_audio) and not np.allclose(high_audio, slow_audio)
 
 
 @pytest.mark.slow

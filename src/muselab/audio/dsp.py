@@ -290,6 +290,39 @@ def f0_pyin(x: np.ndarray, sr: int, hop: int, fmin: float = 50.0, fmax: float = 
 # Resampling
 
 
+def spectral_envelope(magnitude: np.ndarray, lifter: int) -> np.ndarray:
+    """The smooth envelope of magnitude spectra `[n_fft // 2 + 1, frames]` by cepstral liftering: the log
+    magnitude's real cepstrum kept below quefrency `lifter` (samples), back to a magnitude."""
+    cepstrum = np.fft.irfft(np.log(magnitude + 1e-8), axis=0)
+    cepstrum[lifter:len(cepstrum) - lifter + 1] = 0.0
+    return np.exp(np.fft.rfft(cepstrum, axis=0).real)
+
+
+def shift_pitch(audio: np.ndarray, sr: int, semitones: float, n_fft: int = 1024, hop: int = 256,
+                lifter_ms: float = 1.0, max_gain_db: float = 30.0) -> np.ndarray:
+    """`audio` with every frequency of its fine structure moved by `semitones` while the spectral envelope
+    (the formants: who is speaking, which vowel) stays where it was; same length.
+
+    The shift itself is librosa's (a phase-vocoder time stretch by 2^(semitones / 12), then resampling back
+    to the length), which moves the formants with the pitch (the "chipmunk" voice). Each STFT frame of the
+    result is then multiplied by the original frame's envelope over its own (cepstral envelopes below
+    `lifter_ms`, shorter than any voice's pitch period, so pitch stays out of them); the gain is capped at
+    `max_gain_db` so near-silent frames do not turn into noise."""
+    import librosa
+
+    x = np.asarray(audio, dtype=np.float32)
+    if semitones == 0 or len(x) < n_fft:
+        return x.copy()
+    shifted = librosa.effects.pitch_shift(x, sr=sr, n_steps=float(semitones), n_fft=n_fft, hop_length=hop)
+    original = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop))
+    spectrum = librosa.stft(shifted, n_fft=n_fft, hop_length=hop)
+    lifter = max(2, round(lifter_ms * sr / 1000))
+    limit = 10.0 ** (max_gain_db / 20.0)
+    gain = spectral_envelope(original, lifter) / spectral_envelope(np.abs(spectrum), lifter)
+    corrected = librosa.istft(spectrum * np.clip(gain, 1.0 / limit, limit), hop_length=hop, n_fft=n_fft, length=len(x))
+    return corrected.astype(np.float32)
+
+
 def resample(x: Tensor | np.ndarray, sr_from: int, sr_to: int) -> Tensor:
     """Resample along the last axis with scipy's polyphase filter (Kaiser window); float32 tensor out."""
     from scipy.signal import resample_poly
