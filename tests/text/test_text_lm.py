@@ -191,3 +191,14 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32():
     bf16.backward()
     assert abs(bf16.item() - fp32.item()) < 0.05
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_rotary_in_real_form_for_exporters_equals_the_complex_form() -> None:
+    from muselab.transformer import apply_rotary, rotary_tables
+
+    x = torch.randn(2, 5, 3, 16)
+    positions = torch.arange(5)
+    complex_form = rotary_tables(positions, 16, 10000.0)[None, :, None, :]
+    real_form = rotary_tables(positions, 16, 10000.0, real=True)[None, :, None, :]
+    assert torch.allclose(apply_rotary(x, complex_form), apply_rotary(x, real_form), atol=1e-6)
+    assert not torch.allclose(apply_rotary(x, real_form), x)  # position 0 is unrotated, the rest move
