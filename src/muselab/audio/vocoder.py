@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -47,6 +48,7 @@ from muselab.audio.dsp import (
     log_mel,
     magnitude,
     mel_filterbank,
+    stft_real,
 )
 from muselab.core.config import Section
 from muselab.core.trainer import SINGLE_PHASE, OptimizerPhase, PhaseCarry
@@ -84,6 +86,8 @@ class VocoderConfig(Section):
     kernel_size: int = Field(7, ge=1, description="taps of the depthwise convolution over frames (odd)")
     mel_prior: bool = Field(True, description="predict the log magnitude as a correction to the mel's "
                                               "pseudo-inverse (silence and the spectral envelope come free)")
+    phase_iterations: int = Field(0, ge=0, le=64, description="fast Griffin-Lim iterations that make the predicted "
+                                  "spectrum consistent, starting from the predicted phase; trained through")
     mel_weight: float = Field(45.0, ge=0, description="weight of the log-mel L1 loss")
     stft_weight: float = Field(15.0, ge=0, description="weight of the multi-resolution STFT loss")
     adversarial: bool = Field(False, description="train against discriminators (a GAN) as well as the "
@@ -146,6 +150,7 @@ class Generator(nn.Module):
                                     for _ in range(cfg.layers))
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, MEL.n_fft + 2)  # log-magnitude and phase of n_fft // 2 + 1 bins
+        self.phase_iterations = cfg.phase_iterations
         # The generator's own window rather than dsp's cached one: one first made under inference_mode
         # would be an inference tensor, unusable for training afterwards in the same process
         self.register_buffer("window", torch.hann_window(MEL.n_fft, periodic=True), persistent=False)
@@ -162,11 +167,6 @@ class Generator(nn.Module):
             # audio are quiet, and on builtin:tones this starts with a quarter less mel loss
             nn.init.constant_(self.head.bias[: MEL.n_fft // 2 + 1], INITIAL_LOG_MAGNITUDE)
 
-    def spectrum(self, mel: Tensor) -> Tensor:
-        """The predicted complex STFT [B, n_fft // 2 + 1, F]."""
-        mag, phase = self.polar(mel)
-        return torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-
     def polar(self, mel: Tensor) -> tuple[Tensor, Tensor]:
         """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
@@ -182,9 +182,45 @@ class Generator(nn.Module):
         return mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN), phase
 
     def forward(self, mel: Tensor) -> Tensor:
+        mag, phase = self.polar(mel)
+        length = mel.shape[-1] * MEL.hop
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        if self.phase_iterations:
+            def project(re: Tensor, im: Tensor) -> tuple[Tensor, Tensor]:
+                again = torch.stft(self._istft(torch.complex(re, im), length), MEL.n_fft, MEL.hop,
+                                   window=self.window, center=True, return_complex=True)[..., : mag.shape[-1]]
+                return again.real, again.imag
+
+            cos, sin = consistent_phase(mag, cos, sin, self.phase_iterations, project)
+        return self._istft(torch.complex(mag * cos, mag * sin), length)
+
+    def _istft(self, spectrum: Tensor, length: int) -> Tensor:
         # Centred frames: frame i sits on sample i * hop, as in dsp.stft, so F frames give F * hop samples
-        return torch.istft(self.spectrum(mel), MEL.n_fft, MEL.hop, window=self.window, center=True,
-                           length=mel.shape[-1] * MEL.hop)
+        return torch.istft(spectrum, MEL.n_fft, MEL.hop, window=self.window, center=True, length=length)
+
+
+GRIFFIN_LIM_MOMENTUM = 0.99  # the fast Griffin-Lim's (Perraudin et al. 2013), as dsp.griffin_lim and librosa
+
+
+def consistent_phase(mag: Tensor, cos: Tensor, sin: Tensor, iterations: int,
+                     project: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The phase (as cos and sin) after `iterations` of fast Griffin-Lim on magnitude `mag`, starting from
+    `cos`, `sin`: each iteration projects the spectrum onto consistent ones (`project`: the STFT of its
+    inverse STFT, as real and imaginary parts) and keeps the projection's phase, with momentum. In real
+    arithmetic, so the exported generator runs the same steps; differentiable throughout (the norm's
+    epsilon keeps the gradient finite where a bin is zero)."""
+    previous: tuple[Tensor, Tensor] | None = None
+    for _ in range(iterations):
+        re, im = project(mag * cos, mag * sin)
+        if previous is None:
+            ahead_re, ahead_im = re, im
+        else:
+            ahead_re = re + GRIFFIN_LIM_MOMENTUM * (re - previous[0])
+            ahead_im = im + GRIFFIN_LIM_MOMENTUM * (im - previous[1])
+        previous = re, im
+        norm = torch.sqrt(ahead_re.square() + ahead_im.square() + 1e-16)
+        cos, sin = ahead_re / norm, ahead_im / norm
+    return cos, sin
 
 
 class RealGenerator(nn.Module):
@@ -200,8 +236,16 @@ class RealGenerator(nn.Module):
 
     def forward(self, mel: Tensor) -> Tensor:
         mag, phase = self.generator.polar(mel)
-        return istft_real(mag * torch.cos(phase), mag * torch.sin(phase), self.generator.window, MEL.hop,
-                          mel.shape[-1] * MEL.hop, (self.cos_basis, self.sin_basis))
+        length, window = mel.shape[-1] * MEL.hop, self.generator.window
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        if self.generator.phase_iterations:
+            def project(re: Tensor, im: Tensor) -> tuple[Tensor, Tensor]:
+                wav = istft_real(re, im, window, MEL.hop, length, (self.cos_basis, self.sin_basis))
+                re, im = stft_real(wav, window, MEL.hop)
+                return re[..., : mag.shape[-1]], im[..., : mag.shape[-1]]
+
+            cos, sin = consistent_phase(mag, cos, sin, self.generator.phase_iterations, project)
+        return istft_real(mag * cos, mag * sin, window, MEL.hop, length, (self.cos_basis, self.sin_basis))
 
 
 def _vocos_init(module: nn.Module) -> None:
