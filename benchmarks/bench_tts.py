@@ -9,13 +9,14 @@ own floor) and on the vocoder's resynthesis of flite's mel (the vocoder's share)
 (cents) compare with flite's recordings. Speed: a 10-second utterance through the front end, the acoustic
 model and the vocoder, best of three, as times real time. Controls, measured on the sound: --speed 2
 (duration ratio), --pitch-shift 12 (ratio of pYIN median f0), and each speaker's median f0.
-`--vocoder-minutes 0` trains no vocoder: the default one speaks (the one muselab ships, else Griffin-Lim).
+`--controls-of RUN` measures only the controls and speed of a trained run. `--vocoder-minutes 0` trains no vocoder: the default one speaks (the one muselab ships, else Griffin-Lim).
 Targets (issue 16): WER <= 0.25 with 30 + 20 minutes of training, >= 20x real time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -39,17 +40,39 @@ def median_f0(audio: np.ndarray, sr: int) -> float:
     return float(np.median(voiced)) if len(voiced) else float("nan")
 
 
+def voice_print(audio: np.ndarray, sr: int) -> np.ndarray:
+    """A crude speaker embedding: the mean MFCC c1..c19 over frames within 40 dB of the loudest."""
+    import librosa
+
+    mfcc = librosa.feature.mfcc(y=audio, sr=sr, n_mfcc=20, n_fft=1024, hop_length=256)
+    energy = librosa.feature.rms(y=audio, frame_length=1024, hop_length=256)[0][: mfcc.shape[1]]
+    loud = energy > energy.max() * 10 ** (-40 / 20)
+    return mfcc[1:, loud].mean(axis=1)
+
+
 def controls(run: api.Run, vocoder: str | None) -> dict[str, float]:
     """What --speed, --pitch-shift and --speaker do to the sound (not to the model's own numbers)."""
     text = "The old boat drifted slowly toward the rocky shore."
+    other = "Every player on the team wore a white shirt to the game."
     base = run.generate(text, seed=0, vocoder=vocoder).items[0]
     fast = run.generate(text, seed=0, vocoder=vocoder, speed=2.0).items[0]
     high = run.generate(text, seed=0, vocoder=vocoder, pitch_shift=12.0).items[0]
     out = {"speed2_duration_ratio": len(fast) / len(base),
            "pitch_shift12_f0_ratio": median_f0(high, 22050) / median_f0(base, 22050)}
+    prints: dict[str, list[np.ndarray]] = {}
     for speaker in run.assets["speakers"]:
-        out[f"median_f0_hz_{speaker}"] = median_f0(run.generate(text, seed=0, vocoder=vocoder,
-                                                                speaker=speaker).items[0], 22050)
+        spoken = [run.generate(t, seed=0, vocoder=vocoder, speaker=speaker).items[0] for t in (text, other)]
+        out[f"median_f0_hz_{speaker}"] = median_f0(spoken[0], 22050)
+        prints[speaker] = [voice_print(a, 22050) for a in spoken]
+    # --speaker changes the voice when two speakers saying the same sentence are further apart than one
+    # speaker saying two sentences
+    names = list(prints)
+    between = [np.linalg.norm(prints[a][0] - prints[b][0]) for i, a in enumerate(names) for b in names[i + 1:]]
+    within = [np.linalg.norm(p[0] - p[1]) for p in prints.values()]
+    if between:
+        out["voice_print_distance_between_speakers"] = float(np.mean(between))
+        out["voice_print_distance_smallest_between_speakers"] = float(np.min(between))
+        out["voice_print_distance_within_speaker"] = float(np.mean(within))
     return out
 
 
@@ -75,7 +98,18 @@ def main() -> int:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="audio-tts config fields")
     parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--controls-of", metavar="RUN", help="train nothing: measure the controls and speed of "
+                                                           "this audio-tts run (writes tts_controls.json)")
     args = parser.parse_args()
+    if args.controls_of:
+        run = api.load(args.controls_of, device="cpu")
+        seconds, speed = realtime(run, None)
+        rows = [*controls(run, None).items(), ("10 s utterance: x real time", speed), ("run", args.controls_of),
+                ("trained steps", json.loads((Path(args.controls_of) / "trainer_state.json").read_text())["step"]), ("vocoder", "the default (shipped, else Griffin-Lim)")]
+        print_table(rows)
+        command = f"python benchmarks/bench_tts.py --controls-of {args.controls_of}"
+        print(f"wrote {write_result('tts_controls', dict(rows) | {'command': command})}")
+        return 0
     quiet = not sys.stderr.isatty()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-tts-"))
     vocoder = None
