@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from muselab.core.errors import DataError
 from muselab.core.trainer import PhaseCarry
 from muselab.data.scores import Score
+from muselab.data.soundfont import find_soundfont
 from muselab.music.midi import score_to_midi
 
 
@@ -146,3 +149,15 @@ def midi_folder(root: Path, count: int = 8) -> Path:
     for i in range(count):
         (root / f"piece{i:02d}.mid").write_bytes(score_to_midi(chorale(f"piece{i}", shift=i % 5 - 2)))
     return root
+
+
+def _has_soundfont() -> bool:
+    try:
+        find_soundfont()
+    except DataError:
+        return False
+    return True
+
+
+needs_synth = pytest.mark.skipif(shutil.which("fluidsynth") is None or not _has_soundfont(),
+                                 reason="fluidsynth or a General MIDI SoundFont is not installed")

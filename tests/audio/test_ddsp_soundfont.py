@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import librosa
@@ -10,22 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from helpers import needs_synth
 from muselab import api
-from muselab.core.errors import ConfigError, DataError
+from muselab.core.errors import ConfigError
 from muselab.data.solo import INSTRUMENTS, clip_notes, f0_labels, instrument_program, make_solo_clips
-from muselab.data.soundfont import find_soundfont
-
-
-def _has_soundfont() -> bool:
-    try:
-        find_soundfont()
-    except DataError:
-        return False
-    return True
-
-
-needs_synth = pytest.mark.skipif(shutil.which("fluidsynth") is None or not _has_soundfont(),
-                                 reason="fluidsynth or a General MIDI SoundFont is not installed")
 
 
 @pytest.mark.parametrize("index", range(12))

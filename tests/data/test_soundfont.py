@@ -4,14 +4,13 @@ different, drums use the percussion channel, and missing software is a one-line 
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import mido
 import numpy as np
 import pytest
 
-from helpers import error_message
+from helpers import error_message, needs_synth
 from muselab.core.errors import DataError
 from muselab.data import soundfont
 from muselab.data.soundfont import (
@@ -23,18 +22,6 @@ from muselab.data.soundfont import (
     render_midi,
     render_notes,
 )
-
-
-def _has_soundfont() -> bool:
-    try:
-        find_soundfont()
-    except DataError:
-        return False
-    return True
-
-
-needs_synth = pytest.mark.skipif(shutil.which("fluidsynth") is None or not _has_soundfont(),
-                                 reason="fluidsynth or a General MIDI SoundFont is not installed")
 
 
 def test_notes_become_a_midi_file_with_one_channel_per_program_and_drums_on_channel_10() -> None:

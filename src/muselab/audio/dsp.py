@@ -97,19 +97,25 @@ def istft_real(real: Tensor, imag: Tensor, window: Tensor, hop: int, length: int
     start = n_fft // 2  # centred frames: drop the padding
     return (wav / envelope.clamp(min=1e-11))[:, start:start + length]
 
-def stft_real(x: Tensor, window: Tensor, hop: int) -> tuple[Tensor, Tensor]:
+def stft_bases(window: Tensor) -> tuple[Tensor, Tensor]:
+    """The forward real DFT of `stft_real` as two matrices [n_fft, n_fft // 2 + 1] (cos and -sin)."""
+    n_fft = window.shape[0]
+    k = torch.arange(n_fft // 2 + 1, device=window.device)
+    n = torch.arange(n_fft, device=window.device)
+    angle = (n[:, None] * k[None, :] % n_fft).double() * (2 * math.pi / n_fft)  # exact angles, as istft_bases
+    return angle.cos().to(window.dtype), (-angle.sin()).to(window.dtype)
+
+
+def stft_real(x: Tensor, window: Tensor, hop: int, bases: tuple[Tensor, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor]:
     """`stft` (centred, reflect padding) of waveforms `[B, T]` in real arithmetic, as real and imaginary parts
     `[B, n_fft // 2 + 1, 1 + T // hop]`: for exported models (ONNX and TorchScript have no complex tensors).
-    Matches torch.stft to float rounding."""
+    `bases` is what `stft_bases(window)` returns (made here when not given). Matches torch.stft to rounding."""
     n_fft = window.shape[0]
+    cos_basis, sin_basis = bases if bases is not None else stft_bases(window)
     padded = F.pad(x[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
     frames = padded.unfold(-1, n_fft, hop) * window  # [B, frames, n_fft]
-    k = torch.arange(n_fft // 2 + 1, device=x.device)
-    n = torch.arange(n_fft, device=x.device)
-    angle = (n[:, None] * k[None, :] % n_fft).double() * (2 * math.pi / n_fft)  # exact angles, as istft_bases
-    real = frames @ angle.cos().to(x.dtype)
-    imag = -(frames @ angle.sin().to(x.dtype))
-    return real.transpose(1, 2), imag.transpose(1, 2)
+    return (frames @ cos_basis).transpose(1, 2), (frames @ sin_basis).transpose(1, 2)
 
 
 def magnitude(x: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True) -> Tensor:

@@ -48,6 +48,7 @@ from muselab.audio.dsp import (
     log_mel,
     magnitude,
     mel_filterbank,
+    stft_bases,
     stft_real,
 )
 from muselab.core.config import Section
@@ -233,6 +234,9 @@ class RealGenerator(nn.Module):
         cos_basis, sin_basis = istft_bases(generator.window)
         self.register_buffer("cos_basis", cos_basis, persistent=False)
         self.register_buffer("sin_basis", sin_basis, persistent=False)
+        dft_cos, dft_sin = stft_bases(generator.window)  # for the phase iterations' forward transforms
+        self.register_buffer("dft_cos", dft_cos, persistent=False)
+        self.register_buffer("dft_sin", dft_sin, persistent=False)
 
     def forward(self, mel: Tensor) -> Tensor:
         mag, phase = self.generator.polar(mel)
@@ -241,7 +245,7 @@ class RealGenerator(nn.Module):
         if self.generator.phase_iterations:
             def project(re: Tensor, im: Tensor) -> tuple[Tensor, Tensor]:
                 wav = istft_real(re, im, window, MEL.hop, length, (self.cos_basis, self.sin_basis))
-                re, im = stft_real(wav, window, MEL.hop)
+                re, im = stft_real(wav, window, MEL.hop, (self.dft_cos, self.dft_sin))
                 return re[..., : mag.shape[-1]], im[..., : mag.shape[-1]]
 
             cos, sin = consistent_phase(mag, cos, sin, self.generator.phase_iterations, project)
