@@ -87,6 +87,34 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     return rows
 
 
+def sweep_guidance(run_dir: Path, scales: list[float], samples_per_class: int) -> dict:
+    """Control accuracy, precision and recall of the diffusion run at each guidance scale (DDIM-25), measured
+    as `muselab evaluate` measures them: the same samples per class, reference images and seed."""
+    from muselab.data.images import load_images, split_images, to_float
+    from muselab.image.features import feature_net_for
+    from muselab.image.metrics import image_quality_report
+
+    run = api.load(run_dir, device="cpu")
+    cfg = run.config
+    train, _ = split_images(load_images(run.saved["data"]["spec"], size=cfg.model.size, channels=cfg.model.channels),
+                            test_share=cfg.data.test_share)
+    real = to_float(train.images)
+    net, _ = feature_net_for(real, train.labels, cfg.model.num_classes, cache_key=train.info["fingerprint"])
+    reference = real
+    if len(real) > cfg.eval.reference_images:
+        pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:cfg.eval.reference_images]
+        reference = real[pick]
+    labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
+    rows = {}
+    for scale in scales:
+        generator = torch.Generator().manual_seed(0)
+        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=25, eta=0.0, guidance=scale, generator=generator)
+                           for chunk in labels.split(1000)])
+        report = image_quality_report(net, reference, fakes, labels, k=cfg.eval.k)
+        rows[f"{scale:g}"] = {key: report[key] for key in ("control_accuracy", "precision", "recall", "fd_muselab")}
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="builtin:digits", help="builtin:digits, builtin:shapes or a folder")
@@ -98,6 +126,8 @@ def main() -> int:
     parser.add_argument("--set-gan", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-vae", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-diffusion", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--guidance-sweep", default="", metavar="SCALES",
+                        help="also measure the diffusion run at these guidance scales, e.g. 1,1.5,3")
     parser.add_argument("--out", help="keep both runs in this folder (default: a temporary one)")
     parser.add_argument("--name", default=None, help="results file name (default: diffusion_vs_gan_DATA)")
     args = parser.parse_args()
@@ -120,9 +150,16 @@ def main() -> int:
                                                         f"{samplers[name]['fd_muselab']:.4g}"))
         rows += [("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]),
                  ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"])]
+    if args.guidance_sweep and "diffusion" in models:
+        scales = [float(v) for v in args.guidance_sweep.split(",")]
+        results["guidance_sweep"] = sweep_guidance(root / "diffusion", scales, args.samples_per_class)
+        for scale, row in results["guidance_sweep"].items():
+            rows.append((f"guidance {scale}: control, precision, recall, fd_muselab",
+                         ", ".join(f"{row[k]:.4g}" for k in ("control_accuracy", "precision", "recall", "fd_muselab"))))
     command = (f"python benchmarks/bench_diffusion.py --data {args.data} --minutes {args.minutes:g} "
                f"--samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
                + (f" --models {args.models}" if models != list(RECIPES) else "")
+               + (f" --guidance-sweep {args.guidance_sweep}" if args.guidance_sweep else "")
                + "".join(f" --set-gan {o}" for o in args.set_gan)
                + "".join(f" --set-vae {o}" for o in args.set_vae)
                + "".join(f" --set-diffusion {o}" for o in args.set_diffusion))
