@@ -46,6 +46,8 @@ class MusicGenerationControls(BaseModel):
                                                       "organ, 52 choir aahs, 73 flute).")
     render: bool = Field(True, description="Also write the sound (WAV) rendered with a General MIDI SoundFont "
                                            "through FluidSynth, when they are installed.")
+    ddsp: str | None = Field(None, description="An audio-ddsp run that plays every voice instead of the SoundFont "
+                                               "(each voice moved by octaves into the instrument's trained range).")
     max_copy_notes: int = Field(
         40, ge=0, description="Most notes in a row one voice may share with a training piece (in any key) before the "
                               "piece is flagged; 0 turns the check off (held-out Bach chorales share up to 37).")

@@ -54,6 +54,7 @@ from muselab.data.soundfont import render_midi
 from muselab.music import encoding as enc
 from muselab.music.constraints import ScoreTemplateProcessor
 from muselab.music.controls import VOICES_KEPT, MusicGenerationControls
+from muselab.music.instrument import load_instrument, play
 from muselab.music.metrics import (
     DURATION_BINS,
     CopyIndex,
@@ -368,9 +369,21 @@ class MusicLMRecipe(Recipe):
         midi = score_to_midi(score, controls.program, kept)
         length = f"{plan.n_steps / plan.bar_steps:g} bars"
         roll = piano_roll(score, kept, title=f"{score.key_name}, {length}", pinned=plan.pinned)
-        sound = _render(midi) if controls.render else None
+        sound = self._sound(score, midi, controls, kept) if controls.render else None
         return ({**score.to_json(), "key_name": score.key_name, "pinned_voices": list(plan.pinned)}, midi, roll,
                 sound)
+
+    @staticmethod
+    def _sound(score: Score, midi: bytes, controls: MusicGenerationControls, kept: tuple[int, ...]
+               ) -> np.ndarray | None:
+        if controls.ddsp is None:
+            return _render(midi)
+        audio, note = play(score, kept, load_instrument(controls.ddsp), seed=controls.seed or 0)
+        if note["octave_moves"] or note["notes_folded"]:
+            moved = ", ".join(f"{voice} {shift:+d}" for voice, shift in note["octave_moves"].items()) or "none"
+            logger.info(f"played by the audio-ddsp instrument within its trained range: octaves moved {moved}; "
+                        f"{note['notes_folded']} single notes folded in")
+        return audio
 
     def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
                  context: GenerationContext) -> MusicResult:
@@ -386,7 +399,8 @@ class MusicLMRecipe(Recipe):
             result.rolls.append(roll)
             sounds.append(sound)
         if all(sound is not None for sound in sounds):
-            result.clips, result.sample_rate = sounds, RENDER_RATE
+            rate = RENDER_RATE if controls.ddsp is None else load_instrument(controls.ddsp).sample_rate
+            result.clips, result.sample_rate = sounds, rate
         return result
 
     def memorization_guard(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any],

@@ -35,7 +35,7 @@ ARTIFACT_ID = r"^[0-9a-f]{24}$"
 FILE_CONTROLS: dict[str, str] = {"wav": "audio", "timbre": "audio", "mel": "array", "init_image": "image",
                                  "mask": "image"}
 # Controls that name another run: in a request they take the name of a model this server holds
-MODEL_CONTROLS: dict[str, str] = {"vocoder": "audio-vocoder", "g2p": "text-seq2seq"}
+MODEL_CONTROLS: dict[str, str] = {"vocoder": "audio-vocoder", "g2p": "text-seq2seq", "ddsp": "audio-ddsp"}
 # Controls the server decides: a policy file and an output path are the server's, and streaming is the
 # `stream` endpoint's business
 HIDDEN_CONTROLS = frozenset({"policy", "attention_plot", "stream"})
