@@ -100,8 +100,8 @@ def voice_events(notes: list[Note], seconds_per_quarter: float, shift: int, low:
 
 def voice_curves(score: Score, voices: tuple[int, ...], instrument: Instrument
                  ) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
-    """(f0 Hz [V, F], loudness dB [V, F], samples, what moved: octaves by voice name and the count of single
-    notes folded) for the piece's sounding voices, all as long as the piece."""
+    """(f0 Hz [V, F], loudness dB [V, F], samples, what moved: semitones by voice name and the count of
+    single notes folded) for the piece's sounding voices, all as long as the piece."""
     seconds_per_quarter = 60.0 / score.tempo
     n_samples = max(1, round(score.length * seconds_per_quarter * instrument.sample_rate))
     n_frames = -(-n_samples // instrument.hop)
@@ -128,14 +128,11 @@ def voice_curves(score: Score, voices: tuple[int, ...], instrument: Instrument
 
 def play(score: Score, voices: tuple[int, ...], instrument: Instrument, seed: int = 0
          ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The piece's sound at the instrument's sample rate, and a note on how it was played."""
+    """The piece's sound at the instrument's sample rate, and what moved (as `voice_curves` says)."""
     f0, loud, n_samples, moved = voice_curves(score, voices, instrument)
     rendered = instrument.model.render(torch.from_numpy(f0), torch.from_numpy(loud), seed=seed)
     audio = rendered.sum(dim=0)[:n_samples].numpy().astype(np.float32)
     peak = float(np.abs(audio).max())
     if peak > PEAK:
         audio *= PEAK / peak
-    octaves = {name: shift // 12 for name, shift in moved["octave_moves"].items()}
-    note: dict[str, Any] = {"instrument": instrument.path, "level_db": round(instrument.loudness_db, 1),
-                            "octave_moves": octaves, "notes_folded": moved["notes_folded"]}
-    return audio, note
+    return audio, moved

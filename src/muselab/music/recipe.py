@@ -378,11 +378,11 @@ class MusicLMRecipe(Recipe):
                ) -> np.ndarray | None:
         if controls.ddsp is None:
             return _render(midi)
-        audio, note = play(score, kept, load_instrument(controls.ddsp), seed=controls.seed or 0)
-        if note["octave_moves"] or note["notes_folded"]:
-            moved = ", ".join(f"{voice} {shift:+d}" for voice, shift in note["octave_moves"].items()) or "none"
-            logger.info(f"played by the audio-ddsp instrument within its trained range: octaves moved {moved}; "
-                        f"{note['notes_folded']} single notes folded in")
+        audio, moved = play(score, kept, load_instrument(controls.ddsp), seed=controls.seed or 0)
+        if moved["octave_moves"] or moved["notes_folded"]:
+            octaves = ", ".join(f"{voice} {shift // 12:+d}" for voice, shift in moved["octave_moves"].items())
+            logger.info(f"played by the audio-ddsp instrument within its trained range: octaves moved "
+                        f"{octaves or 'none'}; {moved['notes_folded']} single notes folded in")
         return audio
 
     def generate(self, model: GPT, cfg: MusicLMConfig, assets: dict[str, Any], controls: MusicGenerationControls,
