@@ -361,6 +361,9 @@ def train(
         result = trainer.fit(resume=resume)
         if dist.is_main:
             _finish_run(run, result)
+        # every rank leaves the group together: a rank that tears gloo down while another still works on the
+        # run aborts now and then at exit ("terminate called without an active exception")
+        dist.barrier()
         return result
     finally:
         shutdown_distributed()

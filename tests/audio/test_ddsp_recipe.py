@@ -14,11 +14,12 @@ import soundfile as sf
 from conftest import run_cli
 from helpers import error_message
 from muselab import api
-from muselab.audio.ddsp_recipe import DDSPControls, best_gain_sine, notes_to_curves, parse_notes
+from muselab.audio.ddsp_recipe import DDSPControls, best_gain_sine, parse_notes
 from muselab.audio.dsp import f0_pyin
 from muselab.core.controls import parse_controls
 from muselab.core.errors import ControlError, DataError
 from muselab.data.audio_features import ClipFeatures, FeatureSettings, extract_features
+from muselab.data.notes import notes_to_curves
 from muselab.safety.detect import detect_file
 
 SR = 16000

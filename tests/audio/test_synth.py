@@ -15,13 +15,12 @@ from muselab.audio.synth import (
     harmonic_synth,
     harmonics_below_nyquist,
     hz_to_midi,
-    midi_to_hz,
     remove_above_nyquist,
     scale_function,
     upsample,
 )
 from muselab.core.errors import ControlError
-from muselab.data.notes import note_to_midi
+from muselab.data.notes import midi_to_hz, note_to_midi
 
 SR = 16000
 

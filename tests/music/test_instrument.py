@@ -11,8 +11,8 @@ import torch
 
 from helpers import error_message, midi_folder
 from muselab import api
-from muselab.audio.synth import midi_to_hz
 from muselab.core.errors import ControlError
+from muselab.data.notes import midi_to_hz
 from muselab.data.scores import Score
 from muselab.music.instrument import Instrument, fold_into, octave_shift, voice_curves
 from muselab.safety.detect import detect_file

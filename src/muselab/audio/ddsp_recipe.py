@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from muselab.audio.ddsp import DDSP, DDSPConfig
-from muselab.audio.synth import harmonic_synth, midi_to_hz
+from muselab.audio.synth import harmonic_synth
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import ConfigError, ControlError, DataError
 from muselab.core.io import Fields, sha256_json
@@ -38,7 +38,7 @@ from muselab.data.audio_features import (
     extract_features,
     is_cached,
 )
-from muselab.data.notes import read_notes
+from muselab.data.notes import SILENCE_DB, NoteEvent, notes_to_curves, read_notes
 from muselab.data.solo import DEFAULT_INSTRUMENT, INSTRUMENTS, SOLO_DESCRIPTION, instrument_program
 from muselab.data.split import hold_out
 from muselab.data.tones import TONES_DESCRIPTION
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)  # notes for the user; the CLI shows them o
 BUILTIN_TONES = "builtin:tones"
 BUILTIN_SOUNDFONT = "builtin:soundfont"
 TONE_SECONDS = 4.0  # each clip of builtin:tones and of builtin:soundfont
-SILENCE_DB = -80.0  # the loudness floor of the features (a_weighted_loudness's floor_db)
 MAX_SECONDS = 600  # longest phrase --notes may ask for
 
 
@@ -247,13 +246,6 @@ def data_stats(clips: Sequence[ClipFeatures]) -> dict[str, float]:
 # Notes and controls
 
 
-@dataclass
-class NoteEvent:
-    midi: int | None  # None = a rest
-    start_s: float
-    seconds: float
-
-
 def parse_notes(text: str, tempo: float) -> list[NoteEvent]:
     """The notes of `read_notes` timed at `tempo` beats per minute."""
     seconds_per_beat = 60.0 / tempo
@@ -266,49 +258,6 @@ def parse_notes(text: str, tempo: float) -> list[NoteEvent]:
         raise ControlError(f"--notes last {start:.0f} s at this tempo; the limit is {MAX_SECONDS} s: play fewer "
                            "notes or raise --tempo")
     return events
-
-
-ATTACK_S, RELEASE_S = 0.03, 0.06  # note envelope
-LEGATO_DIP = 0.6  # amplitude between two notes that follow each other without a rest
-GLIDE_S = 0.02  # pitch glide between notes
-
-
-def notes_to_curves(events: Sequence[NoteEvent], loudness_db: float, sample_rate: int,
-                    hop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(f0 Hz per frame for the synth, loudness dB per frame, the requested f0 per frame (0 in rests),
-    the number of samples). Rests hold the pitch (they are silent by their loudness); consecutive notes
-    glide into each other over 20 ms and dip slightly in level instead of stopping (a light legato)."""
-    total_s = events[-1].start_s + events[-1].seconds
-    n_samples = max(1, round(total_s * sample_rate))
-    n_frames = -(-n_samples // hop)
-    times = np.arange(n_frames) * hop / sample_rate
-    requested = np.zeros(n_frames)
-    envelope = np.zeros(n_frames)
-    for i, event in enumerate(events):
-        if event.midi is None:
-            continue
-        inside = (times >= event.start_s) & (times < event.start_s + event.seconds)
-        requested[inside] = midi_to_hz(float(event.midi))
-        after = events[i + 1] if i + 1 < len(events) else None
-        before = events[i - 1] if i else None
-        start_level = LEGATO_DIP if before is not None and before.midi is not None else 0.0
-        end_level = LEGATO_DIP if after is not None and after.midi is not None else 0.0
-        local = times[inside] - event.start_s
-        attack = min(ATTACK_S, event.seconds / 3)
-        release = min(RELEASE_S, event.seconds / 3)
-        rise = np.interp(local, [0.0, attack], [start_level, 1.0])
-        fall = np.interp(local, [event.seconds - release, event.seconds], [1.0, end_level])
-        envelope[inside] = np.minimum(rise, fall)
-    # The synth's pitch: each rest holds the note before it (the first note for leading rests)
-    sounding = requested > 0
-    index = np.maximum.accumulate(np.where(sounding, np.arange(n_frames), -1))
-    index = np.where(index < 0, int(np.argmax(sounding)), index)
-    midi = 69.0 + 12.0 * np.log2(requested[index] / 440.0)
-    width = max(1, round(GLIDE_S * sample_rate / hop))
-    midi = np.convolve(np.pad(midi, (width // 2, width - 1 - width // 2), mode="edge"), np.ones(width) / width,
-                       mode="valid")
-    loud = np.maximum(loudness_db + 20.0 * np.log10(np.maximum(envelope, 1e-6)), SILENCE_DB)
-    return (midi_to_hz(midi).astype(np.float32), loud.astype(np.float32), requested.astype(np.float32), n_samples)
 
 
 class DDSPControls(BaseModel):

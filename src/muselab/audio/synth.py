@@ -24,11 +24,6 @@ UpsampleMode = Literal["linear", "window"]
 # --------------------------------------------------------------------------------------------------
 # Pitch helpers
 
-def midi_to_hz(midi):
-    """MIDI note number (float, array or tensor) to Hz; A4 = 69 = 440 Hz."""
-    return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
-
-
 def hz_to_midi(hz):
     """Hz (float, array or tensor, > 0) to a fractional MIDI note number; 440 Hz = 69."""
     if isinstance(hz, Tensor):

@@ -10,6 +10,7 @@ in by octaves on its own; both are logged.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from muselab.audio.ddsp_recipe import NoteEvent, notes_to_curves
 from muselab.core.errors import ControlError, MuselabError
+from muselab.data.notes import NoteEvent, notes_to_curves
 from muselab.data.scores import VOICE_NAMES, Note, Score
 
 # Inner voices a little softer than the soprano and bass, as a choir or quartet balances them
@@ -40,11 +41,9 @@ class Instrument:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, stamp: float) -> Instrument:
-    from muselab import api
-
+def _load(path: str, stamp: float, load_run: Callable[[str], Any]) -> Instrument:
     try:
-        run = api.load(path, device="cpu")
+        run = load_run(path)
     except MuselabError as err:
         raise ControlError(f"--ddsp '{path}' could not be loaded: {err}") from None
     if run.recipe.name != "audio-ddsp":
@@ -59,13 +58,16 @@ def _load(path: str, stamp: float) -> Instrument:
                       float(stats["midi_low"]), float(stats["midi_high"]))
 
 
-def load_instrument(path: str) -> Instrument:
-    """An audio-ddsp run as an instrument (cached per folder and weights' time), or a one-line ControlError."""
+def load_instrument(path: str, load_run: Callable[[str], Any] | None) -> Instrument:
+    """An audio-ddsp run as an instrument (cached per folder and weights' time), or a one-line ControlError.
+    `load_run` opens a run (GenerationContext.load_run): music knows no audio, the pipeline lends the loader."""
+    if load_run is None:
+        raise ControlError("--ddsp needs the generation pipeline (muselab generate or muselab.load(...).generate)")
     folder = Path(path).expanduser().resolve()
     if not (folder / "config.json").is_file():
         raise ControlError(f"--ddsp '{path}' is not a run directory; pass a trained audio-ddsp run")
     weights = folder / "model.safetensors"
-    return _load(str(folder), weights.stat().st_mtime if weights.is_file() else 0.0)
+    return _load(str(folder), weights.stat().st_mtime if weights.is_file() else 0.0, load_run)
 
 
 def octave_shift(pitches: list[int], low: float, high: float) -> int:

@@ -54,7 +54,7 @@ from muselab.data.soundfont import render_midi
 from muselab.music import encoding as enc
 from muselab.music.constraints import ScoreTemplateProcessor
 from muselab.music.controls import VOICES_KEPT, MusicGenerationControls
-from muselab.music.instrument import load_instrument, play
+from muselab.music.instrument import Instrument, load_instrument, play
 from muselab.music.metrics import (
     DURATION_BINS,
     CopyIndex,
@@ -360,7 +360,7 @@ class MusicLMRecipe(Recipe):
                 pieces[i] = score
         return [p for p in pieces if p is not None]
 
-    def _finish(self, score: Score, controls: MusicGenerationControls, plan: Plan
+    def _finish(self, score: Score, controls: MusicGenerationControls, plan: Plan, instrument: Instrument | None
                 ) -> tuple[dict[str, Any], bytes, np.ndarray, np.ndarray | None]:
         """A sampled piece as the result holds it: its JSON, MIDI, piano roll and (when rendered) sound."""
         kept = VOICES_KEPT[controls.voices]
@@ -369,16 +369,21 @@ class MusicLMRecipe(Recipe):
         midi = score_to_midi(score, controls.program, kept)
         length = f"{plan.n_steps / plan.bar_steps:g} bars"
         roll = piano_roll(score, kept, title=f"{score.key_name}, {length}", pinned=plan.pinned)
-        sound = self._sound(score, midi, controls, kept) if controls.render else None
+        sound = self._sound(score, midi, controls, kept, instrument) if controls.render else None
         return ({**score.to_json(), "key_name": score.key_name, "pinned_voices": list(plan.pinned)}, midi, roll,
                 sound)
 
     @staticmethod
-    def _sound(score: Score, midi: bytes, controls: MusicGenerationControls, kept: tuple[int, ...]
-               ) -> np.ndarray | None:
-        if controls.ddsp is None:
+    def _instrument(controls: MusicGenerationControls, context: GenerationContext) -> Instrument | None:
+        """The audio-ddsp instrument that plays the pieces (`--ddsp`), or None for the SoundFont."""
+        return load_instrument(controls.ddsp, context.load_run) if controls.render and controls.ddsp else None
+
+    @staticmethod
+    def _sound(score: Score, midi: bytes, controls: MusicGenerationControls, kept: tuple[int, ...],
+               instrument: Instrument | None) -> np.ndarray | None:
+        if instrument is None:
             return _render(midi)
-        audio, moved = play(score, kept, load_instrument(controls.ddsp), seed=controls.seed or 0)
+        audio, moved = play(score, kept, instrument, seed=controls.seed or 0)
         if moved["octave_moves"] or moved["notes_folded"]:
             octaves = ", ".join(f"{voice} {shift // 12:+d}" for voice, shift in moved["octave_moves"].items())
             logger.info(f"played by the audio-ddsp instrument within its trained range: octaves moved "
@@ -390,16 +395,17 @@ class MusicLMRecipe(Recipe):
         plan = make_plan(controls, cfg.data.steps_per_quarter)
         scores = self.compose(model, [plan] * controls.num_samples, cfg, controls.seed, controls.temperature,
                               controls.top_p, controls.top_k, controls.avoid_parallels)
+        instrument = self._instrument(controls, context)
         result = MusicResult()
         sounds = []
         for score in scores:
-            data, midi, roll, sound = self._finish(score, controls, plan)
+            data, midi, roll, sound = self._finish(score, controls, plan, instrument)
             result.scores.append(data)
             result.midi.append(midi)
             result.rolls.append(roll)
             sounds.append(sound)
         if all(sound is not None for sound in sounds):
-            rate = RENDER_RATE if controls.ddsp is None else load_instrument(controls.ddsp).sample_rate
+            rate = RENDER_RATE if instrument is None else instrument.sample_rate
             result.clips, result.sample_rate = sounds, rate
         return result
 
@@ -411,11 +417,12 @@ class MusicLMRecipe(Recipe):
         if index is None:
             return f"this run has no {COPY_FILE} (runs trained before music-lm kept one), so copies are not checked"
         plan = make_plan(controls, cfg.data.steps_per_quarter)
+        instrument = self._instrument(controls, context)
 
         def redraw(seed: int) -> tuple[dict[str, Any], bytes, np.ndarray, np.ndarray | None]:
             score = self.compose(model, [plan], cfg, seed, controls.temperature, controls.top_p, controls.top_k,
                                  controls.avoid_parallels)[0]
-            return self._finish(score, controls, plan)
+            return self._finish(score, controls, plan, instrument)
 
         return CopyGuard(index, controls, plan.pinned if controls.melody.strip() else (), redraw)
 
