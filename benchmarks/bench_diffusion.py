@@ -7,7 +7,7 @@ diffusion run. The three models' sample grids are written side by side beside th
     python benchmarks/bench_diffusion.py --minutes 0.5 --samples-per-class 20 --sampler-images 20  # smoke
 
 All models are conditional and trained with their default preset; both are evaluated as `muselab
-evaluate` does (the diffusion model with its default controls: DDIM-25, guidance 2), with the same number
+evaluate` does (the diffusion model with its default controls: DDIM-25, guidance 1.5), with the same number
 of samples per class, on muselab's own feature network (`fd_muselab` is not FID: compare it only between
 these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
 times them and scores their Fréchet distance against the same training images.
@@ -16,6 +16,7 @@ times them and scores their Fréchet distance against the same training images.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from common import Timer, print_table, write_result
 
 from muselab import api
+from muselab.image.controls import DiffusionControls
 
 RECIPES = {"gan": "image-gan", "vae": "image-vae", "diffusion": "image-diffusion"}
 SHOWN = ("control_accuracy", "classifier_test_accuracy", "fd_muselab", "kid_muselab", "precision", "recall",
@@ -35,8 +37,10 @@ def train_and_evaluate(recipe: str, data: str, out: Path, minutes: float, overri
                        overwrite=True, quiet=not sys.stderr.isatty())
     clock = Timer()
     metrics = dict(api.evaluate(out))
+    config = json.loads((out / "config.json").read_text())
     return {**metrics, "steps": result.step, "minutes": result.elapsed_s / 60,
-            "eval_minutes": clock.stop() / 60, "run": str(out)}
+            "eval_minutes": clock.stop() / 60, "run": str(out), "sizing_rule": (config.get("sizing") or {}).get("rule"),
+            "width": config["config"]["model"]["width"], "batch_size": config["config"]["train"]["batch_size"]}
 
 
 def side_by_side(grids: dict[str, Path], out: Path) -> Path | None:
@@ -75,7 +79,7 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     rows = {}
     for name, steps, eta in (("ddim25", 25, 0.0), ("ddpm1000", cfg.model.timesteps, 1.0)):
         clock = Timer()
-        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=2.0,
+        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=DiffusionControls().guidance,
                                             generator=torch.Generator().manual_seed(i))
                            for i, chunk in enumerate(labels.split(500))])
         seconds = clock.stop()

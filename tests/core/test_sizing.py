@@ -88,6 +88,23 @@ def test_image_rule_by_number_of_images():
     assert many_short.layer == some.layer and many_long.layer["model"]["width"] == 2 * default.model.width
 
 
+def test_diffusion_narrows_for_large_images_on_a_short_budget():
+    from muselab.image.diffusion_recipe import ImageDiffusionRecipe
+
+    recipe = ImageDiffusionRecipe()
+    default = api.resolve_config("image-diffusion")
+    digits, shapes_short, shapes_long = (recipe.size_for_data({"train_images": 5_000, "size": size}, minutes)
+                                         for size, minutes in ((8, 15.0), (32, 15.0), (32, None)))
+    assert digits.rule == shapes_long.rule == "medium"
+    assert digits.layer == shapes_long.layer == {"model": {"width": default.model.width},
+                                                 "train": {"batch_size": default.train.batch_size}}
+    assert shapes_short.rule == "medium, narrow" and shapes_short.inputs["size"] == 32
+    assert shapes_short.layer == {"model": {"width": 16}, "train": {"batch_size": 32}}
+    # few images keep the small-data row's settings under the narrow width
+    few = recipe.size_for_data({"train_images": 300, "size": 64}, 5.0)
+    assert few.rule == "small, narrow" and few.layer["model"]["width"] == 16 and few.layer["train"]["batch_size"] == 32
+
+
 def test_image_default_preset_keeps_the_data_shape(tmp_path):
     from PIL import Image
 
