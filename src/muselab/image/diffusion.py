@@ -67,8 +67,8 @@ class DiffusionConfig(Section):
     schedule: Literal["linear", "cosine"] = Field("cosine", description="noise schedule: linear betas (Ho et al. "
                                                                         "2020) or cosine abar (Nichol & "
                                                                         "Dhariwal 2021)")
-    # v (Salimans & Ho 2022) by default: on builtin:shapes in 15 minutes, control accuracy 86 % against 33 %
-    # for the noise (benchmarks/results/image_models_shapes_w16b32*.json)
+    # v (Salimans & Ho 2022) by default: on builtin:shapes in 15 minutes, control accuracy 84 % against 33 %
+    # for the noise (benchmarks/results/image_models_shapes_defaults.json, image_models_shapes_w16b32.json)
     prediction: Literal["epsilon", "x0", "v"] = Field("v", description="what the U-Net predicts: the noise, "
                                                                        "the clean image, or the velocity v")
     class_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as the null class "

@@ -20,8 +20,8 @@ from muselab.image.vae import slerp
 
 IMG2IMG_STRENGTH = 0.6  # --strength when --init-image comes without a mask: keeps the layout, redraws detail
 # Images this large with under an hour train a narrow U-Net on small batches: on builtin:shapes (32 px) in
-# 15 minutes the tuned width 32 / batch 64 made 1,245 steps (control accuracy 36 %), width 16 / batch 32
-# 5,910 steps (86 %) (benchmarks/results/image_models_shapes*.json)
+# 15 minutes the tuned width 32 / batch 64 made 1,245 steps, width 16 / batch 32 5,803 (with v-prediction,
+# control accuracy 84 %) (benchmarks/results/image_models_shapes*.json)
 NARROW_FROM_SIZE = 32
 NARROW_LAYER = {"model": {"width": 16}, "train": {"batch_size": 32}}
 
