@@ -77,9 +77,10 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     net, _ = feature_net_for(real, train.labels, cfg.model.num_classes, cache_key=train.info["fingerprint"])
     labels = torch.arange(images) % cfg.model.num_classes
     rows = {}
+    guidance = DiffusionControls().guidance  # what `muselab generate` uses unless told otherwise
     for name, steps, eta in (("ddim25", 25, 0.0), ("ddpm1000", cfg.model.timesteps, 1.0)):
         clock = Timer()
-        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=DiffusionControls().guidance,
+        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=guidance,
                                             generator=torch.Generator().manual_seed(i))
                            for i, chunk in enumerate(labels.split(500))])
         seconds = clock.stop()

@@ -81,8 +81,8 @@ LEGATO_DIP = 0.6  # amplitude between two notes that follow each other without a
 GLIDE_S = 0.02  # pitch glide between notes
 
 
-def notes_to_curves(events: Sequence[NoteEvent], loudness_db: float, sample_rate: int, hop: int,
-                    floor_db: float = SILENCE_DB) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def notes_to_curves(events: Sequence[NoteEvent], loudness_db: float, sample_rate: int,
+                    hop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(f0 Hz per frame for the synth, loudness dB per frame, the requested f0 per frame (0 in rests),
     the number of samples). Rests hold the pitch (they are silent by their loudness); consecutive notes
     glide into each other over 20 ms and dip slightly in level instead of stopping (a light legato)."""
@@ -115,5 +115,5 @@ def notes_to_curves(events: Sequence[NoteEvent], loudness_db: float, sample_rate
     width = max(1, round(GLIDE_S * sample_rate / hop))
     midi = np.convolve(np.pad(midi, (width // 2, width - 1 - width // 2), mode="edge"), np.ones(width) / width,
                        mode="valid")
-    loud = np.maximum(loudness_db + 20.0 * np.log10(np.maximum(envelope, 1e-6)), floor_db)
+    loud = np.maximum(loudness_db + 20.0 * np.log10(np.maximum(envelope, 1e-6)), SILENCE_DB)
     return (midi_to_hz(midi).astype(np.float32), loud.astype(np.float32), requested.astype(np.float32), n_samples)

@@ -61,8 +61,9 @@ class ImageDiffusionRecipe(ImageRecipe):
         short = budget_minutes is not None and budget_minutes < IMAGE_WIDE_MINUTES
         if sizing.rule == "large" or size < NARROW_FROM_SIZE or not short:
             return sizing
-        layer = {section: {**sizing.layer.get(section, {}), **values} for section, values in NARROW_LAYER.items()}
-        layer.update({k: v for k, v in sizing.layer.items() if k not in layer})
+        layer = {section: dict(values) for section, values in sizing.layer.items()}
+        for section, values in NARROW_LAYER.items():
+            layer.setdefault(section, {}).update(values)
         return Sizing(rule=f"{sizing.rule}, narrow", inputs={**sizing.inputs, "size": size}, layer=layer)
 
     def build_model(self, cfg: DiffusionRecipeConfig, assets: dict[str, Any]) -> Diffusion:
