@@ -5,11 +5,12 @@ diffusion run. The three models' sample grids are written side by side beside th
     python benchmarks/bench_diffusion.py                          # builtin:digits, 15 minutes each
     python benchmarks/bench_diffusion.py --data builtin:shapes    # 32x32 colour shapes
     python benchmarks/bench_diffusion.py --minutes 0.5 --samples-per-class 20 --sampler-images 20  # smoke
+    python benchmarks/bench_diffusion.py --run RUNS/diffusion --sampler-images 1000   # samplers on a kept run
 
 All models are conditional and trained with their default preset; both are evaluated as `muselab
-evaluate` does (the diffusion model with its default controls: DDIM-25, guidance 1.5), with the same number
-of samples per class, on muselab's own feature network (`fd_muselab` is not FID: compare it only between
-these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
+evaluate` does (the diffusion model with its default controls: DDIM-25 at the guidance evaluate chooses
+for the run on the held-out images, among 1, 1.5, 2 and 3), with the same number of samples per class, on
+muselab's own feature network (`fd_muselab` is not FID: compare it only between these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
 times them and scores their Fréchet distance against the same training images.
 """
 
@@ -25,11 +26,10 @@ import torch
 from common import Timer, print_table, write_result
 
 from muselab import api
-from muselab.image.controls import DiffusionControls
 
 RECIPES = {"gan": "image-gan", "vae": "image-vae", "diffusion": "image-diffusion"}
 SHOWN = ("control_accuracy", "classifier_test_accuracy", "fd_muselab", "kid_muselab", "precision", "recall",
-         "memorization_share", "test_reconstruction_mse")
+         "memorization_share", "test_reconstruction_mse", "guidance")
 
 
 def train_and_evaluate(recipe: str, data: str, out: Path, minutes: float, overrides: list[str]) -> dict:
@@ -63,11 +63,10 @@ def side_by_side(grids: dict[str, Path], out: Path) -> Path | None:
     return out
 
 
-def compare_samplers(run_dir: Path, images: int) -> dict:
-    """DDIM-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of each."""
+def load_with_judge(run_dir: Path) -> tuple[api.Run, torch.Tensor, object]:
+    """A kept run, its training images in [-1, 1] and the feature network evaluate judges them with."""
     from muselab.data.images import load_images, split_images, to_float
     from muselab.image.features import feature_net_for
-    from muselab.image.metrics import image_quality_report
 
     run = api.load(run_dir, device="cpu")
     cfg = run.config
@@ -75,9 +74,18 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
                             test_share=cfg.data.test_share)
     real = to_float(train.images)
     net, _ = feature_net_for(real, train.labels, cfg.model.num_classes, cache_key=train.info["fingerprint"])
+    return run, real, net
+
+
+def compare_samplers(run_dir: Path, images: int) -> dict:
+    """DDIM-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of each."""
+    from muselab.image.metrics import image_quality_report
+
+    run, real, net = load_with_judge(run_dir)
+    cfg = run.config
     labels = torch.arange(images) % cfg.model.num_classes
     rows = {}
-    guidance = DiffusionControls().guidance  # what `muselab generate` uses unless told otherwise
+    guidance = run.model.guidance  # what `muselab generate` uses unless told otherwise (evaluate chose it)
     for name, steps, eta in (("ddim25", 25, 0.0), ("ddpm1000", cfg.model.timesteps, 1.0)):
         clock = Timer()
         fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=guidance,
@@ -87,37 +95,26 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
         report = image_quality_report(net, real, fakes, labels)
         rows[name] = {"seconds_per_image": seconds / images, "fd_muselab": report["fd_muselab"],
                       "control_accuracy": report.get("control_accuracy")}
+    rows["guidance"] = guidance
     rows["ddim25_speedup"] = rows["ddpm1000"]["seconds_per_image"] / rows["ddim25"]["seconds_per_image"]
     rows["ddim25_fd_ratio"] = rows["ddim25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
     return rows
 
 
 def sweep_guidance(run_dir: Path, scales: list[float], samples_per_class: int) -> dict:
-    """Control accuracy, precision and recall of the diffusion run at each guidance scale (DDIM-25), measured
-    as `muselab evaluate` measures them: the same samples per class, reference images and seed."""
-    from muselab.data.images import load_images, split_images, to_float
-    from muselab.image.features import feature_net_for
-    from muselab.image.metrics import image_quality_report
+    """Control accuracy, precision, recall and the distances of the diffusion run at each guidance scale
+    (DDIM-25), measured as `muselab evaluate` measures them: the same samples per class, reference images
+    (training images) and seed."""
+    from muselab.image.diffusion_recipe import guidance_sweep
 
-    run = api.load(run_dir, device="cpu")
+    run, real, net = load_with_judge(run_dir)
     cfg = run.config
-    train, _ = split_images(load_images(run.saved["data"]["spec"], size=cfg.model.size, channels=cfg.model.channels),
-                            test_share=cfg.data.test_share)
-    real = to_float(train.images)
-    net, _ = feature_net_for(real, train.labels, cfg.model.num_classes, cache_key=train.info["fingerprint"])
     reference = real
     if len(real) > cfg.eval.reference_images:
         pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:cfg.eval.reference_images]
         reference = real[pick]
     labels = torch.arange(cfg.model.num_classes).repeat_interleave(samples_per_class)
-    rows = {}
-    for scale in scales:
-        generator = torch.Generator().manual_seed(0)
-        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=25, eta=0.0, guidance=scale, generator=generator)
-                           for chunk in labels.split(1000)])
-        report = image_quality_report(net, reference, fakes, labels, k=cfg.eval.k)
-        rows[f"{scale:g}"] = {key: report[key] for key in ("control_accuracy", "precision", "recall", "fd_muselab")}
-    return rows
+    return guidance_sweep(run.model, net, reference, labels, scales, k=cfg.eval.k)
 
 
 def main() -> int:
@@ -133,44 +130,54 @@ def main() -> int:
     parser.add_argument("--set-diffusion", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--guidance-sweep", default="", metavar="SCALES",
                         help="also measure the diffusion run at these guidance scales, e.g. 1,1.5,3")
+    parser.add_argument("--run", help="train nothing: compare the samplers (and sweep guidance) on this kept "
+                                      "image-diffusion run")
     parser.add_argument("--out", help="keep both runs in this folder (default: a temporary one)")
-    parser.add_argument("--name", default=None, help="results file name (default: diffusion_vs_gan_DATA)")
+    parser.add_argument("--name", default=None, help="results file name (default: image_models_DATA, or "
+                                                             "diffusion_samplers with --run)")
     args = parser.parse_args()
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-diffusion-"))
+    root = Path(args.out or args.run or tempfile.mkdtemp(prefix="bench-diffusion-"))
     shared = [f"eval.samples_per_class={args.samples_per_class}"]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(RECIPES)
     if unknown:
         parser.error(f"unknown model(s) {sorted(unknown)}; choose from {sorted(RECIPES)}")
     extra = {"gan": args.set_gan, "vae": args.set_vae, "diffusion": args.set_diffusion}
-    results = {name: train_and_evaluate(RECIPES[name], args.data, root / name, args.minutes,
-                                        [*shared, *extra[name]]) for name in models}
-    rows = [(f"{key} {' / '.join(models)}", " / ".join(f"{results[m].get(key, float('nan')):.4g}" for m in models))
-            for key in (*SHOWN, "steps", "minutes", "eval_minutes")]
-    if args.sampler_images and "diffusion" in models:
-        samplers = compare_samplers(root / "diffusion", args.sampler_images)
+    if args.run:  # a kept run: its own training numbers stay in the results file that trained it
+        diffusion_run, models, results, rows = Path(args.run), [], {"run": args.run}, []
+    else:
+        diffusion_run = root / "diffusion"
+        results = {name: train_and_evaluate(RECIPES[name], args.data, root / name, args.minutes,
+                                            [*shared, *extra[name]]) for name in models}
+        rows = [(f"{key} {' / '.join(models)}", " / ".join(f"{results[m].get(key, float('nan')):.4g}"
+                                                           for m in models))
+                for key in (*SHOWN, "steps", "minutes", "eval_minutes")]
+    if args.sampler_images and (args.run or "diffusion" in models):
+        samplers = compare_samplers(diffusion_run, args.sampler_images)
         results["samplers"] = samplers
         for name in ("ddim25", "ddpm1000"):
             rows.append((f"{name} s/image, fd_muselab", f"{samplers[name]['seconds_per_image']:.4g}, "
                                                         f"{samplers[name]['fd_muselab']:.4g}"))
         rows += [("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]),
                  ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"])]
-    if args.guidance_sweep and "diffusion" in models:
+    if args.guidance_sweep and (args.run or "diffusion" in models):
         scales = [float(v) for v in args.guidance_sweep.split(",")]
-        results["guidance_sweep"] = sweep_guidance(root / "diffusion", scales, args.samples_per_class)
+        results["guidance_sweep"] = sweep_guidance(diffusion_run, scales, args.samples_per_class)
         for scale, row in results["guidance_sweep"].items():
             rows.append((f"guidance {scale}: control, precision, recall, fd_muselab",
                          ", ".join(f"{row[k]:.4g}" for k in ("control_accuracy", "precision", "recall", "fd_muselab"))))
-    command = (f"python benchmarks/bench_diffusion.py --data {args.data} --minutes {args.minutes:g} "
-               f"--samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
-               + (f" --models {args.models}" if models != list(RECIPES) else "")
+    command = ("python benchmarks/bench_diffusion.py "
+               + (f"--run {args.run}" if args.run else f"--data {args.data} --minutes {args.minutes:g}")
+               + f" --samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
+               + (f" --models {args.models}" if models != list(RECIPES) and not args.run else "")
                + (f" --guidance-sweep {args.guidance_sweep}" if args.guidance_sweep else "")
                + "".join(f" --set-gan {o}" for o in args.set_gan)
                + "".join(f" --set-vae {o}" for o in args.set_vae)
                + "".join(f" --set-diffusion {o}" for o in args.set_diffusion))
     rows.append(("command", command))
     print_table(rows)
-    name = args.name or "image_models_" + args.data.replace("builtin:", "").replace("/", "_").strip("_")
+    name = args.name or ("diffusion_samplers" if args.run else
+                         "image_models_" + args.data.replace("builtin:", "").replace("/", "_").strip("_"))
     path = write_result(name, {**results, "command": command})
     grids = side_by_side({m: root / m / "samples.png" for m in models}, path.with_suffix(".png"))
     print(f"written {path}" + (f" and {grids}" if grids else ""))

@@ -4,6 +4,7 @@ inpainting and interpolation, end to end through the generation pipeline."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,15 @@ from PIL import Image
 from conftest import run_cli
 from helpers import error_message
 from muselab import api
-from muselab.core.errors import ConfigError, ControlError, DataError
-from muselab.image.diffusion import Diffusion, DiffusionConfig, alphas_cumprod, sampling_timesteps
+from muselab.core.errors import CheckpointError, ConfigError, ControlError, DataError
+from muselab.image.diffusion import (
+    DEFAULT_GUIDANCE,
+    Diffusion,
+    DiffusionConfig,
+    alphas_cumprod,
+    sampling_timesteps,
+)
+from muselab.image.diffusion_recipe import GUIDANCE_SCALES
 from muselab.safety.embed import read_manifest
 
 
@@ -234,3 +242,44 @@ def test_bad_model_config_is_one_line(tmp_path: Path) -> None:
         api.train("image-diffusion", "builtin:digits", tmp_path / "run", preset="tiny",
                   overrides=["model.channel_mult=[1,1,1,1]"])
     assert "channel_mult" in error_message(err)
+
+
+# ------------------------------------------------------------------------------- guidance per run
+
+@pytest.mark.slow
+def test_evaluate_chooses_the_guidance_on_held_out_images_and_generation_uses_it(run_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert api.load(copy).generate(2, seed=0, steps=3).to_json()["controls"]["guidance"] == DEFAULT_GUIDANCE
+    metrics = api.evaluate(copy)
+    sweep = metrics["guidance_sweep"]
+    assert [float(s) for s in sweep] == list(GUIDANCE_SCALES)
+    lowest = min(sweep, key=lambda scale: sweep[scale]["kid_muselab"])
+    assert metrics["guidance"] == float(lowest)
+    saved = json.loads((copy / "guidance.json").read_text())
+    assert saved["guidance"] == float(lowest) and saved["sweep"] == sweep
+    card = (copy / "MODEL_CARD.md").read_text()
+    assert "- guidance_sweep:\n  - 1:\n    - kid_muselab: " in card  # nested bullets, not a dict's repr
+    run = api.load(copy)
+    assert run.generate(2, seed=0, steps=3).to_json()["controls"]["guidance"] == float(lowest)
+    assert run.generate(2, seed=0, steps=3, guidance=0.5).to_json()["controls"]["guidance"] == 0.5
+    # the scale changes the images: the default is the chosen one, not 1.5
+    chosen = _pixels(run.generate(4, seed=1, steps=5))
+    assert np.array_equal(chosen, _pixels(run.generate(4, seed=1, steps=5, guidance=float(lowest))))
+    kept = api.evaluate(copy, overrides=["eval.guidance_images=0"])
+    assert kept["guidance"] == float(lowest) and "guidance_sweep" not in kept
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"guidance": "high"}', "is a string"),
+    ('{"guidance": 50}', "outside 0 to 20"),
+    ('[1.5]', "not a JSON object"),
+])
+def test_a_damaged_guidance_file_is_one_line(run_dir: Path, tmp_path: Path, content: str, expected: str) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "guidance.json").write_text(content)
+    with pytest.raises(CheckpointError) as err:
+        api.load(copy)
+    assert expected in error_message(err) and "\n" not in error_message(err)

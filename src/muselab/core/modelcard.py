@@ -22,6 +22,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _metric_lines(key: str, value: Any, depth: int = 0) -> list[str]:
+    """A metric as a bullet; a group of metrics (e.g. one row per guidance scale) as nested bullets."""
+    pad = "  " * depth
+    if isinstance(value, dict):
+        return [f"{pad}- {key}:", *(line for k, v in value.items() for line in _metric_lines(k, v, depth + 1))]
+    return [f"{pad}- {key}: {_fmt(value)}"]
+
+
 def public_data(data: dict[str, Any]) -> str:
     """The training data by a name safe to publish: `builtin:NAME`, or `sha256:FINGERPRINT` for a user's own."""
     spec = str(data.get("spec", ""))
@@ -122,7 +130,7 @@ def write_model_card(run: RunDir, saved: dict[str, Any], state: dict[str, Any], 
         lines.append(f"- final validation loss: {state['final_val_loss']:.4f}")
     if evaluation:
         lines += ["", "## Evaluation (`muselab evaluate`)", ""]
-        lines += [f"- {k}: {_fmt(v)}" for k, v in evaluation.items()]
+        lines += [line for k, v in evaluation.items() for line in _metric_lines(k, v)]
     lines += [
         "",
         "## Reproduce",

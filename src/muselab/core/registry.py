@@ -211,6 +211,12 @@ class Recipe(ABC):
                  context: GenerationContext) -> Result:
         """Content for validated controls, as a typed result; the pipeline does every safety check."""
 
+    def run_defaults(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any]) -> dict[str, Any]:
+        """Controls whose default belongs to the run (a value measured for it, e.g. a diffusion model's
+        calibrated guidance): the pipeline fills in those a request leaves unset (None), so the manifests
+        record what was used."""
+        return {}
+
     def memorization_guard(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], controls: BaseModel,
                            context: GenerationContext) -> MemorizationGuard | str | None:
         """The guard for these controls; None when the user turned it off, or a one-line reason why the

@@ -57,11 +57,11 @@ class DiffusionControls(ImageControls):
                                                                  "--eta is 1).")
     eta: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
                        description="DDIM's noise per step: 0 = deterministic, 1 = as much as ancestral sampling.")
-    # 1.5 trades a little control for recall against 2: digits 99.9 % / 0.76 against 99.95 % / 0.72, shapes
-    # 84.0 % / 0.80 against 86.7 % / 0.74 (control accuracy / recall; image_models_*_defaults.json)
-    guidance: float = Field(1.5, ge=0, le=20, allow_inf_nan=False,
-                            description="Classifier-free guidance scale (conditional models): 1 = none, above 1 "
-                                        "follows the label more closely at some cost in variety, 0 ignores it.")
+    guidance: float | None = Field(None, ge=0, le=20, allow_inf_nan=False,
+                                   description="Classifier-free guidance scale (conditional models): 1 = none, "
+                                               "above 1 follows the label more closely at some cost in variety, 0 "
+                                               "ignores it. Default: the scale `muselab evaluate` chose for the "
+                                               "run on held-out images (1.5 before it has run).")
     init_image: str | None = Field(None, description="A picture to start from (image-to-image, SDEdit): it is "
                                                      "noised --strength of the way and denoised again.")
     strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,

@@ -228,6 +228,9 @@ def generate(recipe: Recipe, model: torch.nn.Module, cfg: BaseModel, assets: dic
     `load_run` opens another run a recipe may use as a part (GenerationContext.load_run)."""
     controls = values if isinstance(values, BaseModel) else parse_controls(recipe.controls_class, values)
     controls = _fill_seed(controls)
+    unset = {key: value for key, value in recipe.run_defaults(model, cfg, assets).items()
+             if getattr(controls, key, None) is None}
+    controls = controls.model_copy(update=unset) if unset else controls
     policy = load_policy(getattr(controls, "policy", None))
     inputs = _Inputs(recipe, controls, policy)
     if inputs.refused and (on_refused == "fail" or not any(inputs.kept.values())):
