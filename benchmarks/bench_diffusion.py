@@ -1,6 +1,6 @@
 """image-diffusion against image-gan and image-vae: the same data, the same minutes each, trained one after
-the other in one go; then DDIM with 25 steps against ancestral DDPM with every step (1,000) on the
-diffusion run. The three models' sample grids are written side by side beside the results file.
+the other in one go; then DDIM and DPM-Solver++(2M) with 25 steps against ancestral DDPM with every step
+(1,000) on the diffusion run. The three models' sample grids are written side by side beside the results file.
 
     python benchmarks/bench_diffusion.py                          # builtin:digits, 15 minutes each
     python benchmarks/bench_diffusion.py --data builtin:shapes    # 32x32 colour shapes
@@ -78,7 +78,8 @@ def load_with_judge(run_dir: Path) -> tuple[api.Run, torch.Tensor, object]:
 
 
 def compare_samplers(run_dir: Path, images: int) -> dict:
-    """DDIM-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of each."""
+    """DDIM-25 and DPM-Solver++(2M)-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of
+    each."""
     from muselab.image.metrics import image_quality_report
 
     run, real, net = load_with_judge(run_dir)
@@ -86,9 +87,10 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     labels = torch.arange(images) % cfg.model.num_classes
     rows = {}
     guidance = run.model.guidance  # what `muselab generate` uses unless told otherwise (evaluate chose it)
-    for name, steps, eta in (("ddim25", 25, 0.0), ("ddpm1000", cfg.model.timesteps, 1.0)):
+    for name, steps, eta, order in (("ddim25", 25, 0.0, 1), ("dpm++2m25", 25, 0.0, 2),
+                                    ("ddpm1000", cfg.model.timesteps, 1.0, 1)):
         clock = Timer()
-        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, guidance=guidance,
+        fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, order=order, guidance=guidance,
                                             generator=torch.Generator().manual_seed(i))
                            for i, chunk in enumerate(labels.split(500))])
         seconds = clock.stop()
@@ -98,6 +100,7 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     rows["guidance"] = guidance
     rows["ddim25_speedup"] = rows["ddpm1000"]["seconds_per_image"] / rows["ddim25"]["seconds_per_image"]
     rows["ddim25_fd_ratio"] = rows["ddim25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
+    rows["dpm++2m25_fd_ratio"] = rows["dpm++2m25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
     return rows
 
 
@@ -132,6 +135,8 @@ def main() -> int:
                         help="also measure the diffusion run at these guidance scales, e.g. 1,1.5,3")
     parser.add_argument("--run", help="train nothing: compare the samplers (and sweep guidance) on this kept "
                                       "image-diffusion run")
+    parser.add_argument("--evaluate", action="store_true", help="with --run: evaluate the kept run again first, "
+                                                                 "as `muselab evaluate` does (guidance chosen anew)")
     parser.add_argument("--out", help="keep both runs in this folder (default: a temporary one)")
     parser.add_argument("--name", default=None, help="results file name (default: image_models_DATA, or "
                                                              "diffusion_samplers with --run)")
@@ -145,6 +150,10 @@ def main() -> int:
     extra = {"gan": args.set_gan, "vae": args.set_vae, "diffusion": args.set_diffusion}
     if args.run:  # a kept run: its own training numbers stay in the results file that trained it
         diffusion_run, models, results, rows = Path(args.run), [], {"run": args.run}, []
+        if args.evaluate:
+            clock = Timer()
+            results["diffusion"] = {**api.evaluate(diffusion_run), "eval_minutes": clock.stop() / 60}
+            rows = [(key, f"{results['diffusion'][key]:.4g}") for key in SHOWN if key in results["diffusion"]]
     else:
         diffusion_run = root / "diffusion"
         results = {name: train_and_evaluate(RECIPES[name], args.data, root / name, args.minutes,
@@ -155,11 +164,12 @@ def main() -> int:
     if args.sampler_images and (args.run or "diffusion" in models):
         samplers = compare_samplers(diffusion_run, args.sampler_images)
         results["samplers"] = samplers
-        for name in ("ddim25", "ddpm1000"):
+        for name in ("ddim25", "dpm++2m25", "ddpm1000"):
             rows.append((f"{name} s/image, fd_muselab", f"{samplers[name]['seconds_per_image']:.4g}, "
                                                         f"{samplers[name]['fd_muselab']:.4g}"))
         rows += [("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]),
-                 ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"])]
+                 ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"]),
+                 ("dpm++2m25 / ddpm1000 fd_muselab", samplers["dpm++2m25_fd_ratio"])]
     if args.guidance_sweep and (args.run or "diffusion" in models):
         scales = [float(v) for v in args.guidance_sweep.split(",")]
         results["guidance_sweep"] = sweep_guidance(diffusion_run, scales, args.samples_per_class)
@@ -167,7 +177,8 @@ def main() -> int:
             rows.append((f"guidance {scale}: control, precision, recall, fd_muselab",
                          ", ".join(f"{row[k]:.4g}" for k in ("control_accuracy", "precision", "recall", "fd_muselab"))))
     command = ("python benchmarks/bench_diffusion.py "
-               + (f"--run {args.run}" if args.run else f"--data {args.data} --minutes {args.minutes:g}")
+               + (f"--run {args.run}" + (" --evaluate" if args.evaluate else "") if args.run
+                  else f"--data {args.data} --minutes {args.minutes:g}")
                + f" --samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
                + (f" --models {args.models}" if models != list(RECIPES) and not args.run else "")
                + (f" --guidance-sweep {args.guidance_sweep}" if args.guidance_sweep else "")

@@ -52,11 +52,15 @@ class DiffusionControls(ImageControls):
                                                         "levels (at most model.timesteps): more is slower and "
                                                         "closer to the model's own distribution.")
     frames: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddim: DDIM, deterministic at --eta 0; ddpm: "
-                                                                 "ancestral sampling (fresh noise every step, "
-                                                                 "--eta is 1).")
+    # DPM-Solver++(2M) by default: at 25 steps on digits its Fréchet distance is 1.06x DDPM-1000's against
+    # DDIM's 1.32x, at the same speed (benchmarks/results/diffusion_samplers_digits.json)
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = Field(
+        "dpm++2m", description="ddim: DDIM, deterministic at --eta 0; ddpm: ancestral sampling (fresh noise every "
+                            "step, --eta is 1); dpm++2m: DPM-Solver++(2M), deterministic and second order (each "
+                            "step also uses the one before).")
     eta: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
-                       description="DDIM's noise per step: 0 = deterministic, 1 = as much as ancestral sampling.")
+                       description="DDIM's noise per step: 0 = deterministic, 1 = as much as ancestral sampling "
+                                   "(above 0 without --sampler, DDIM samples).")
     guidance: float | None = Field(None, ge=0, le=20, allow_inf_nan=False,
                                    description="Classifier-free guidance scale (conditional models): 1 = none, "
                                                "above 1 follows the label more closely at some cost in variety, 0 "

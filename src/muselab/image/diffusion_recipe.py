@@ -129,19 +129,19 @@ class ImageDiffusionRecipe(ImageRecipe):
                 mask = (self._picture(c.mask, model, 1) > 0).float()  # white (above mid-grey) = redraw
             strength = c.strength if c.strength is not None else (1.0 if mask is not None else IMG2IMG_STRENGTH)
         eta = 1.0 if c.sampler == "ddpm" else c.eta
-        return model.sample(n, labels, steps=c.steps, eta=eta, guidance=c.guidance, generator=generator,
-                            init=init, strength=strength, mask=mask)
+        return model.sample(n, labels, steps=c.steps, eta=eta, order=_order(c), guidance=c.guidance,
+                            generator=generator, init=init, strength=strength, mask=mask)
 
     def _interpolate(self, model: Diffusion, ends: list[str], label: int | None, controls: DiffusionControls,
                      cfg: DiffusionRecipeConfig) -> torch.Tensor:
-        """Frames from noise along the great circle between two seeds' noise, each decoded with DDIM at eta 0
-        (so every frame follows from its noise alone and neighbours look alike)."""
+        """Frames from noise along the great circle between two seeds' noise, each decoded deterministically
+        (DDIM at eta 0, or DPM-Solver++), so every frame follows from its noise alone and neighbours look alike."""
         shape = (cfg.model.channels, cfg.model.size, cfg.model.size)
         a, b = (torch.randn(shape, generator=torch.Generator().manual_seed(parse_seed(end))) for end in ends)
         noise = slerp(a.flatten(), b.flatten(), torch.linspace(0, 1, controls.frames)).view(-1, *shape)
         labels = None if label is None else torch.full((controls.frames,), label)
-        return model.sample(controls.frames, labels, steps=controls.steps, eta=0.0, guidance=controls.guidance,
-                            noise=noise)
+        return model.sample(controls.frames, labels, steps=controls.steps, eta=0.0, order=_order(controls),
+                            guidance=controls.guidance, noise=noise)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, model: Diffusion, cfg: DiffusionRecipeConfig, assets: dict[str, Any], run: RunDir,
@@ -161,7 +161,7 @@ class ImageDiffusionRecipe(ImageRecipe):
         return evaluation
 
     def _calibrate_guidance(self, model: Diffusion, cfg: DiffusionRecipeConfig, data: str) -> dict[str, Any]:
-        """Samples at each scale (the same noise and labels, DDIM at the default steps) against the held-out
+        """Samples at each scale (the same noise and labels, the default sampler) against the held-out
         images; sets model.guidance to the scale with the lowest kernel distance and returns every scale's
         metrics."""
         from muselab.image.features import feature_net_for
@@ -178,17 +178,25 @@ class ImageDiffusionRecipe(ImageRecipe):
         return sweep
 
 
+def _order(controls: DiffusionControls) -> int:
+    """2 for DPM-Solver++(2M); a request for noise (--eta above 0) without --sampler gets DDIM, which has it."""
+    wants_noise = controls.eta > 0 and "sampler" not in controls.model_fields_set
+    return 2 if controls.sampler == "dpm++2m" and not wants_noise else 1
+
+
 def guidance_sweep(model: Diffusion, net: Any, reference: torch.Tensor, labels: torch.Tensor,
                    scales: Sequence[float], k: int = 3) -> dict[str, dict[str, float]]:
     """Kernel and Fréchet distance, control accuracy, precision and recall against `reference` images of
-    samples for `labels` at each guidance scale: DDIM at the default steps, the same noise for every scale."""
+    samples for `labels` at each guidance scale: the default sampler and steps, the same noise for every
+    scale."""
     from muselab.image.metrics import image_quality_report
 
-    steps = DiffusionControls().steps
+    defaults = DiffusionControls()
     sweep = {}
     for scale in scales:
         generator = torch.Generator().manual_seed(0)
-        fakes = torch.cat([model.sample(len(chunk), chunk, steps=steps, guidance=scale, generator=generator)
+        fakes = torch.cat([model.sample(len(chunk), chunk, steps=defaults.steps, order=_order(defaults),
+                                        guidance=scale, generator=generator)
                            for chunk in labels.split(1000)])
         report = image_quality_report(net, reference, fakes, labels, k=k)
         sweep[f"{scale:g}"] = {key: report[key] for key in ("kid_muselab", "fd_muselab", "control_accuracy",
