@@ -8,9 +8,10 @@ the other in one go; then DDIM and DPM-Solver++(2M) with 25 steps against ancest
     python benchmarks/bench_diffusion.py --run RUNS/diffusion --sampler-images 1000   # samplers on a kept run
 
 All models are conditional and trained with their default preset; both are evaluated as `muselab
-evaluate` does (the diffusion model with its default controls: DDIM-25 at the guidance evaluate chooses
-for the run on the held-out images, among 1, 1.5, 2 and 3), with the same number of samples per class, on
-muselab's own feature network (`fd_muselab` is not FID: compare it only between these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
+evaluate` does (the diffusion model with its default controls: DPM-Solver++(2M) with 25 steps at the
+guidance evaluate chooses for the run on the held-out images, among 1, 1.5, 2 and 3), with the same number
+of samples per class, on muselab's own feature network (`fd_muselab` is not FID: compare it only between
+these runs). The sampler comparison draws `--sampler-images` images (labels in turn) with each sampler,
 times them and scores their Fréchet distance against the same training images.
 """
 
@@ -106,7 +107,7 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
 
 def sweep_guidance(run_dir: Path, scales: list[float], samples_per_class: int) -> dict:
     """Control accuracy, precision, recall and the distances of the diffusion run at each guidance scale
-    (DDIM-25), measured as `muselab evaluate` measures them: the same samples per class, reference images
+    (the default sampler and steps), measured as `muselab evaluate` measures them: the same samples per class, reference images
     (training images) and seed."""
     from muselab.image.diffusion_recipe import guidance_sweep
 

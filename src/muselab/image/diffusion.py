@@ -19,8 +19,9 @@ Sampling walks an evenly spaced subsequence of the training timesteps. Each step
 [-1, 1]) and eps, then takes DDIM's update x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps
 + s z with s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev): eta = 0 is the
 deterministic DDIM sampler, eta = 1 is ancestral DDPM sampling (s^2 is then the variance of the true
-posterior q(x_prev | x_t, x0), and with every timestep it is Ho et al.'s sampler). The same loop does
-image-to-image (SDEdit, Meng et al. 2022: start from the picture noised to a fraction `strength` of the
+posterior q(x_prev | x_t, x0), and with every timestep it is Ho et al.'s sampler). DPM-Solver++(2M)
+(Lu et al. 2022) takes the same step with x0 extrapolated in the half log-SNR from this prediction and the
+last (second order, deterministic). The same loop does image-to-image (SDEdit, Meng et al. 2022: start from the picture noised to a fraction `strength` of the
 way) and inpainting (at every step the known pixels are replaced by the picture noised to that step, as
 in RePaint's simplest form, so they come out exactly as given).
 
@@ -379,7 +380,9 @@ class Diffusion(nn.Module):
             raise ControlError(f"--strength must be from 0 to 1, got {strength}")
         if mask is not None and init is None:
             raise ControlError("--mask needs --init-image: the picture whose unmasked pixels are kept")
-        if order not in (1, 2) or (order == 2 and eta > 0):
+        if order not in (1, 2):
+            raise ValueError(f"order is 1 (DDIM, DDPM) or 2 (DPM-Solver++(2M)), got {order}")
+        if order == 2 and eta > 0:
             raise ControlError("the second-order sampler is deterministic: leave --eta at 0 (or use --sampler ddim)")
         labels = self._labels(labels, n)
         guidance = self.guidance if guidance is None else guidance

@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 from muselab.core.config import Section, TrainConfig
 from muselab.core.errors import CheckpointError, ControlError
 from muselab.core.io import Fields
-from muselab.core.registry import Evaluation, GenerationContext, Sizing
+from muselab.core.registry import GenerationContext, Sizing
 from muselab.core.results import ImageResult
 from muselab.core.rundir import RunDir
-from muselab.data.images import load_picture, to_float
+from muselab.data.images import ImageDataset, load_picture, to_float
 from muselab.image.controls import DiffusionControls
 from muselab.image.diffusion import Diffusion, DiffusionConfig
 from muselab.image.recipe import IMAGE_WIDE_MINUTES, ImageDataConfig, ImageEvalConfig, ImageRecipe, parse_seed
@@ -144,38 +144,21 @@ class ImageDiffusionRecipe(ImageRecipe):
                             guidance=controls.guidance, noise=noise)
 
     # -- evaluation -----------------------------------------------------------------------------------
-    def evaluate(self, model: Diffusion, cfg: DiffusionRecipeConfig, assets: dict[str, Any], run: RunDir,
-                 data: str | None) -> Evaluation:
-        """The image metrics at the run's guidance, chosen first (conditional models, on the run's own data)
-        among GUIDANCE_SCALES on the held-out images and kept in guidance.json for generation."""
-        sweep = None
-        if cfg.model.conditional and cfg.eval.guidance_images and data == assets.get("data_spec"):
-            sweep = self._calibrate_guidance(model, cfg, data)
-            run.write_json(GUIDANCE_FILE, {"guidance": model.guidance, "chosen_by": "lowest kid_muselab against "
-                                           "the held-out images", "sweep": sweep})
-            assets["guidance"] = model.guidance
-        evaluation = super().evaluate(model, cfg, assets, run, data)
-        evaluation.metrics["guidance"] = model.guidance
-        if sweep is not None:
-            evaluation.metrics["guidance_sweep"] = sweep
-        return evaluation
-
-    def _calibrate_guidance(self, model: Diffusion, cfg: DiffusionRecipeConfig, data: str) -> dict[str, Any]:
-        """Samples at each scale (the same noise and labels, the default sampler) against the held-out
-        images; sets model.guidance to the scale with the lowest kernel distance and returns every scale's
-        metrics."""
-        from muselab.image.features import feature_net_for
-
-        train, heldout = self._load(cfg, data)
-        with torch.enable_grad():  # training the judge (or loading it from the cache) needs gradients
-            net, _ = feature_net_for(to_float(train.images), train.labels, cfg.model.num_classes,
-                                     cache_key=train.info["fingerprint"])
+    def _choose_controls(self, model: Diffusion, cfg: DiffusionRecipeConfig, assets: dict[str, Any], run: RunDir,
+                         data: str, net: Any, heldout: ImageDataset) -> dict[str, Any]:
+        """The run's guidance (conditional models, evaluated on their own data): samples at each of
+        GUIDANCE_SCALES (the same noise and labels, the default sampler) against the held-out images; the
+        scale with the lowest kernel distance is kept in guidance.json and the evaluation samples use it."""
+        if not (cfg.model.conditional and cfg.eval.guidance_images and data == assets.get("data_spec")):
+            return {"guidance": model.guidance}
         classes = cfg.model.num_classes
         labels = torch.arange(classes).repeat_interleave(max(1, cfg.eval.guidance_images // classes))
         sweep = guidance_sweep(model, net, to_float(heldout.images), labels, GUIDANCE_SCALES, k=cfg.eval.k)
-        best = min(sweep, key=lambda scale: sweep[scale]["kid_muselab"])
-        model.guidance = float(best)
-        return sweep
+        model.guidance = float(min(sweep, key=lambda scale: sweep[scale]["kid_muselab"]))
+        assets["guidance"] = model.guidance
+        run.write_json(GUIDANCE_FILE, {"guidance": model.guidance,
+                                       "chosen_by": "lowest kid_muselab against the held-out images", "sweep": sweep})
+        return {"guidance": model.guidance, "guidance_sweep": sweep}
 
 
 def _order(controls: DiffusionControls) -> int:

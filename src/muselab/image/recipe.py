@@ -296,6 +296,12 @@ class ImageRecipe(Recipe):
         return image_grid(to_pixels(images), columns=per_row)
 
     # -- evaluation ---------------------------------------------------------------------------------
+    def _choose_controls(self, model: nn.Module, cfg: BaseModel, assets: dict[str, Any], run: RunDir, data: str,
+                         net: Any, heldout: ImageDataset) -> dict[str, Any]:
+        """Before the evaluation samples: settle controls the run keeps for itself, judged by `net` on the
+        held-out images (diffusion's guidance); returns what to report about them."""
+        return {}
+
     def _extra_metrics(self, model: nn.Module, cfg: BaseModel, train: ImageDataset, test: ImageDataset,
                        run: RunDir) -> dict[str, Any]:
         return {}
@@ -320,6 +326,7 @@ class ImageRecipe(Recipe):
         # The judge is trained by muselab on the data alone, never by the run it judges
         with torch.enable_grad():  # evaluate runs under no_grad; training the judge needs gradients
             net, net_info = feature_net_for(real, train.labels, num_classes, cache_key=train.info["fingerprint"])
+        chosen = self._choose_controls(model, cfg, assets, run, data, net, test)
         generator = torch.Generator().manual_seed(0)
         if cfg.model.conditional:
             labels = torch.arange(num_classes).repeat_interleave(cfg.eval.samples_per_class)
@@ -351,6 +358,7 @@ class ImageRecipe(Recipe):
         if num_classes:
             metrics["classifier_test_accuracy"] = float(
                 (net.classify(to_float(test.images)) == test.labels).float().mean())
+        metrics.update(chosen)
         metrics.update(self._extra_metrics(model, cfg, train, test, run))
         return Evaluation(metrics)
 
