@@ -131,6 +131,8 @@ def main() -> int:
     print(f"{'held-out sentences':<34}{'muselab':>10}{'vocoder on flite mel':>22}{'flite itself':>14}")
     print(f"{'WER (pocketsphinx, lower better)':<34}{metrics['wer']:>10.3f}{metrics['resynth_wer']:>22.3f}"
           f"{metrics['wer_flite_reference']:>14.3f}")
+    for voice, wer in metrics.get("wer_by_speaker", {}).items():
+        print(f"{'  WER, ' + voice:<34}{wer['wer']:>10.3f}{wer['resynth_wer']:>22.3f}{wer['wer_flite_reference']:>14.3f}")
     print(f"{'MCD dB vs flite (lower better)':<34}{metrics['mcd_db']:>10.2f}{metrics['resynth_mcd_db']:>22.2f}")
     ours_cents, resynth_cents = metrics["f0_rmse_cents"], metrics["resynth_f0_rmse_cents"]
     print(f"{'f0 RMSE cents vs flite':<34}{ours_cents if ours_cents is not None else float('nan'):>10.1f}"

@@ -118,3 +118,41 @@ def test_image_default_preset_keeps_the_data_shape(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["sizing"]["rule"] == "small" and saved["config"]["model"]["size"] == 8
     assert saved["config"]["model"]["diffaugment"] == "color,translation,cutout" and not saved["sizing"]["overridden"]
+
+
+def test_music_rule_keeps_the_tuned_preset_for_bach_sized_data():
+    from muselab.music.recipe import MusicLMRecipe
+
+    recipe = MusicLMRecipe()
+    preset = api.resolve_config("music-lm")
+    bach = recipe.size_for_data({"train_tokens": 500_000, "train_pieces": 300}, None)
+    assert all(getattr(preset.model, key) == value for key, value in bach.layer["model"].items())
+    assert bach.layer["train"]["batch_size"] == preset.train.batch_size and bach.layer["train"]["lr"] == preset.train.lr
+    few = recipe.size_for_data({"train_tokens": 10_000, "train_pieces": 6}, None)
+    assert few.layer["model"]["n_embd"] < preset.model.n_embd and few.layer["model"]["dropout"] > preset.model.dropout
+    many_short = recipe.size_for_data({"train_tokens": 20_000_000, "train_pieces": 9_000}, 15.0)
+    many_long = recipe.size_for_data({"train_tokens": 20_000_000, "train_pieces": 9_000}, None)
+    assert "capped" in many_short.rule and many_short.layer["model"]["n_embd"] == preset.model.n_embd
+    assert many_long.layer["model"]["n_embd"] > preset.model.n_embd
+
+
+def test_audio_rules_keep_the_tuned_presets_for_the_built_in_data():
+    from muselab.audio.ddsp_recipe import AudioDDSPRecipe
+    from muselab.audio.tts_recipe import TTSRecipe
+    from muselab.audio.vocoder_recipe import VocoderRecipe
+
+    cases = [(AudioDDSPRecipe(), "train_minutes", (1.0, 12.0, 600.0), "hidden"),
+             (VocoderRecipe(), "train_seconds", (60.0, 1_500.0, 36_000.0), "dim"),
+             (TTSRecipe(), "train_utterances", (200, 2_680, 20_000), "dim")]
+    for recipe, measure, (few, built_in, many), width in cases:
+        preset = recipe.config_class()
+        small, medium = (recipe.size_for_data({measure: n}, 10.0) for n in (few, built_in))
+        many_short, many_long = (recipe.size_for_data({measure: many}, m) for m in (10.0, None))
+        assert medium.rule == "medium" and medium.layer["train"]["batch_size"] == preset.train.batch_size
+        assert medium.layer["model"][width] == getattr(preset.model, width)
+        if recipe.name == "audio-tts":  # no small row: smaller batches and dropout measured worse
+            assert small.layer == medium.layer
+        else:
+            assert small.rule == "small" and small.layer["train"]["batch_size"] < preset.train.batch_size
+        assert many_short.layer == medium.layer, recipe.name  # ten minutes cannot train the wide model
+        assert many_long.rule == "large" and many_long.layer["model"][width] == 2 * getattr(preset.model, width)

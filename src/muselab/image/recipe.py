@@ -29,10 +29,10 @@ from muselab.core.registry import (
     PreparedData,
     Recipe,
     Sizing,
-    size_row,
 )
 from muselab.core.results import ImageResult
 from muselab.core.rundir import RunDir
+from muselab.core.sizing import PresetRows
 from muselab.data.images import (
     BUILTIN_IMAGE_SOURCES,
     ImageDataset,
@@ -108,7 +108,7 @@ def parse_seed(text: str) -> int:
 # The default preset's sizing rule for the image recipes (README: "Defaults that fit the data"): the recipe's own
 # width and batch (tuned on the built-in sets) in the middle row; fewer images take smaller batches (more steps
 # per pass) and the recipe's small-data settings; many images, with an hour or more (or no budget), twice the width.
-IMAGE_DATA_ROWS = [1_000, 20_000]  # training images below which row 0, 1 fits
+IMAGE_DATA_ROWS = (1_000, 20_000)  # training images below which row 0, 1 fits
 IMAGE_WIDE_MINUTES = 60  # the least budget that trains the wide row
 
 
@@ -125,19 +125,9 @@ class ImageRecipe(Recipe):
 
     # -- sizing -----------------------------------------------------------------------------------
     def size_for_data(self, stats: dict[str, Any], budget_minutes: float | None) -> Sizing:
-        images = stats["train_images"]
-        row = size_row(images, IMAGE_DATA_ROWS)
-        if row == 2 and budget_minutes is not None and budget_minutes < IMAGE_WIDE_MINUTES:
-            row = 1
-        default = self.config_class()
-        width, batch = default.model.width, default.train.batch_size
-        layer: dict[str, Any] = {"model": {"width": 2 * width if row == 2 else width},
-                                 "train": {"batch_size": min(batch, 32) if row == 0 else batch}}
-        if row == 0:
-            for section, values in self.small_data_layer.items():
-                layer.setdefault(section, {}).update(values)
-        return Sizing(rule=["small", "medium", "large"][row], inputs={
-            "train_images": images, "budget_minutes": budget_minutes}, layer=layer)
+        rows = PresetRows("train_images", IMAGE_DATA_ROWS, widen=("model.width",), small_batch=32,
+                          small_layer=self.small_data_layer, wide_minutes=IMAGE_WIDE_MINUTES)
+        return rows.size(self.config_class(), stats, budget_minutes)
 
     def resize_data(self, prepared: PreparedData, cfg: BaseModel) -> PreparedData:
         # the shape the data decided (prepare_data writes it into the config) survives the sizing layer

@@ -21,10 +21,10 @@ from muselab.core.registry import (
     PreparedData,
     Recipe,
     Sizing,
-    size_row,
 )
 from muselab.core.results import TextResult
 from muselab.core.rundir import RunDir
+from muselab.core.sizing import TransformerRows
 from muselab.core.trainer import mean_loss
 from muselab.data.text import BUILTIN_TEXT_SOURCES, load_text_corpus, split_train_val
 from muselab.text.bans import BannedWordsProcessor, build_ban_processor
@@ -80,17 +80,19 @@ class TextLMConfig(Section):
 # take): dropout 0.1 at lr 5e-3 ended at 2.164 (best 2.160), the earlier preset (dropout 0, 2,000 steps) at
 # 2.215 (best 2.203); dropout 0.2 at lr 3e-3 trailed dropout 0.1 by 0.006-0.011 from step 1,000 to 2,000.
 # benchmarks/bench_small_data.py checks it under a real budget.
-LM_SIZES = [
-    ("xs", 2, 2, 64, 64, 32, 5e-3),
-    ("s", 4, 4, 128, 64, 32, 5e-3),
-    ("m", 4, 6, 192, 128, 32, 2e-3),
-    ("l", 6, 8, 256, 256, 32, 1e-3),
-    ("xl", 6, 6, 384, 256, 64, 1e-3),
-]
-LM_DATA_ROWS = [50_000, 500_000, 5_000_000, 50_000_000]  # training tokens below which row 0, 1, 2, 3 fits
-LM_BUDGET_ROWS = [2, 15, 60, 240]  # minutes below which row 0, 1, 2, 3 is the largest the budget trains
-LM_DROPOUT = [0.2, 0.1, 0.1, 0.1, 0.0]  # by the data's row, when the budget did not cap the model
-LM_WEIGHT_DECAY = 0.1
+LM_ROWS = TransformerRows(
+    sizes=[
+        ("xs", 2, 2, 64, 64, 32, 5e-3),
+        ("s", 4, 4, 128, 64, 32, 5e-3),
+        ("m", 4, 6, 192, 128, 32, 2e-3),
+        ("l", 6, 8, 256, 256, 32, 1e-3),
+        ("xl", 6, 6, 384, 256, 64, 1e-3),
+    ],
+    data_limits=[50_000, 500_000, 5_000_000, 50_000_000],
+    budget_limits=[2, 15, 60, 240],
+    dropout=[0.2, 0.1, 0.1, 0.1, 0.0],
+    weight_decay=0.1,
+)
 
 
 class TokenStream:
@@ -170,18 +172,8 @@ class TextLMRecipe(Recipe):
                             info, {"tokenizer": tokenizer, "train_text": train_text, "val_text": val_text})
 
     def size_for_data(self, stats: dict[str, Any], budget_minutes: float | None) -> Sizing:
-        tokens = stats["train_tokens"]
-        data_row = size_row(tokens, LM_DATA_ROWS)
-        row = data_row if budget_minutes is None else min(data_row, size_row(budget_minutes, LM_BUDGET_ROWS))
-        name, n_layer, n_head, n_embd, block, batch, lr = LM_SIZES[row]
-        layer = {
-            "model": {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block,
-                      "dropout": LM_DROPOUT[data_row] if row == data_row else 0.0},
-            "train": {"batch_size": batch, "lr": lr, "weight_decay": LM_WEIGHT_DECAY},
-        }
-        capped = " (capped by the budget)" if row < data_row else ""
-        return Sizing(rule=f"{name}{capped}", inputs={"train_tokens": tokens, "vocab_size": stats["vocab_size"],
-                                                      "budget_minutes": budget_minutes}, layer=layer)
+        return LM_ROWS.size(stats["train_tokens"], budget_minutes,
+                            {"train_tokens": stats["train_tokens"], "vocab_size": stats["vocab_size"]})
 
     def resize_data(self, prepared: PreparedData, cfg: TextLMConfig) -> PreparedData:
         block = cfg.model.block_size
