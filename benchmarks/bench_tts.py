@@ -139,7 +139,7 @@ def main() -> int:
           f"{resynth_cents if resynth_cents is not None else float('nan'):>22.1f}")
     print()
     rows += [("tts steps", trained.step), ("tts minutes", trained.elapsed_s / 60),
-             ("tts parameters", run.model.num_parameters()), ("vocoder", vocoder or "griffin_lim"),
+             ("tts parameters", run.model.num_parameters()), ("vocoder", metrics["vocoder"]),
              ("10 s utterance: seconds", seconds), ("10 s utterance: x real time", speed),
              *measured.items(), ("run folder", str(root)),
              ("targets", "WER <= 0.25; >= 20x real time; speed2 ratio 0.45-0.55; pitch ratio 1.9-2.1")]
