@@ -18,8 +18,8 @@ from common import Timer, print_table, write_result
 from muselab.audio.io import load_audio
 from muselab.audio.tts.frontend import Frontend
 from muselab.audio.tts_recipe import PAUSES, Recognizer
+from muselab.core.sequences import edit_distance
 from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
-from muselab.text.metrics import edit_distance
 
 
 def main() -> None:

@@ -57,9 +57,9 @@ from muselab.core.registry import (
 )
 from muselab.core.results import AudioResult
 from muselab.core.rundir import RunDir
+from muselab.core.sequences import edit_distance
 from muselab.core.sizing import PresetRows
 from muselab.data.speech import SpeechDataset, Utterance
-from muselab.text.metrics import edit_distance
 
 logger = logging.getLogger(__name__)
 
