@@ -16,8 +16,7 @@ import argparse
 from common import Timer, print_table, write_result
 
 from muselab.audio.io import load_audio
-from muselab.audio.tts.frontend import Frontend
-from muselab.audio.tts_recipe import PAUSES, Recognizer
+from muselab.audio.tts_recipe import Recognizer, spoken_words
 from muselab.core.sequences import edit_distance
 from muselab.data.speech import SPEECH_SAMPLE_RATE, SPEECH_VOICES, flite_utterance, held_out_sentences
 
@@ -30,14 +29,14 @@ def main() -> None:
     args = parser.parse_args()
 
     sentences = held_out_sentences()[: args.sentences]
-    recognizer, frontend, timer = Recognizer(), Frontend(), Timer()
+    recognizer, timer = Recognizer(), Timer()
     per_voice: dict[str, dict] = {}
     for voice in SPEECH_VOICES:
         errors = words = 0
         examples = []
         for sentence in sentences:
             audio, _, _ = load_audio(flite_utterance(sentence, voice).path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
-            truth = [w for w in frontend.phonemize(sentence).normalized.split() if w not in PAUSES]
+            truth = spoken_words(sentence)
             heard = recognizer.transcribe(audio, SPEECH_SAMPLE_RATE).split()
             errors += edit_distance(truth, heard)
             words += len(truth)

@@ -492,8 +492,7 @@ class TTSRecipe(Recipe):
             for part in ("ours", "resynth"):
                 self._score(ref, clips[part], scores[part])
             if recognizer is not None:
-                words = Frontend().phonemize(sentence).normalized.split()
-                truth = [w for w in words if w not in PAUSES]
+                truth = spoken_words(sentence)
                 for name, clip in clips.items():
                     counts = errors[name].setdefault(voice, [0, 0])
                     counts[0] += edit_distance(truth, recognizer.transcribe(clip, SPEECH_SAMPLE_RATE).split())
@@ -512,10 +511,9 @@ class TTSRecipe(Recipe):
                                    "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
         if recognizer is not None:
             reference_key = "wer_flite_reference" if source.startswith("flite") else "wer_reference"
-            for name, key in (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", reference_key)):
-                metrics[key] = _error_rate(errors[name].values())
-            metrics["wer_by_speaker"] = {voice: {key: _error_rate([errors[name][voice]]) for name, key in
-                                                 (("ours", "wer"), ("resynth", "resynth_wer"), ("flite", reference_key))}
+            keys = {"ours": "wer", "resynth": "resynth_wer", "flite": reference_key}
+            metrics.update({key: _error_rate(errors[name].values()) for name, key in keys.items()})
+            metrics["wer_by_speaker"] = {voice: {key: _error_rate([errors[name][voice]]) for name, key in keys.items()}
                                          for voice in errors["ours"]}
             metrics["recognizer"] = "pocketsphinx (default US English model)"
         self._pictures(examples[0], assets, cfg, run, data, vocoder is not None)
@@ -653,6 +651,12 @@ def f0_rmse_cents(reference: np.ndarray, synthesised: np.ndarray, sr: int, hop: 
     if not both.any():
         return None
     return float(np.sqrt(np.mean((1200.0 * np.log2(b[both] / a[both])) ** 2)))
+
+
+def spoken_words(sentence: str) -> list[str]:
+    """The words a recogniser should hear for `sentence`: the front end's normalised text (numbers spelled
+    out, abbreviations expanded), pauses left out."""
+    return [w for w in Frontend().phonemize(sentence).normalized.split() if w not in PAUSES]
 
 
 def _error_rate(counts: Iterable[list[int]]) -> float:
