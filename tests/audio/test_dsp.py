@@ -81,6 +81,17 @@ def test_istft_real_matches_torch_istft(n_fft, hop, frames):
     assert (got - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
+def test_overlap_add_sums_frames_hop_apart():
+    frames = torch.randn(2, 5, 8)
+    got = dsp.overlap_add(frames, 2)
+    expected = torch.zeros(2, 4 * 2 + 8)
+    for f in range(5):
+        expected[:, 2 * f:2 * f + 8] += frames[:, f]
+    assert torch.allclose(got, expected)
+    with pytest.raises(ValueError, match="multiple of hop"):
+        dsp.overlap_add(frames, 3)
+
+
 def test_stft_shapes_and_istft_round_trip():
     x = torch.randn(3, 4000) * 0.3
     spec = dsp.stft(x, 512, 128)

@@ -185,7 +185,7 @@ def test_segments_are_reproducible_and_validation_covers_whole_segments() -> Non
 @pytest.mark.slow
 def test_adversarial_training_runs_in_two_phases_through_the_trainer(tmp_path: Path) -> None:
     out = tmp_path / "gan"
-    api.train("audio-vocoder", "builtin:tones", out, preset="tiny", overrides=["model.adversarial=true", "model.periods=[2,3]"],
+    api.train("audio-vocoder", "builtin:tones", out, preset="tiny", overrides=["model.phase=network", "model.adversarial=true", "model.periods=[2,3]"],
               max_steps=2, quiet=True)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss_discriminator", "loss_generator", "d_real", "d_fake", "mel_l1"} <= set(record)

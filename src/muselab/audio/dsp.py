@@ -98,7 +98,8 @@ def istft_real(real: Tensor, imag: Tensor, window: Tensor, hop: int, length: int
     return (wav / envelope.clamp(min=1e-11))[:, start:start + length]
 
 def stft_bases(window: Tensor) -> tuple[Tensor, Tensor]:
-    """The forward real DFT of `stft_real` as two matrices [n_fft, n_fft // 2 + 1] (cos and -sin)."""
+    """The forward real DFT as two matrices [n_fft, n_fft // 2 + 1] (cos and -sin): a frame [..., n_fft] times
+    them gives its spectrum's real and imaginary parts, in real arithmetic (for exported models)."""
     n_fft = window.shape[0]
     k = torch.arange(n_fft // 2 + 1, device=window.device)
     n = torch.arange(n_fft, device=window.device)
@@ -106,16 +107,17 @@ def stft_bases(window: Tensor) -> tuple[Tensor, Tensor]:
     return angle.cos().to(window.dtype), (-angle.sin()).to(window.dtype)
 
 
-def stft_real(x: Tensor, window: Tensor, hop: int, bases: tuple[Tensor, Tensor] | None = None
-              ) -> tuple[Tensor, Tensor]:
-    """`stft` (centred, reflect padding) of waveforms `[B, T]` in real arithmetic, as real and imaginary parts
-    `[B, n_fft // 2 + 1, 1 + T // hop]`: for exported models (ONNX and TorchScript have no complex tensors).
-    `bases` is what `stft_bases(window)` returns (made here when not given). Matches torch.stft to rounding."""
-    n_fft = window.shape[0]
-    cos_basis, sin_basis = bases if bases is not None else stft_bases(window)
-    padded = F.pad(x[:, None], (n_fft // 2, n_fft // 2), mode="reflect")[:, 0]
-    frames = padded.unfold(-1, n_fft, hop) * window  # [B, frames, n_fft]
-    return (frames @ cos_basis).transpose(1, 2), (frames @ sin_basis).transpose(1, 2)
+def overlap_add(frames: Tensor, hop: int) -> Tensor:
+    """Frames `[B, F, n_fft]` laid `hop` samples apart and summed: `[B, (F - 1) * hop + n_fft]`, for an
+    n_fft that is a multiple of hop. Pads and sums blocks of hop samples, several times faster on a CPU
+    than torch.istft's fold, and plain to export."""
+    batch, count, n_fft = frames.shape
+    if n_fft % hop:
+        raise ValueError(f"overlap_add needs n_fft ({n_fft}) to be a multiple of hop ({hop})")
+    parts = n_fft // hop
+    blocks = frames.reshape(batch, count, parts, hop)  # block j of frame f lands on block f + j of the output
+    total = sum(F.pad(blocks[:, :, j], (0, 0, j, parts - 1 - j)) for j in range(parts))
+    return total.reshape(batch, -1)
 
 
 def magnitude(x: Tensor, n_fft: int, hop: int, win_length: int | None = None, center: bool = True) -> Tensor:
@@ -208,7 +210,11 @@ class MelSpectrogram(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.settings
-        spec = magnitude(x, s.n_fft, s.hop, s.win_length)
+        return self.from_magnitude(magnitude(x, s.n_fft, s.hop, s.win_length))
+
+    def from_magnitude(self, spec: Tensor) -> Tensor:
+        """The log-mel of a magnitude spectrogram `[..., n_fft // 2 + 1, frames]` made with these settings."""
+        s = self.settings
         if s.power != 1.0:
             spec = spec.pow(s.power)
         return torch.log(torch.clamp(self.mel_basis.to(spec.dtype) @ spec, min=s.log_floor))
@@ -384,13 +390,17 @@ class MultiResolutionSTFTLoss(nn.Module):
         total = pred.new_zeros(())
         for n_fft, hop, win_length in self.resolutions:
             # Two calls, not one on the stacked pair: the backward pass then skips the target's STFT.
-            pred_mag = magnitude(pred, n_fft, hop, win_length)
-            target_mag = magnitude(target, n_fft, hop, win_length)
-            convergence = (torch.linalg.vector_norm(target_mag - pred_mag)
-                           / torch.linalg.vector_norm(target_mag).clamp_min(self.eps))
-            log_distance = (torch.log(pred_mag + self.eps) - torch.log(target_mag + self.eps)).abs().mean()
-            total = total + convergence + log_distance
+            total = total + spectral_distance(magnitude(pred, n_fft, hop, win_length),
+                                              magnitude(target, n_fft, hop, win_length), self.eps)
         return total / len(self.resolutions)
+
+
+def spectral_distance(pred_mag: Tensor, target_mag: Tensor, eps: float = 1e-5) -> Tensor:
+    """One resolution's term of the multi-resolution STFT loss, between magnitude spectrograms: spectral
+    convergence ||Y - X||_F / ||Y||_F over the whole batch (Y the target) plus mean |log(X + eps) - log(Y + eps)|."""
+    convergence = (torch.linalg.vector_norm(target_mag - pred_mag)
+                   / torch.linalg.vector_norm(target_mag).clamp_min(eps))
+    return convergence + (torch.log(pred_mag + eps) - torch.log(target_mag + eps)).abs().mean()
 
 
 def mrstft_distance(pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> float:
