@@ -245,6 +245,9 @@ class Generator(nn.Module):
         return torch.istft(spectrum, MEL.n_fft, MEL.hop, window=self.window, center=True, length=length)
 
 
+GRIFFIN_LIM_MOMENTUM = 0.99  # the fast Griffin-Lim's (Perraudin et al. 2013), as dsp.griffin_lim and librosa
+
+
 class GriffinLimPhase(nn.Module):
     """The phase (as cos and sin) after `iterations` of fast Griffin-Lim (Perraudin et al. 2013) on magnitude
     `mag`, starting from `cos`, `sin`, all [B, n_fft // 2 + 1, F]: each iteration projects the spectrum onto
@@ -299,9 +302,6 @@ class GriffinLimPhase(nn.Module):
             return again @ self.forward_cos, again @ self.forward_sin
         spectrum = torch.fft.rfft(again)
         return spectrum.real, spectrum.imag
-
-
-GRIFFIN_LIM_MOMENTUM = 0.99  # the fast Griffin-Lim's (Perraudin et al. 2013), as dsp.griffin_lim and librosa
 
 
 class RealGenerator(nn.Module):
