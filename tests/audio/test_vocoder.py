@@ -259,6 +259,19 @@ def test_griffin_lim_phase_can_learn_the_magnitude_through_the_iterations() -> N
     assert losses["waveform"] != pytest.approx(losses["spectrum"], rel=0.05)
 
 
+def test_the_waveform_loss_takes_over_for_the_last_share_of_training() -> None:
+    torch.manual_seed(0)
+    model = Vocoder(VocoderConfig(**{**GRIFFIN_LIM, "phase_iterations": 2, "magnitude_target": "waveform",
+                                     "waveform_share": 0.4}))
+    batch = _tone_batch()
+    with torch.no_grad():
+        spectrum, _ = model.magnitude_loss(batch["audio"])
+        model.set_training_progress(0.5)
+        assert float(model.training_step(batch)) == pytest.approx(float(spectrum))
+        model.set_training_progress(0.7)
+        assert float(model.training_step(batch)) != pytest.approx(float(spectrum), rel=0.05)
+
+
 def test_griffin_lim_phase_needs_iterations_and_no_discriminators() -> None:
     with pytest.raises(ValidationError, match="phase_iterations"):
         VocoderConfig(phase="griffin_lim")

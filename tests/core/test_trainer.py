@@ -264,3 +264,20 @@ def test_validation_hook_sees_the_saved_weights(tmp_path):
     trainer.fit()
     assert [step for step, _ in seen] == [10, 20]
     assert torch.equal(seen[-1][1], trainer.ema["fc.weight"])
+
+
+class ProgressLine(Line):
+    """A Line that records the share of training done that the Trainer hands it before each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.progress = []
+
+    def set_training_progress(self, progress):
+        self.progress.append(progress)
+
+
+def test_a_model_that_asks_is_told_the_share_of_training_done_before_each_step(tmp_path):
+    model = ProgressLine()
+    make(tmp_path, model=model, max_steps=20).fit()
+    assert model.progress == pytest.approx([step / 20 for step in range(20)])

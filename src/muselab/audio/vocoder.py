@@ -107,7 +107,11 @@ class VocoderConfig(Section):
     magnitude_target: Literal["spectrum", "waveform"] = Field(
         "spectrum", description="with phase=griffin_lim, what the magnitude is trained on: the real audio's STFT "
                                 "magnitude (a fast regression), or the waveform Griffin-Lim makes from it (the "
-                                "reconstruction loss through phase_iterations, slower steps)")
+                                "reconstruction loss through phase_iterations, slower steps) for the last "
+                                "waveform_share of training, the regression before")
+    waveform_share: float = Field(1.0, ge=0, le=1, description="with magnitude_target=waveform, the share of "
+                                  "training (of the steps or of the time budget) at its end that learns through "
+                                  "the iterations")
     phase_iterations: int = Field(0, ge=0, le=64, description="fast Griffin-Lim iterations that make the predicted "
                                   "spectrum consistent, from the predicted phase (trained through) or, with "
                                   "phase=griffin_lim, from zero phase")
@@ -466,6 +470,15 @@ class Vocoder(nn.Module):
             total = total + self.cfg.stft_weight * self.stft_loss(fake, real)
         return total, mel_l1
 
+    def set_training_progress(self, progress: float) -> None:
+        """Called by the Trainer before each step with the share of training done (of the steps, or of the
+        time budget), which decides when a spectrum regression gives way to the waveform loss."""
+        self.progress = progress
+
+    def _through_iterations(self) -> bool:
+        return (self.cfg.magnitude_target == "waveform"
+                and getattr(self, "progress", 1.0) >= 1.0 - self.cfg.waveform_share)
+
     def magnitude_loss(self, real: Tensor) -> tuple[Tensor, Tensor]:
         """(weighted total, the log-mel L1 alone) of the predicted magnitude against the real audio's STFT
         magnitude, frame for frame: the loss of phase=griffin_lim, where no waveform is made in training."""
@@ -482,7 +495,7 @@ class Vocoder(nn.Module):
         carry = carry if carry is not None else PhaseCarry()
         real = batch["audio"]
         if phase == SINGLE_PHASE:
-            if self.generator.predicts_phase or self.cfg.magnitude_target == "waveform":
+            if self.generator.predicts_phase or self._through_iterations():
                 loss, mel_l1 = self.reconstruction_loss(self.generator(self.input_mel(real)), real)
             else:
                 loss, mel_l1 = self.magnitude_loss(real)

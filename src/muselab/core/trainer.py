@@ -678,6 +678,8 @@ class Trainer:
                     for phase in self.phases:
                         for group in self.optimizers[phase.name].param_groups:
                             group["lr"] = lr * phase.lr_scale
+                    if hasattr(self.model, "set_training_progress"):  # models whose loss changes over training
+                        self.model.set_training_progress(self._progress())
                     step_started = time.monotonic()
                     losses, metrics, grad_norm, bad = self._train_step(step)
                     if self.budget is not None:
