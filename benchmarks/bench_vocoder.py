@@ -135,7 +135,7 @@ def main() -> int:
                ("eval seconds", metrics["eval_seconds"]), ("generator parameters", metrics["generator_parameters"]),
                ("weights MB", round((out / "model.safetensors").stat().st_size / 2**20, 2)),
                ("threads", torch.get_num_threads()), ("steps", result.step), ("minutes", result.elapsed_s / 60),
-               ("val_loss (log-mel L1)", result.val_loss), ("run", str(out)), ("command", command)]
+               ("val_loss (reconstruction loss)", result.val_loss), ("run", str(out)), ("command", command)]
     print_table(summary)
     if args.ship:
         print(f"shipped in {ship(out, command, metrics)}")
