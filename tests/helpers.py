@@ -27,6 +27,18 @@ def error_message(err: pytest.ExceptionInfo) -> str:
     return msg
 
 
+def take_steps(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    """`steps` optimizer steps of `model.training_step` on one batch; the loss of each."""
+    losses = []
+    for _ in range(steps):
+        loss = model.training_step(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def write(path: Path, content: str | bytes) -> Path:
     """Write text (as UTF-8, newlines untouched) or bytes, creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from helpers import take_steps
 from muselab.audio.ddsp import DDSP, DDSPConfig
 
 SR, HOP = 16000, 64
@@ -58,12 +59,7 @@ def test_a_few_training_steps_reduce_the_loss_on_one_tone():
     batch = {"audio": tone.repeat(2, 1), "f0_hz": torch.full((2, frames), 220.0),
              "loudness_db": torch.full((2, frames), -20.0)}
     before = float(model.eval_step(batch)[0].detach()) / 2
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(15):
-        loss = model.training_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    take_steps(model, batch, torch.optim.Adam(model.parameters(), lr=1e-2), 15)
     after = float(model.eval_step(batch)[0].detach()) / 2
     assert after < 0.8 * before
 

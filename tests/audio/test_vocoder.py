@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from helpers import take_steps
 from muselab.audio.dsp import mrstft_distance
 from muselab.audio.vocoder import MEL, Discriminators, Generator, Vocoder, VocoderConfig, mel_spectrogram
 from muselab.core.trainer import SINGLE_PHASE, PhaseCarry, _phase_parameters
@@ -113,13 +114,7 @@ def test_a_few_reconstruction_steps_reduce_the_loss() -> None:
     batch = _tone_batch()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     before, _ = model.eval_step(batch)
-    losses = []
-    for _ in range(25):
-        loss = model.training_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = take_steps(model, batch, optimizer, 25)
     after, count = model.eval_step(batch)
     assert count == 2
     assert losses[-1] < 0.7 * losses[0]
@@ -214,12 +209,7 @@ def test_griffin_lim_phase_learns_the_true_magnitude_without_making_a_waveform()
         return float((predicted - target).norm() / target.norm())
 
     start = magnitude_error()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(25):
-        loss = model.training_step(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    take_steps(model, batch, torch.optim.AdamW(model.parameters(), lr=3e-3), 25)
     # From the pseudo-inverse's magnitude (where training starts) towards the real audio's
     assert magnitude_error() < 0.7 * start
     assert model.vocode(torch.randn(MEL.n_mels, 10) - 4.0).shape == (10 * MEL.hop,)

@@ -446,6 +446,7 @@ class Vocoder(nn.Module):
         self.discriminators = Discriminators(cfg) if cfg.adversarial else None
         self.mel = MelSpectrogram(MEL)
         self.stft_loss = MultiResolutionSTFTLoss()
+        self.progress = 1.0  # share of training done; the Trainer sets it before each step
 
     def num_parameters(self, part: str = "generator") -> int:
         return sum(p.numel() for p in getattr(self, part).parameters())
@@ -476,8 +477,7 @@ class Vocoder(nn.Module):
         self.progress = progress
 
     def _through_iterations(self) -> bool:
-        return (self.cfg.magnitude_target == "waveform"
-                and getattr(self, "progress", 1.0) >= 1.0 - self.cfg.waveform_share)
+        return self.cfg.magnitude_target == "waveform" and self.progress >= 1.0 - self.cfg.waveform_share
 
     def magnitude_loss(self, real: Tensor) -> tuple[Tensor, Tensor]:
         """(weighted total, the log-mel L1 alone) of the predicted magnitude against the real audio's STFT
