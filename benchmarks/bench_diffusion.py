@@ -78,9 +78,10 @@ def load_with_judge(run_dir: Path) -> tuple[api.Run, torch.Tensor, object]:
     return run, real, net
 
 
-def compare_samplers(run_dir: Path, images: int) -> dict:
-    """DDIM-25 and DPM-Solver++(2M)-25 vs DDPM-1000 on one run: seconds per image and Fréchet distance of
-    each."""
+def compare_samplers(run_dir: Path, images: int, spacings: tuple[str, ...] = ("uniform",)) -> dict:
+    """DDIM-25 and DPM-Solver++(2M)-25 (with each step spacing) vs DDPM-1000 on one run: seconds per image and
+    Fréchet distance of each. The uniform spacing's rows are "ddim25" and "dpm++2m25", others add the
+    spacing's name."""
     from muselab.image.metrics import image_quality_report
 
     run, real, net = load_with_judge(run_dir)
@@ -88,11 +89,12 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     labels = torch.arange(images) % cfg.model.num_classes
     rows = {}
     guidance = run.model.guidance  # what `muselab generate` uses unless told otherwise (evaluate chose it)
-    for name, steps, eta, order in (("ddim25", 25, 0.0, 1), ("dpm++2m25", 25, 0.0, 2),
-                                    ("ddpm1000", cfg.model.timesteps, 1.0, 1)):
+    few_steps = [(f"{sampler}{'' if spacing == 'uniform' else '_' + spacing}", 25, 0.0, order, spacing)
+                 for spacing in spacings for sampler, order in (("ddim25", 1), ("dpm++2m25", 2))]
+    for name, steps, eta, order, spacing in [*few_steps, ("ddpm1000", cfg.model.timesteps, 1.0, 1, "uniform")]:
         clock = Timer()
         fakes = torch.cat([run.model.sample(len(chunk), chunk, steps=steps, eta=eta, order=order, guidance=guidance,
-                                            generator=torch.Generator().manual_seed(i))
+                                            generator=torch.Generator().manual_seed(i), spacing=spacing)
                            for i, chunk in enumerate(labels.split(500))])
         seconds = clock.stop()
         report = image_quality_report(net, real, fakes, labels)
@@ -101,7 +103,8 @@ def compare_samplers(run_dir: Path, images: int) -> dict:
     rows["guidance"] = guidance
     rows["ddim25_speedup"] = rows["ddpm1000"]["seconds_per_image"] / rows["ddim25"]["seconds_per_image"]
     rows["ddim25_fd_ratio"] = rows["ddim25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
-    rows["dpm++2m25_fd_ratio"] = rows["dpm++2m25"]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
+    for name, *_ in few_steps:
+        rows[f"{name}_fd_ratio"] = rows[name]["fd_muselab"] / rows["ddpm1000"]["fd_muselab"]
     return rows
 
 
@@ -132,6 +135,8 @@ def main() -> int:
     parser.add_argument("--set-gan", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-vae", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--set-diffusion", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--spacings", default="uniform", help="step spacings of the 25-step samplers compared, "
+                                                                 "comma-separated: uniform, quadratic, log_snr, karras")
     parser.add_argument("--guidance-sweep", default="", metavar="SCALES",
                         help="also measure the diffusion run at these guidance scales, e.g. 1,1.5,3")
     parser.add_argument("--run", help="train nothing: compare the samplers (and sweep guidance) on this kept "
@@ -163,14 +168,14 @@ def main() -> int:
                                                            for m in models))
                 for key in (*SHOWN, "steps", "minutes", "eval_minutes")]
     if args.sampler_images and (args.run or "diffusion" in models):
-        samplers = compare_samplers(diffusion_run, args.sampler_images)
+        samplers = compare_samplers(diffusion_run, args.sampler_images, tuple(args.spacings.split(",")))
         results["samplers"] = samplers
-        for name in ("ddim25", "dpm++2m25", "ddpm1000"):
-            rows.append((f"{name} s/image, fd_muselab", f"{samplers[name]['seconds_per_image']:.4g}, "
-                                                        f"{samplers[name]['fd_muselab']:.4g}"))
-        rows += [("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]),
-                 ("ddim25 / ddpm1000 fd_muselab", samplers["ddim25_fd_ratio"]),
-                 ("dpm++2m25 / ddpm1000 fd_muselab", samplers["dpm++2m25_fd_ratio"])]
+        for name, row in samplers.items():
+            if isinstance(row, dict):
+                rows.append((f"{name} s/image, fd_muselab", f"{row['seconds_per_image']:.4g}, {row['fd_muselab']:.4g}"))
+        rows.append(("ddim25 speed-up over ddpm1000", samplers["ddim25_speedup"]))
+        rows += [(f"{key[:-len('_fd_ratio')]} / ddpm1000 fd_muselab", value) for key, value in samplers.items()
+                 if key.endswith("_fd_ratio")]
     if args.guidance_sweep and (args.run or "diffusion" in models):
         scales = [float(v) for v in args.guidance_sweep.split(",")]
         results["guidance_sweep"] = sweep_guidance(diffusion_run, scales, args.samples_per_class)
@@ -182,6 +187,7 @@ def main() -> int:
                   else f"--data {args.data} --minutes {args.minutes:g}")
                + f" --samples-per-class {args.samples_per_class} --sampler-images {args.sampler_images}"
                + (f" --models {args.models}" if models != list(RECIPES) and not args.run else "")
+               + (f" --spacings {args.spacings}" if args.spacings != "uniform" else "")
                + (f" --guidance-sweep {args.guidance_sweep}" if args.guidance_sweep else "")
                + "".join(f" --set-gan {o}" for o in args.set_gan)
                + "".join(f" --set-vae {o}" for o in args.set_vae)

@@ -23,7 +23,7 @@ from muselab.image.diffusion import (
     alphas_cumprod,
     sampling_timesteps,
 )
-from muselab.image.diffusion_recipe import GUIDANCE_SCALES
+from muselab.image.diffusion_recipe import GUIDANCE_SCALES, ImageDiffusionRecipe
 from muselab.safety.embed import read_manifest
 
 
@@ -71,6 +71,25 @@ def test_sampling_timesteps_span_the_schedule() -> None:
         sampling_timesteps(50, 51)
 
 
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "log_snr", "karras"])
+@pytest.mark.parametrize("timesteps, steps", [(1000, 25), (1000, 2), (100, 60), (50, 50), (1000, 1000)])
+def test_every_spacing_visits_distinct_timesteps_from_the_noisiest_to_zero(spacing: str, timesteps: int,
+                                                                           steps: int) -> None:
+    chosen = sampling_timesteps(timesteps, steps, spacing, alphas_cumprod("cosine", timesteps))
+    assert len(chosen) == steps and chosen[0] == timesteps - 1 and chosen[-1] == 0
+    assert bool((chosen[1:] < chosen[:-1]).all())
+
+
+def test_denser_spacings_spend_more_steps_at_low_noise() -> None:
+    abar = alphas_cumprod("cosine", 1000)
+    low_noise = {spacing: int((sampling_timesteps(1000, 25, spacing, abar) < 250).sum())
+                 for spacing in ("uniform", "quadratic", "log_snr", "karras")}
+    assert low_noise["uniform"] == 6
+    assert all(low_noise[spacing] > 6 for spacing in ("quadratic", "log_snr", "karras"))
+    with pytest.raises(ControlError, match="spacing"):
+        sampling_timesteps(1000, 25, "cubic", abar)
+
+
 def test_config_refuses_levels_below_two_pixels() -> None:
     with pytest.raises(ValueError, match="channel_mult"):
         DiffusionConfig(size=8, channel_mult=[1, 1, 1, 1])
@@ -79,10 +98,10 @@ def test_config_refuses_levels_below_two_pixels() -> None:
 
 # -------------------------------------------------------------------------------------------- training
 
-def _black_and_white(prediction: str, steps: int = 80) -> tuple[Diffusion, float, float]:
+def _black_and_white(prediction: str, steps: int = 80, **overrides) -> tuple[Diffusion, float, float]:
     """A conditional model trained on two classes, all-black and all-white images; the loss on fixed
     timesteps and noise before and after."""
-    model = _tiny(prediction=prediction, num_classes=2, conditional=True)
+    model = _tiny(prediction=prediction, num_classes=2, conditional=True, **overrides)
     images = torch.stack([torch.full((1, 8, 8), -1.0), torch.full((1, 8, 8), 1.0)]).repeat(8, 1, 1, 1)
     batch = {"image": images, "label": torch.tensor([0, 1]).repeat(8)}
 
@@ -106,6 +125,38 @@ def _black_and_white(prediction: str, steps: int = 80) -> tuple[Diffusion, float
 def test_training_lowers_the_loss_on_a_tiny_problem(prediction: str) -> None:
     _, before, after = _black_and_white(prediction)
     assert after < 0.7 * before
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_min_snr_weighting_is_the_x0_error_times_the_capped_snr(prediction: str) -> None:
+    """Whatever the network predicts, the weighted loss is the implied x0's squared error times min(SNR, 5)."""
+    model = _tiny(prediction=prediction, loss_weighting="min_snr", snr_gamma=5.0)
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    noise = torch.randn(6, 1, 8, 8)
+    t = torch.tensor([0, 5, 15, 25, 40, 49])
+    out = torch.randn(6, 1, 8, 8)
+    a, s = model._coefficients(t)
+    x_t = model.add_noise(x0, noise, t)
+    implied_x0 = {"epsilon": (x_t - s * out) / a, "x0": out, "v": a * x_t - s * out}[prediction]
+    abar = model.abar[t]
+    expected = (implied_x0 - x0).pow(2).mean(dim=(1, 2, 3)) * (abar / (1 - abar)).clamp(max=5.0)
+    weighted = (out - model.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3)) * model.loss_weights(t)
+    torch.testing.assert_close(weighted, expected, rtol=1e-4, atol=1e-6)
+    assert torch.equal(_tiny(prediction=prediction).loss_weights(t), torch.ones(6))
+
+
+def test_scale_shift_conditioning_trains_and_old_configs_keep_their_weights() -> None:
+    # the adaptive GroupNorm's embedding layer makes a scale and a shift per channel
+    plain, adaptive = _tiny(), _tiny(scale_shift=True)
+    assert adaptive.net.mid1.emb.out_features == 2 * plain.net.mid1.emb.out_features
+    assert DiffusionConfig().scale_shift is False  # a run saved before the option loads as it was trained
+    assert all(preset["model"]["scale_shift"] and preset["model"]["loss_weighting"] == "min_snr"
+               for preset in ImageDiffusionRecipe.presets.values())
+    model, before, after = _black_and_white("x0", steps=150, scale_shift=True)
+    assert after < 0.7 * before
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    black, white = (model.sample(4, label, steps=10, guidance=2.0, noise=noise) for label in (0, 1))
+    assert float(white.mean()) > float(black.mean()) + 1.0
 
 
 def test_labels_steer_and_guidance_changes_the_images() -> None:
@@ -168,6 +219,7 @@ def test_train_generate_save_through_the_pipeline(run_dir: Path, tmp_path: Path)
     result = run.generate(12, seed=4, steps=5)
     assert result.labels[:11] == [str(i) for i in range(10)] + ["0"]
     assert np.array_equal(_pixels(result), _pixels(run.generate(12, seed=4, steps=5)))
+    assert not np.array_equal(_pixels(result), _pixels(run.generate(12, seed=4, steps=5, spacing="karras")))
     files = result.save(tmp_path / "out")
     assert len([f for f in files if f.name.startswith("image_")]) == 12 and (tmp_path / "out" / "grid.png").is_file()
     manifest = read_manifest(tmp_path / "out" / "image_000.png")
@@ -233,8 +285,9 @@ def test_cli_names_sampling_steps_and_frames(run_dir: Path, tmp_path: Path) -> N
                      "--sampler", "ddpm", "--label", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("image_*.png"))) == 4 and (out / "animation.gif").is_file()
-    bad = run_cli("generate", str(run_dir), "--sampler", "euler", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "--sampler" in bad.stderr and bad.stderr.count("\n") == 1
+    for option, value in (("--sampler", "euler"), ("--spacing", "cubic")):
+        bad = run_cli("generate", str(run_dir), option, value, "--out", str(tmp_path / "x"))
+        assert bad.returncode == 2 and option in bad.stderr and bad.stderr.count("\n") == 1
 
 
 def test_bad_model_config_is_one_line(tmp_path: Path) -> None:

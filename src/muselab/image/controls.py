@@ -48,9 +48,12 @@ class DiffusionControls(ImageControls):
     """`steps` here counts denoising steps (as in other diffusion tools); the images of an interpolation
     are `frames`."""
 
-    steps: int = Field(25, ge=1, le=10_000, description="Denoising steps, evenly spaced over the model's noise "
-                                                        "levels (at most model.timesteps): more is slower and "
-                                                        "closer to the model's own distribution.")
+    steps: int = Field(25, ge=1, le=10_000, description="Denoising steps, spread over the model's noise levels as "
+                                                        "--spacing says (at most model.timesteps): more is slower "
+                                                        "and closer to the model's own distribution.")
+    spacing: Literal["uniform", "quadratic", "log_snr", "karras"] = Field(
+        "uniform", description="How the steps spread over the noise levels: uniform in the timestep; quadratic, "
+                               "log_snr and karras put more of them where little noise is left.")
     frames: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")
     # DPM-Solver++(2M) by default: at 25 steps on digits its Fréchet distance is 1.06x DDPM-1000's against
     # DDIM's 1.32x, at the same speed (benchmarks/results/diffusion_samplers_digits.json)

@@ -3,27 +3,31 @@ guidance (Ho & Salimans 2022), in one file.
 
 Training adds Gaussian noise to an image x0 at a random timestep t,
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and a U-Net learns to predict from x_t the noise eps, the
-clean image x0 or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (`prediction`), with a plain
-mean squared error. abar_t falls from about 1 to about 0 along a linear (Ho et al.) or cosine (Nichol &
-Dhariwal 2021) schedule. A conditional model also sees the class, replaced by a learned "null" class for
-a share of the training images, so one network gives both the conditional and the unconditional
-prediction and sampling can push the former away from the latter (guidance scale w:
+clean image x0 or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (`prediction`), with a mean
+squared error, plain or min-SNR weighted (Hang et al. 2023: as an error on x0 weighted min(SNR, 5); the
+plain loss on v weights it SNR + 1, so nearly clean timesteps crowd out the noisy ones where the picture's
+layout and class are decided). abar_t falls from about 1 to about 0 along a linear (Ho et al.) or cosine (Nichol & Dhariwal
+2021) schedule. A conditional model also sees the class, replaced by a learned "null" class for a share
+of the training images, so one network gives both the conditional and the unconditional prediction and
+sampling can push the former away from the latter (guidance scale w:
 out = out_null + w (out_label - out_null); w = 1 is the plain conditional model).
 
 The U-Net: a 3x3 conv, then per resolution level residual blocks (GroupNorm, SiLU, 3x3 convs, the time
-and class embedding added in between) with self-attention at low resolutions, a strided conv down to the
-next level; a middle of block, attention, block; the mirror path up with the skip connections
-concatenated; GroupNorm, SiLU and a zero-initialised 3x3 conv out.
+and class embedding added in between, or scaling and shifting the second GroupNorm's output) with
+self-attention at low resolutions, a strided conv down to the next level; a middle of block, attention,
+block; the mirror path up with the skip connections concatenated; GroupNorm, SiLU and a zero-initialised
+3x3 conv out.
 
-Sampling walks an evenly spaced subsequence of the training timesteps. Each step predicts x0 (clipped to
-[-1, 1]) and eps, then takes DDIM's update x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps
-+ s z with s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev): eta = 0 is the
-deterministic DDIM sampler, eta = 1 is ancestral DDPM sampling (s^2 is then the variance of the true
-posterior q(x_prev | x_t, x0), and with every timestep it is Ho et al.'s sampler). DPM-Solver++(2M)
+Sampling walks a subsequence of the training timesteps (evenly spaced, or denser at low noise). Each step
+predicts x0 (clipped to [-1, 1]) and eps, then takes DDIM's update x_prev = sqrt(abar_prev) x0 + sqrt(1 -
+abar_prev - s^2) eps + s z with s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev):
+eta = 0 is the deterministic DDIM sampler, eta = 1 is ancestral DDPM sampling (s^2 is then the variance of
+the true posterior q(x_prev | x_t, x0), and with every timestep it is Ho et al.'s sampler). DPM-Solver++(2M)
 (Lu et al. 2022) takes the same step with x0 extrapolated in the half log-SNR from this prediction and the
-last (second order, deterministic). The same loop does image-to-image (SDEdit, Meng et al. 2022: start from the picture noised to a fraction `strength` of the
-way) and inpainting (at every step the known pixels are replaced by the picture noised to that step, as
-in RePaint's simplest form, so they come out exactly as given).
+last (second order, deterministic). The same loop does image-to-image (SDEdit, Meng et al. 2022: start from
+the picture noised to a fraction `strength` of the way) and inpainting (at every step the known pixels are
+replaced by the picture noised to that step, as in RePaint's simplest form, so they come out exactly as
+given).
 
 Read top to bottom: config, schedules, U-Net blocks, U-Net, the diffusion model (loss, then sampling).
 """
@@ -67,6 +71,10 @@ class DiffusionConfig(Section):
     attention_resolution: int = Field(4, ge=0, description="self-attention in levels at this resolution or "
                                                            "lower (0 = none)")
     heads: int = Field(4, ge=1, description="attention heads")
+    scale_shift: bool = Field(False, description="the time and class embedding scales and shifts each residual "
+                                                 "block's normalised features (adaptive GroupNorm) instead of "
+                                                 "being added to them; the presets turn it on (off here so "
+                                                 "runs trained before it load as they were)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside the residual blocks")
     timesteps: int = Field(1000, ge=2, description="noise levels of the forward process")
     schedule: Literal["linear", "cosine"] = Field("cosine", description="noise schedule: linear betas (Ho et al. "
@@ -76,6 +84,11 @@ class DiffusionConfig(Section):
     # for the noise (benchmarks/results/image_models_shapes_defaults.json, image_models_shapes_w16b32.json)
     prediction: Literal["epsilon", "x0", "v"] = Field("v", description="what the U-Net predicts: the noise, "
                                                                        "the clean image, or the velocity v")
+    loss_weighting: Literal["none", "min_snr"] = Field("none", description="none: the plain error of the "
+                                                                            "prediction; min_snr: weighted as an "
+                                                                            "x0 error times min(SNR, snr_gamma) "
+                                                                            "(Hang et al. 2023)")
+    snr_gamma: float = Field(5.0, gt=0, description="the SNR cap of min_snr weighting")
     class_dropout: float = Field(0.1, ge=0, lt=1, description="share of training images shown as the null class "
                                                               "(conditional models), for classifier-free guidance")
 
@@ -128,13 +141,40 @@ def alphas_cumprod(schedule: str, timesteps: int) -> Tensor:
     raise ValueError(f"unknown schedule '{schedule}'")
 
 
-def sampling_timesteps(timesteps: int, steps: int) -> Tensor:
-    """`steps` timesteps evenly spaced from timesteps-1 down to 0, both included."""
+SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
+SIGMA_MAX = 80.0  # noise-to-signal ratio where log_snr and karras spacings start (EDM's): x_t is noise there
+
+
+def sampling_timesteps(timesteps: int, steps: int, spacing: str = "uniform", abar: Tensor | None = None) -> Tensor:
+    """`steps` distinct timesteps from timesteps-1 down to 0, both included. uniform: evenly spaced in t;
+    quadratic: in sqrt(t), denser at low noise (DDIM's choice for CIFAR-10); log_snr: evenly in the half
+    log-SNR (DPM-Solver's choice for small images); karras: evenly in sigma^(1/7), sigma =
+    sqrt((1 - abar) / abar) (Karras et al. 2022). The last two need the schedule `abar` and spread the steps
+    after the first from sigma 80 down, each level going to the nearest timestep."""
     if not 1 <= steps <= timesteps:
         raise ControlError(f"--steps must be from 1 to {timesteps} (the model's noise levels), got {steps}")
+    if spacing not in SPACINGS:
+        raise ControlError(f"unknown spacing '{spacing}': choose one of {', '.join(SPACINGS)}")
     if steps == 1:
         return torch.tensor([timesteps - 1])
-    return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "uniform":
+        return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "quadratic":
+        chosen = (torch.linspace(1, 0, steps, dtype=torch.float64) ** 2 * (timesteps - 1)).round().long()
+    else:
+        sigma = ((1 - abar.double()) / abar.double()).sqrt().clamp(max=SIGMA_MAX)
+        level = -sigma.log() if spacing == "log_snr" else sigma ** (1 / 7)  # monotonic in t
+        targets = torch.linspace(float(level[-1]), float(level[0]), steps, dtype=torch.float64)
+        chosen = (level[None, :] - targets[:, None]).abs().argmin(dim=1)
+    # rounded timesteps can coincide where the steps are dense: keep them distinct, first from the noisy end
+    # down, then from 0 up, so both ends stay and the count stays `steps`
+    chosen[0] = timesteps - 1
+    for i in range(1, steps):
+        chosen[i] = min(int(chosen[i]), int(chosen[i - 1]) - 1)
+    chosen[-1] = 0
+    for i in range(steps - 2, -1, -1):
+        chosen[i] = max(int(chosen[i]), int(chosen[i + 1]) + 1)
+    return chosen
 
 
 def _half_log_snr(abar: Tensor) -> Tensor:
@@ -157,10 +197,14 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float) -> None:
+    """GroupNorm, SiLU, conv; the embedding added (or, with `scale_shift`, the second GroupNorm's output
+    scaled and shifted by it: adaptive group normalisation, Dhariwal & Nichol 2021); GroupNorm, SiLU, conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1, self.conv1 = _norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
         self.norm2, self.dropout = _norm(out_ch), nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: deep U-Nets train from step 0
@@ -169,8 +213,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -198,7 +247,7 @@ class Level(nn.Module):
 
     def __init__(self, in_chs: list[int], out_ch: int, emb_dim: int, attend: bool, cfg: DiffusionConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(c, out_ch, emb_dim, cfg.dropout) for c in in_chs)
+        self.blocks = nn.ModuleList(ResBlock(c, out_ch, emb_dim, cfg.dropout, cfg.scale_shift) for c in in_chs)
         self.attn = nn.ModuleList(Attention(out_ch, cfg.heads) if attend else nn.Identity() for _ in in_chs)
 
 
@@ -223,9 +272,9 @@ class UNet(nn.Module):
                 self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
                 res //= 2
-        self.mid1 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid1 = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift)
         self.mid_attn = Attention(ch, cfg.heads)
-        self.mid2 = ResBlock(ch, ch, emb_dim, cfg.dropout)
+        self.mid2 = ResBlock(ch, ch, emb_dim, cfg.dropout, cfg.scale_shift)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, out_ch in reversed(list(enumerate(chans))):
             attend = res <= cfg.attention_resolution
@@ -319,7 +368,23 @@ class Diffusion(nn.Module):
             drop = torch.rand(x0.size(0), device=x0.device) < self.cfg.class_dropout
             labels = torch.where(drop, torch.full_like(batch["label"], self.null_class), batch["label"])
         out = self.net(self.add_noise(x0, noise, t), t, labels)
-        return F.mse_loss(out.float(), self.target(x0, noise, t).float())
+        error = (out.float() - self.target(x0, noise, t).float()).pow(2).mean(dim=(1, 2, 3))
+        return (error * self.loss_weights(t)).mean()
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-image weights [B] of the prediction's squared error. min_snr: the x0 error is weighted
+        min(SNR, gamma), which is min(SNR, gamma) / SNR on the noise's error and min(SNR, gamma) / (SNR + 1)
+        on v's, since x0's error is the noise's over sqrt(SNR) and v's times sqrt(1 - abar)."""
+        if self.cfg.loss_weighting == "none":
+            return torch.ones_like(t, dtype=torch.float32)
+        abar = self.abar[t]
+        snr = abar / (1 - abar)
+        capped = snr.clamp(max=self.cfg.snr_gamma)
+        if self.cfg.prediction == "epsilon":
+            return capped / snr
+        if self.cfg.prediction == "x0":
+            return capped
+        return capped / (snr + 1)
 
     # -- sampling -----------------------------------------------------------------------------------------
     def predict(self, x: Tensor, t: int, labels: Tensor | None, guidance: float) -> tuple[Tensor, Tensor]:
@@ -366,15 +431,16 @@ class Diffusion(nn.Module):
     def sample(self, n: int, labels: Tensor | int | None = None, *, steps: int = 50, eta: float = 0.0,
                order: int = 1, guidance: float | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, init: Tensor | None = None, strength: float = 1.0,
-               mask: Tensor | None = None) -> Tensor:
+               mask: Tensor | None = None, spacing: str = "uniform") -> Tensor:
         """n images [n, C, H, W] in [-1, 1].
 
-        steps: timesteps visited (evenly spaced); eta: 0 = deterministic DDIM, 1 = ancestral DDPM; order 2:
+        steps: timesteps visited (spread as `spacing` says); eta: 0 = deterministic DDIM, 1 = ancestral DDPM; order 2:
         DPM-Solver++(2M) (deterministic, eta 0); guidance: classifier-free guidance scale (conditional models;
         1 = none; default self.guidance); noise: the starting noise [n, C, H, W] (default: drawn from
         `generator`). init: a picture [1 or n, C, H, W] in [-1, 1] to start
         from, noised to `strength` of the way (0 returns it, 1 ignores it); mask [1 or n, 1, H, W]: 1 where
-        the picture is to be redrawn, 0 where it is kept exactly (needs init)."""
+        the picture is to be redrawn, 0 where it is kept exactly (needs init). spacing: how the steps spread
+        over the noise levels (`sampling_timesteps`)."""
         cfg = self.cfg
         if not 0.0 <= strength <= 1.0:
             raise ControlError(f"--strength must be from 0 to 1, got {strength}")
@@ -387,7 +453,7 @@ class Diffusion(nn.Module):
         labels = self._labels(labels, n)
         guidance = self.guidance if guidance is None else guidance
         shape = (n, cfg.channels, cfg.size, cfg.size)
-        schedule = sampling_timesteps(cfg.timesteps, steps)
+        schedule = sampling_timesteps(cfg.timesteps, steps, spacing, self.abar)
         if init is not None:
             init = init.to(self.device, torch.float32).expand(shape)
             mask = None if mask is None else mask.to(self.device, torch.float32).expand(n, 1, cfg.size, cfg.size)
