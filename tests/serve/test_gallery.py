@@ -65,6 +65,16 @@ def test_a_failed_commit_leaves_no_files_and_strays_are_swept(tmp_path: Path) ->
     assert not stray.exists() and not orphan.exists()
 
 
+def test_an_entry_gone_between_listing_and_look_is_not_stale(tmp_path: Path) -> None:
+    # another worker may move its staging folder into place while this one sweeps: that is no error
+    from muselab.serve.gallery import _older_than
+    old = tmp_path / "old"
+    old.mkdir()
+    os.utime(old, (time.time() - 7200,) * 2)
+    assert _older_than(old, time.time() - 3600) and not _older_than(old, time.time() - 10_000)
+    assert not _older_than(tmp_path / "moved away", time.time())
+
+
 def _writer(root: str, count: int) -> None:
     store = SQLiteGallery(root)
     for i in range(count):

@@ -307,7 +307,7 @@ class SQLiteGallery:
         cutoff = time.time() - stale_after_s
         removed = 0
         for entry in self._staging.iterdir():
-            if entry.stat().st_mtime < cutoff:
+            if _older_than(entry, cutoff):
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 removed += 1
         with self._connect() as con:
@@ -315,7 +315,16 @@ class SQLiteGallery:
             uploads = {row[0] for row in con.execute("SELECT id FROM artifacts WHERE role = 'upload'")}
         for folder, ids in ((self.files, known), (self.uploads, uploads)):
             for entry in folder.iterdir():
-                if entry.name not in ids and entry.stat().st_mtime < cutoff:
+                if entry.name not in ids and _older_than(entry, cutoff):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed += 1
         return removed
+
+
+def _older_than(entry: Path, cutoff: float) -> bool:
+    """Whether `entry` was last changed before `cutoff`; False once it is gone (another worker moved its
+    staging folder into place, or swept it, between the listing and this look)."""
+    try:
+        return entry.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
