@@ -88,6 +88,8 @@ def test_denser_spacings_spend_more_steps_at_low_noise() -> None:
     assert all(low_noise[spacing] > 6 for spacing in ("quadratic", "log_snr", "karras"))
     with pytest.raises(ControlError, match="spacing"):
         sampling_timesteps(1000, 25, "cubic", abar)
+    with pytest.raises(ValueError, match="abar"):
+        sampling_timesteps(1000, 25, "karras")
 
 
 def test_config_refuses_levels_below_two_pixels() -> None:

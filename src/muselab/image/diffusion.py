@@ -6,10 +6,10 @@ x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, and a U-Net learns to predict from
 clean image x0 or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (`prediction`), with a mean
 squared error, plain or min-SNR weighted (Hang et al. 2023: as an error on x0 weighted min(SNR, 5); the
 plain loss on v weights it SNR + 1, so nearly clean timesteps crowd out the noisy ones where the picture's
-layout and class are decided). abar_t falls from about 1 to about 0 along a linear (Ho et al.) or cosine (Nichol & Dhariwal
-2021) schedule. A conditional model also sees the class, replaced by a learned "null" class for a share
-of the training images, so one network gives both the conditional and the unconditional prediction and
-sampling can push the former away from the latter (guidance scale w:
+layout and class are decided). abar_t falls from about 1 to about 0 along a linear (Ho et al.) or cosine
+(Nichol & Dhariwal 2021) schedule. A conditional model also sees the class, replaced by a learned "null"
+class for a share of the training images, so one network gives both the conditional and the unconditional
+prediction and sampling can push the former away from the latter (guidance scale w:
 out = out_null + w (out_label - out_null); w = 1 is the plain conditional model).
 
 The U-Net: a 3x3 conv, then per resolution level residual blocks (GroupNorm, SiLU, 3x3 convs, the time
@@ -162,6 +162,8 @@ def sampling_timesteps(timesteps: int, steps: int, spacing: str = "uniform", aba
     if spacing == "quadratic":
         chosen = (torch.linspace(1, 0, steps, dtype=torch.float64) ** 2 * (timesteps - 1)).round().long()
     else:
+        if abar is None:
+            raise ValueError(f"the {spacing} spacing needs the schedule's abar")
         sigma = ((1 - abar.double()) / abar.double()).sqrt().clamp(max=SIGMA_MAX)
         level = -sigma.log() if spacing == "log_snr" else sigma ** (1 / 7)  # monotonic in t
         targets = torch.linspace(float(level[-1]), float(level[0]), steps, dtype=torch.float64)
@@ -434,13 +436,12 @@ class Diffusion(nn.Module):
                mask: Tensor | None = None, spacing: str = "uniform") -> Tensor:
         """n images [n, C, H, W] in [-1, 1].
 
-        steps: timesteps visited (spread as `spacing` says); eta: 0 = deterministic DDIM, 1 = ancestral DDPM; order 2:
-        DPM-Solver++(2M) (deterministic, eta 0); guidance: classifier-free guidance scale (conditional models;
-        1 = none; default self.guidance); noise: the starting noise [n, C, H, W] (default: drawn from
-        `generator`). init: a picture [1 or n, C, H, W] in [-1, 1] to start
-        from, noised to `strength` of the way (0 returns it, 1 ignores it); mask [1 or n, 1, H, W]: 1 where
-        the picture is to be redrawn, 0 where it is kept exactly (needs init). spacing: how the steps spread
-        over the noise levels (`sampling_timesteps`)."""
+        steps: timesteps visited, spread over the noise levels as `spacing` says (`sampling_timesteps`);
+        eta: 0 = deterministic DDIM, 1 = ancestral DDPM; order 2: DPM-Solver++(2M) (deterministic, eta 0);
+        guidance: classifier-free guidance scale (conditional models; 1 = none; default self.guidance); noise:
+        the starting noise [n, C, H, W] (default: drawn from `generator`). init: a picture [1 or n, C, H, W]
+        in [-1, 1] to start from, noised to `strength` of the way (0 returns it, 1 ignores it); mask [1 or n,
+        1, H, W]: 1 where the picture is to be redrawn, 0 where it is kept exactly (needs init)."""
         cfg = self.cfg
         if not 0.0 <= strength <= 1.0:
             raise ControlError(f"--strength must be from 0 to 1, got {strength}")
