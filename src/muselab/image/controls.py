@@ -44,6 +44,10 @@ class VAEControls(ImageControls):
                                            "1 unusual ones.")
 
 
+# How a diffusion sampler's steps spread over the noise levels (`muselab.image.diffusion.sampling_timesteps`)
+Spacing = Literal["uniform", "quadratic", "log_snr", "karras"]
+
+
 class DiffusionControls(ImageControls):
     """`steps` here counts denoising steps (as in other diffusion tools); the images of an interpolation
     are `frames`."""
@@ -53,7 +57,7 @@ class DiffusionControls(ImageControls):
                                                         "and closer to the model's own distribution.")
     # Uniform by default: on shapes it gave both 25-step samplers by far the lowest Fréchet distance
     # (benchmarks/results/diffusion_samplers_spacings_shapes.json)
-    spacing: Literal["uniform", "quadratic", "log_snr", "karras"] = Field(
+    spacing: Spacing = Field(
         "uniform", description="How the steps spread over the noise levels: uniform in the timestep; quadratic, "
                                "log_snr and karras put more of them where little noise is left.")
     frames: int = Field(8, ge=2, le=64, description="Images in an interpolation, both ends included.")

@@ -35,7 +35,7 @@ Read top to bottom: config, schedules, U-Net blocks, U-Net, the diffusion model 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from muselab.core.config import Section
 from muselab.core.errors import ControlError
+from muselab.image.controls import Spacing
 from muselab.image.gan import check_conditioning, check_size
 from muselab.nn import evaluating
 
@@ -141,7 +142,7 @@ def alphas_cumprod(schedule: str, timesteps: int) -> Tensor:
     raise ValueError(f"unknown schedule '{schedule}'")
 
 
-SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
+SPACINGS = get_args(Spacing)
 SIGMA_MAX = 80.0  # noise-to-signal ratio where log_snr and karras spacings start (EDM's): x_t is noise there
 
 
