@@ -127,6 +127,40 @@ def test_griffin_lim_is_reproducible_from_its_seed_and_batched():
     assert not torch.equal(a, dsp.griffin_lim(target, 256, 64, n_iter=4, seed=4, length=8000))
 
 
+def test_phase_from_magnitude_advances_a_steady_tone_by_its_frequency_per_hop():
+    n_fft, hop, sr = 1024, 256, 22050
+    bin_index = 40  # a tone centred on a bin: its phase advances by 2 pi k hop / n_fft per frame
+    wav = torch.from_numpy(sine(bin_index * sr / n_fft, sr, 1.0))
+    spec = dsp.stft(wav, n_fft, hop)
+    phase = dsp.phase_from_magnitude(spec.abs(), n_fft, hop)
+    assert phase.shape == spec.shape
+    frames = slice(8, -8)  # away from the signal's ends
+    advance = torch.diff(phase[bin_index, frames])
+    expected = 2 * math.pi * bin_index * hop / n_fft
+    assert torch.allclose(torch.remainder(advance - expected + math.pi, 2 * math.pi) - math.pi,
+                          torch.zeros_like(advance), atol=1e-3)
+    # The bins around the peak share its phase, as the true STFT's do (Hann's main lobe: same sign, torch.stft's
+    # frame-start convention turning it by pi per bin)
+    true_step = torch.angle(spec[bin_index + 1, frames] / spec[bin_index, frames])
+    made_step = phase[bin_index + 1, frames] - phase[bin_index, frames]
+    assert (torch.cos(made_step - true_step) > 0.999).all()
+
+
+def test_phase_from_magnitude_makes_a_more_consistent_spectrum_than_zero_phase():
+    n_fft, hop = 1024, 256
+    wav = torch.from_numpy(harmonic_tone(sr=22050, seconds=1.0))
+    target = dsp.magnitude(wav, n_fft, hop)
+    batch = torch.stack([target, target.flip(-1)])  # batched, and a falling envelope as well as a rising one
+    phase = dsp.phase_from_magnitude(batch, n_fft, hop)
+    assert phase.shape == batch.shape and torch.isfinite(phase).all()
+    for mag, angles in zip(batch, phase, strict=True):
+        gradient = spectral_convergence(mag, dsp.istft(torch.polar(mag, angles), n_fft, hop), n_fft, hop)
+        zero = spectral_convergence(mag, dsp.istft(mag.to(torch.complex64), n_fft, hop), n_fft, hop)
+        assert gradient < 0.5 * zero
+    # Silence and single frames pass through without NaNs
+    assert torch.isfinite(dsp.phase_from_magnitude(torch.zeros(513, 3), n_fft, hop)).all()
+
+
 def test_mel_to_linear_is_non_negative_and_maps_back_to_the_mel():
     basis = dsp.mel_filterbank(16000, 512, 64)
     linear = dsp.magnitude(torch.from_numpy(harmonic_tone()), 512, 128)

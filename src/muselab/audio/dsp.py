@@ -256,6 +256,76 @@ def griffin_lim(magnitude: Tensor, n_fft: int, hop: int, n_iter: int = 32, momen
     return istft(magnitude * angles, n_fft, hop, win_length, length=length)
 
 
+# The Hann window's time-frequency spread as a Gaussian's (Prusa et al. 2017: lambda = 0.25645 * L^2 samples^2)
+HANN_GAUSSIAN_SPREAD = 0.25645
+
+
+def _central_difference(x: Tensor, dim: int) -> Tensor:
+    """d x / d index along `dim`: central differences inside, one-sided at the ends (as torch.gradient,
+    written with slices so that it exports)."""
+    size = x.shape[dim]
+    inner = (x.narrow(dim, 2, size - 2) - x.narrow(dim, 0, size - 2)) / 2
+    first = x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1)
+    last = x.narrow(dim, size - 1, 1) - x.narrow(dim, size - 2, 1)
+    return torch.cat([first, inner, last], dim)
+
+
+def _cumulative_trapezoid(rate: Tensor, step: float, dim: int) -> Tensor:
+    """The integral of `rate` from index 0 along `dim`, by the trapezoid rule with spacing `step`."""
+    size = rate.shape[dim]
+    areas = (rate.narrow(dim, 1, size - 1) + rate.narrow(dim, 0, size - 1)) * (step / 2)
+    return torch.cat([torch.zeros_like(rate.narrow(dim, 0, 1)), areas.cumsum(dim)], dim)
+
+
+def phase_from_magnitude(magnitude: Tensor, n_fft: int, hop: int) -> Tensor:
+    """A phase `[..., bins, frames]` for STFT magnitude `magnitude` (Hann window of n_fft, centred frames,
+    torch.stft's convention), from the magnitude alone: phase-gradient heap integration's gradients (Prusa,
+    Balazs and Sondergaard 2017) integrated without the heap.
+
+    For a Gaussian window the STFT's log-magnitude s and phase are linked: the phase advances in time at
+    2 pi k / n_fft + (1 / lambda) ds/domega and changes across frequency at -lambda ds/dx (lambda the window's
+    spread; the Hann window is close to a Gaussian). Each bin's phase is integrated along time; across
+    frequency, each spectral peak's time-integrated phase is carried to the bins of its basin (the bins that
+    climb to it), the bins nearest a peak being where the phase matters. Griffin-Lim started from this phase
+    instead of zero reaches in 4 iterations what it reaches in 32 from zero on builtin:mixed's held-out clips
+    (benchmarks/results/vocoder_phase_gradient_oracle.json). Gathers and sums only: differentiable, exportable,
+    about 2.5 ms per second of 22 kHz audio on one CPU thread."""
+    spread = HANN_GAUSSIAN_SPREAD * n_fft**2
+    # Frame-major ([..., frames, bins]): the gathers along bins run over contiguous memory
+    log_mag = torch.log(magnitude.clamp_min(1e-10)).transpose(-1, -2).contiguous()
+    frames, bins = log_mag.shape[-2:]
+    # omega in cycles per sample (one bin is 1 / n_fft), x in samples (one frame is hop)
+    d_log_mag_d_omega = _central_difference(log_mag, -1) * n_fft
+    d_log_mag_d_x = _central_difference(log_mag, -2) / hop
+    # Along time, each bin's phase advances by its centre frequency, 2 pi k hop / n_fft per frame, plus the
+    # deviation the magnitude shows. The centre's share is taken modulo 2 pi in integers: summed in floats it
+    # reaches millions of radians in a minute of audio, where float32 keeps a fraction of a radian
+    k = torch.arange(bins, device=magnitude.device)
+    m = torch.arange(frames, device=magnitude.device)[:, None]
+    centre = ((m * hop % n_fft) * k % n_fft).to(log_mag.dtype) * (2 * math.pi / n_fft)
+    along_time = centre + _cumulative_trapezoid(d_log_mag_d_omega / spread, hop, -2)
+    along_frequency = _cumulative_trapezoid(-spread * d_log_mag_d_x, 1 / n_fft, -1)
+    peak = _basin_peaks(log_mag)
+    phase = along_time.gather(-1, peak) + along_frequency - along_frequency.gather(-1, peak)
+    # torch.stft's phase is referenced to the frame's first sample, half a window before its centre: pi k
+    return (phase + math.pi * (k % 2).to(log_mag.dtype)).transpose(-1, -2)
+
+
+def _basin_peaks(values: Tensor) -> Tensor:
+    """For every bin of `values` `[..., bins]`, the index of the local maximum it climbs to (each step to the
+    larger neighbour, if larger), by pointer doubling: log2(bins) gathers."""
+    bins = values.shape[-1]
+    floor = torch.full_like(values[..., :1], -math.inf)
+    below = torch.cat([floor, values[..., :-1]], -1)
+    above = torch.cat([values[..., 1:], floor], -1)
+    step_up = (above > values) & (above >= below)
+    step_down = (below > values) & ~step_up
+    pointer = torch.arange(bins, device=values.device) + step_up.long() - step_down.long()
+    for _ in range(max(1, math.ceil(math.log2(bins)))):
+        pointer = pointer.gather(-1, pointer)
+    return pointer
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loudness and pitch (the DDSP control signals; both give 1 + T // hop frames centred on i * hop)
 

@@ -10,8 +10,10 @@ linear spectrum (the pseudo-inverse Griffin-Lim starts from): silence stays sile
 envelope is right from the first step, so a short CPU training run goes into detail and phase.
 
 With `phase="griffin_lim"` the head predicts only the log-magnitude, rescaled band by band so that its
-mel is the input's, and `phase_iterations` of fast Griffin-Lim from zero phase make the waveform
-(`GriffinLimPhase`, frame-major and several times faster than torch.stft of torch.istft). The magnitude is
+mel is the input's, and `phase_iterations` of fast Griffin-Lim make the waveform (`GriffinLimPhase`,
+frame-major and several times faster than torch.stft of torch.istft), starting from zero phase or, with
+`phase_start="gradient"`, from the phase integrated from the magnitude's own gradients
+(`dsp.phase_from_magnitude`: in as many iterations, much closer to consistent). The magnitude is
 trained against the real audio's STFT magnitude (a regression: no waveform is made while training), or,
 with `magnitude_target="waveform"`, by the reconstruction loss through the iterations. Griffin-Lim's weak
 part on a mel is its magnitude more than its phase: on builtin:mixed's held-out clips 4 iterations on the
@@ -59,6 +61,7 @@ from muselab.audio.dsp import (
     magnitude,
     mel_filterbank,
     overlap_add,
+    phase_from_magnitude,
     spectral_distance,
     stft_bases,
 )
@@ -114,7 +117,12 @@ class VocoderConfig(Section):
                                   "the iterations")
     phase_iterations: int = Field(0, ge=0, le=64, description="fast Griffin-Lim iterations that make the predicted "
                                   "spectrum consistent, from the predicted phase (trained through) or, with "
-                                  "phase=griffin_lim, from zero phase")
+                                  "phase=griffin_lim, from the phase phase_start makes")
+    # "zero" stays the field's default so that runs made before the choice existed load as they were trained
+    phase_start: Literal["zero", "gradient"] = Field(
+        "zero", description="with phase=griffin_lim, where the iterations start: zero phase, or the phase "
+                            "integrated from the predicted magnitude's gradients (dsp.phase_from_magnitude; "
+                            "better in as many iterations)")
     mel_weight: float = Field(45.0, ge=0, description="weight of the log-mel L1 loss")
     stft_weight: float = Field(15.0, ge=0, description="weight of the multi-resolution STFT loss")
     adversarial: bool = Field(False, description="train against discriminators (a GAN) as well as the "
@@ -189,6 +197,7 @@ class Generator(nn.Module):
         # log-magnitude (and phase) of n_fft // 2 + 1 bins
         self.head = nn.Linear(cfg.dim, (MEL.n_fft + 2) if self.predicts_phase else (MEL.n_fft // 2 + 1))
         self.phase_iterations = cfg.phase_iterations
+        self.phase_from_gradients = not self.predicts_phase and cfg.phase_start == "gradient"
         self.griffin_lim = GriffinLimPhase(MEL.hop)
         # The generator's own window rather than dsp's cached one: one first made under inference_mode
         # would be an inference tensor, unusable for training afterwards in the same process
@@ -213,8 +222,8 @@ class Generator(nn.Module):
             nn.init.constant_(self.head.bias[: MEL.n_fft // 2 + 1], INITIAL_LOG_MAGNITUDE)
 
     def polar(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each (the phase zero where
-        Griffin-Lim makes it)."""
+        """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each (where Griffin-Lim makes the
+        phase, the one it starts from)."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
@@ -231,7 +240,12 @@ class Generator(nn.Module):
             # (mel-cepstral distortion) gets worse than the pseudo-inverse's while the detail gets better
             mag = mag * (self.band_spread @ (mel.exp() / (self.mel_basis @ mag).clamp_min(MIN_MAGNITUDE)))
         # Silence in, silence out: frames with nothing above the floor are zeroed
-        return mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN), phase
+        mag = mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
+        if self.phase_from_gradients:
+            # A starting point only: the loss reaches the magnitude through the iterations, not through it
+            with torch.autocast(mag.device.type, enabled=False):
+                phase = phase_from_magnitude(mag.detach().float(), MEL.n_fft, MEL.hop)
+        return mag, phase
 
     def forward(self, mel: Tensor) -> Tensor:
         mag, phase = self.polar(mel)
