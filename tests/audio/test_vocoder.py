@@ -246,6 +246,7 @@ def test_iterations_from_the_magnitude_gradient_phase_end_more_consistent_and_ex
     with torch.no_grad():
         mag, phase = gradient.polar(mel)
         assert torch.equal(phase, phase_from_magnitude(mag, MEL.n_fft, MEL.hop))
+        assert not gradient.polar(mel, start_phase=False)[1].any()  # the magnitude regression makes none
 
         def inconsistency(generator: Generator) -> float:
             again = torch.stft(generator(mel), MEL.n_fft, MEL.hop, window=generator.window, center=True,

@@ -221,9 +221,9 @@ class Generator(nn.Module):
             # audio are quiet, and on builtin:tones this starts with a quarter less mel loss
             nn.init.constant_(self.head.bias[: MEL.n_fft // 2 + 1], INITIAL_LOG_MAGNITUDE)
 
-    def polar(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+    def polar(self, mel: Tensor, start_phase: bool = True) -> tuple[Tensor, Tensor]:
         """The predicted STFT's magnitude and phase, [B, n_fft // 2 + 1, F] each (where Griffin-Lim makes the
-        phase, the one it starts from)."""
+        phase, the one it starts from; zero without `start_phase`, for the magnitude regression)."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
@@ -241,7 +241,7 @@ class Generator(nn.Module):
             mag = mag * (self.band_spread @ (mel.exp() / (self.mel_basis @ mag).clamp_min(MIN_MAGNITUDE)))
         # Silence in, silence out: frames with nothing above the floor are zeroed
         mag = mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
-        if self.phase_from_gradients:
+        if self.phase_from_gradients and start_phase:
             # A starting point only: the loss reaches the magnitude through the iterations, not through it
             with torch.autocast(mag.device.type, enabled=False):
                 phase = phase_from_magnitude(mag.detach().float(), MEL.n_fft, MEL.hop)
@@ -497,7 +497,7 @@ class Vocoder(nn.Module):
         """(weighted total, the log-mel L1 alone) of the predicted magnitude against the real audio's STFT
         magnitude, frame for frame: the loss of phase=griffin_lim, where no waveform is made in training."""
         mel = self.input_mel(real)
-        predicted, _ = self.generator.polar(mel)
+        predicted, _ = self.generator.polar(mel, start_phase=False)
         target = magnitude(real, MEL.n_fft, MEL.hop)[..., : mel.shape[-1]]
         mel_l1 = (self.mel.from_magnitude(predicted) - mel).abs().mean()
         return self.cfg.mel_weight * mel_l1 + self.cfg.stft_weight * spectral_distance(predicted, target), mel_l1
