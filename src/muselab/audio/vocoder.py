@@ -123,9 +123,6 @@ class VocoderConfig(Section):
         "zero", description="with phase=griffin_lim, where the iterations start: zero phase, or the phase "
                             "integrated from the predicted magnitude's gradients (dsp.phase_from_magnitude; "
                             "better in as many iterations)")
-    band_match: float = Field(1.0, ge=0, le=1, description="with phase=griffin_lim, how far the predicted magnitude "
-                              "is rescaled band by band towards the input's mel: the exponent of the ratio (1: its mel "
-                              "is the input's; 0: as the network predicts it)")
     mel_weight: float = Field(45.0, ge=0, description="weight of the log-mel L1 loss")
     stft_weight: float = Field(15.0, ge=0, description="weight of the multi-resolution STFT loss")
     adversarial: bool = Field(False, description="train against discriminators (a GAN) as well as the "
@@ -201,7 +198,6 @@ class Generator(nn.Module):
         self.head = nn.Linear(cfg.dim, (MEL.n_fft + 2) if self.predicts_phase else (MEL.n_fft // 2 + 1))
         self.phase_iterations = cfg.phase_iterations
         self.phase_from_gradients = not self.predicts_phase and cfg.phase_start == "gradient"
-        self.band_match = cfg.band_match
         self.griffin_lim = GriffinLimPhase(MEL.hop)
         # The generator's own window rather than dsp's cached one: one first made under inference_mode
         # would be an inference tensor, unusable for training afterwards in the same process
@@ -242,8 +238,7 @@ class Generator(nn.Module):
             # rescaled band by band towards the input's mel. Without it a magnitude trained on log distances
             # drifts from the mel's loudness where the detail is uncertain, and the spectral envelope
             # (mel-cepstral distortion) gets worse than the pseudo-inverse's while the detail gets better
-            ratio = self.band_spread @ (mel.exp() / (self.mel_basis @ mag).clamp_min(MIN_MAGNITUDE))
-            mag = mag * (ratio if self.band_match == 1 else ratio.clamp_min(MIN_MAGNITUDE) ** self.band_match)
+            mag = mag * (self.band_spread @ (mel.exp() / (self.mel_basis @ mag).clamp_min(MIN_MAGNITUDE)))
         # Silence in, silence out: frames with nothing above the floor are zeroed
         mag = mag * (mel.amax(dim=1, keepdim=True) > math.log(MEL.log_floor) + SILENT_FRAME_MARGIN)
         if self.phase_from_gradients and start_phase:
