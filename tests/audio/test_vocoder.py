@@ -256,6 +256,7 @@ def test_iterations_from_the_magnitude_gradient_phase_end_more_consistent_and_ex
         assert inconsistency(gradient) < 0.8 * inconsistency(zero)
         expected = gradient(mel)
         assert torch.allclose(RealGenerator(gradient)(mel), expected, atol=1e-3 * float(expected.abs().max()))
+        assert gradient(mel[..., :1]).shape == (1, MEL.hop)  # a single frame too
     model = Vocoder(VocoderConfig(**{**GRIFFIN_LIM, "phase_iterations": 2, "phase_start": "gradient",
                                      "magnitude_target": "waveform"}))
     model.training_step(_tone_batch()).backward()  # the loss reaches the magnitude through the iterations
