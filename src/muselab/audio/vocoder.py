@@ -336,10 +336,12 @@ class GriffinLimPhase(nn.Module):
         """The same iterations on spectra kept as [B, F, bins, 2] real tensors, the layout of the FFTs' complex
         ones (view_as_real / view_as_complex cost nothing): no complex tensor is assembled from parts or split
         into them, the momentum step is one lerp, the overlap-add runs in place and the norm is taken on
-        the two strided halves (a reduction over a last dimension of 2 is slow on a CPU); about 1.7 times as
-        fast as the loop on separate real and imaginary parts, which the real arithmetic for export keeps."""
+        the two strided halves (a reduction over a last dimension of 2 is slow on a CPU); 6 iterations on the
+        shipped vocoder's magnitude for 60 s take about 0.8x the time of the loop on separate real and
+        imaginary parts (1.5x faster on contiguous random spectra), which the real arithmetic for export keeps."""
         if not iterations:
             return cos.transpose(1, 2), sin.transpose(1, 2)
+        mag = mag.contiguous()  # read once per iteration: in whichever layout the caller's tensor had
         spectrum = torch.stack((mag * cos, mag * sin), dim=-1)
         previous: Tensor | None = None
         for step in range(iterations):
