@@ -76,6 +76,33 @@ def test_griffin_lim_path_is_the_baseline_and_follows_the_seed(vocoder_run: Path
     assert not np.allclose(baseline.items[0], network)
 
 
+def test_iterations_trade_speed_for_a_more_consistent_spectrum_and_leave_the_model_as_trained(
+        vocoder_run: Path, recording: Path) -> None:
+    from muselab.audio.dsp import magnitude
+
+    run = api.load(vocoder_run)
+    trained = run.model.generator.phase_iterations
+    default = run.generate(str(recording))
+    assert default.notes[0]["iterations"] == trained
+    mel = run.model.input_mel(torch.from_numpy(sf.read(recording)[0].astype(np.float32))[None, :16000])
+    with torch.no_grad():
+        wanted, _ = run.model.generator.polar(mel)
+
+    def inconsistency(iterations: int) -> float:
+        """How far the waveform's STFT magnitude lands from the magnitude the network asked for."""
+        made = run.model.vocode(mel[0], iterations)
+        got = magnitude(made, MEL.n_fft, MEL.hop)[..., : mel.shape[-1]]
+        return float((got - wanted[0]).norm() / wanted[0].norm())
+
+    assert inconsistency(24) < 0.8 * inconsistency(1)
+    assert run.model.generator.phase_iterations == trained  # an inference choice, not a change to the model
+    more = run.generate(str(recording), iterations=24)
+    assert more.notes[0]["iterations"] == 24 and not np.allclose(more.items[0], default.items[0])
+    baseline = run.generate(str(recording), griffin_lim=True, seed=1, iterations=4)
+    assert baseline.notes[0]["iterations"] == 4
+    assert not np.allclose(baseline.items[0], run.generate(str(recording), griffin_lim=True, seed=1).items[0])
+
+
 def _npy(path: Path, array: np.ndarray) -> str:
     np.save(path, array)
     return str(path)

@@ -618,14 +618,18 @@ class Vocoder(nn.Module):
     def device(self) -> torch.device:
         return self.generator.head.weight.device
 
-    def vocode(self, mel: Tensor) -> Tensor:
-        """Waveform [..., F * hop] from log-mel [..., n_mels, F], in eval mode, without gradients."""
+    def vocode(self, mel: Tensor, iterations: int | None = None) -> Tensor:
+        """Waveform [..., F * hop] from log-mel [..., n_mels, F], in eval mode, without gradients; with
+        `iterations` of the Griffin-Lim phase instead of the `phase_iterations` the model was trained with."""
         lead = mel.shape[:-2]
-        was_training = self.training
+        was_training, trained_iterations = self.training, self.generator.phase_iterations
         self.eval()
+        if iterations is not None:
+            self.generator.phase_iterations = iterations
         try:
             with torch.inference_mode():
                 wav = self.generator(mel.reshape(-1, *mel.shape[-2:]).to(self.device, torch.float32))
         finally:
             self.train(was_training)
+            self.generator.phase_iterations = trained_iterations
         return wav.reshape(*lead, wav.shape[-1]).float()
