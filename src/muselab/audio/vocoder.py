@@ -269,15 +269,18 @@ class Generator(nn.Module):
                 phase = phase_from_magnitude(mag.detach().float(), MEL.n_fft, MEL.hop)
         return mag, phase
 
-    def forward(self, mel: Tensor) -> Tensor:
+    def forward(self, mel: Tensor, iterations: int | None = None) -> Tensor:
+        """The waveform, with `iterations` of Griffin-Lim instead of `phase_iterations` if given (an argument,
+        not a change to the module, so concurrent callers of one model never see each other's choice)."""
+        iterations = self.phase_iterations if iterations is None else iterations
         mag, phase = self.polar(mel)
         # The Fourier part in fp32 whatever the network ran in: the CPU's FFTs have no bf16 kernels
         with torch.autocast(mag.device.type, enabled=False):
             mag, phase = mag.float(), phase.float()
             length = mel.shape[-1] * MEL.hop
             cos, sin = torch.cos(phase), torch.sin(phase)
-            if self.phase_iterations:
-                cos, sin = self.griffin_lim(mag, cos, sin, self.window, self.phase_iterations)
+            if iterations:
+                cos, sin = self.griffin_lim(mag, cos, sin, self.window, iterations)
             return self._istft(torch.complex(mag * cos, mag * sin), length)
 
     def _istft(self, spectrum: Tensor, length: int) -> Tensor:
@@ -622,14 +625,11 @@ class Vocoder(nn.Module):
         """Waveform [..., F * hop] from log-mel [..., n_mels, F], in eval mode, without gradients; with
         `iterations` of the Griffin-Lim phase instead of the `phase_iterations` the model was trained with."""
         lead = mel.shape[:-2]
-        was_training, trained_iterations = self.training, self.generator.phase_iterations
+        was_training = self.training
         self.eval()
-        if iterations is not None:
-            self.generator.phase_iterations = iterations
         try:
             with torch.inference_mode():
-                wav = self.generator(mel.reshape(-1, *mel.shape[-2:]).to(self.device, torch.float32))
+                wav = self.generator(mel.reshape(-1, *mel.shape[-2:]).to(self.device, torch.float32), iterations)
         finally:
             self.train(was_training)
-            self.generator.phase_iterations = trained_iterations
         return wav.reshape(*lead, wav.shape[-1]).float()
