@@ -207,35 +207,33 @@ class Generator(nn.Module):
         self.head = nn.Linear(cfg.dim, (MEL.n_fft + 2) if self.predicts_phase else (MEL.n_fft // 2 + 1))
         self.phase_iterations = cfg.phase_iterations
         self.phase_from_gradients = not self.predicts_phase and cfg.phase_start == "gradient"
-        self.floors_prior = cfg.mel_prior and cfg.prior_floor > 0
         self.griffin_lim = GriffinLimPhase(MEL.hop)
         # The generator's own window rather than dsp's cached one: one first made under inference_mode
         # would be an inference tensor, unusable for training afterwards in the same process
         self.register_buffer("window", torch.hann_window(MEL.n_fft, periodic=True), persistent=False)
         self.apply(_vocos_init)
+        basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
+        # Each linear bin's share of the bands it lies in
+        band_spread = basis.T / basis.T.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        # The least-squares linear spectrum of a mel (dsp.mel_to_linear's pseudo-inverse)
+        self.register_buffer("mel_inverse", mel_pseudo_inverse() if cfg.mel_prior else None, persistent=False)
+        # Each bin's floor under it: prior_floor x the mean magnitude of the bands the bin lies in (a band's
+        # mel is its filter-weighted sum of magnitudes, so mel / the weights' sum is that mean). Without it
+        # the pseudo-inverse is zero, clamped to 1e-7, wherever the least squares undershoot: far below the
+        # losses' log floor (1e-5), where the correction gets no gradient, so the valleys between resolved
+        # harmonics stay ~60 dB deeper than real audio's and the spectral envelope (mel-cepstral distortion)
+        # suffers
+        floors = cfg.mel_prior and cfg.prior_floor > 0
+        self.register_buffer("prior_floor", cfg.prior_floor * band_spread / basis.sum(dim=1) if floors else None,
+                             persistent=False)
         if cfg.mel_prior:
-            # The least-squares linear spectrum of a mel (dsp.mel_to_linear's pseudo-inverse)
-            self.register_buffer("mel_inverse", mel_pseudo_inverse(), persistent=False)
-            # Each bin's floor: prior_floor x the mean magnitude of the bands it lies in (a band's mel is its
-            # filter-weighted sum of magnitudes, so mel / the weights' sum is that mean). Without it the
-            # pseudo-inverse is zero, clamped to 1e-7, wherever the least squares undershoot: far below the
-            # losses' log floor (1e-5), where the correction gets no gradient, so the valleys between
-            # resolved harmonics stay ~60 dB deeper than real audio's and the spectral envelope (mel-cepstral
-            # distortion) suffers
-            basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
-            band_mean = basis.T / basis.sum(dim=1) / basis.T.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            self.register_buffer("prior_floor", cfg.prior_floor * band_mean, persistent=False)
             # The correction starts at zero: the first magnitudes are exactly the pseudo-inverse's (the
             # spectrum Griffin-Lim would start from), not that plus noise, so early training goes into phase
             nn.init.zeros_(self.head.weight[: MEL.n_fft // 2 + 1])
-        else:
-            self.mel_inverse = None
         if not self.predicts_phase:
-            # Each linear bin's share of the band ratios (mel wanted / mel predicted) of the bands it lies in
-            basis = mel_filterbank(MEL.sr, MEL.n_fft, MEL.n_mels, MEL.fmin, MEL.fmax)
+            # Each linear bin takes its share of the band ratios (mel wanted / mel predicted)
             self.register_buffer("mel_basis", basis, persistent=False)
-            self.register_buffer("band_spread", basis.T / basis.T.sum(dim=1, keepdim=True).clamp_min(1e-12),
-                                 persistent=False)
+            self.register_buffer("band_spread", band_spread, persistent=False)
             # Start quiet (|X| ~ 0.05) rather than at |X| = 1 in every bin, loud noise: most bins of real
             # audio are quiet, and on builtin:tones this starts with a quarter less mel loss
             nn.init.constant_(self.head.bias[: MEL.n_fft // 2 + 1], INITIAL_LOG_MAGNITUDE)
@@ -250,7 +248,7 @@ class Generator(nn.Module):
         log_mag, phase = x.chunk(2, dim=1) if self.predicts_phase else (x, torch.zeros_like(x))
         if self.mel_inverse is not None:
             prior = self.mel_inverse @ mel.exp()
-            if self.floors_prior:  # (a band at the mel's floor says only "this quiet or quieter")
+            if self.prior_floor is not None:  # (a band at the mel's floor says only "this quiet or quieter")
                 prior = torch.maximum(prior, self.prior_floor @ (mel.exp() - MEL.log_floor).clamp_min(0.0))
             log_mag = log_mag + torch.log(torch.clamp(prior, min=MIN_MAGNITUDE))
         # No |STFT| of audio within [-1, 1] exceeds the window's sum (n_fft / 2): the cap only stops overflow

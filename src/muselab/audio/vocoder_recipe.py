@@ -413,12 +413,11 @@ def griffin_lim_librosa(mel: torch.Tensor, n_iter: int = 32, seed: int = 0) -> t
     return torch.from_numpy(np.pad(wav, (0, max(0, length - len(wav))))[:length].astype(np.float32))
 
 
-def synthesise(model: Vocoder, mel: torch.Tensor, use_griffin_lim: bool, seed: int = 0,
-               n_iter: int = 32, iterations: int | None = None) -> torch.Tensor:
-    """The waveform of `mel` by the network (with `iterations` of its Griffin-Lim phase instead of those it
-    was trained with, if given) or by Griffin-Lim alone (`iterations`, else `n_iter`)."""
+def synthesise(model: Vocoder, mel: torch.Tensor, use_griffin_lim: bool, seed: int, iterations: int) -> torch.Tensor:
+    """The waveform of `mel` by the network, with `iterations` of its Griffin-Lim phase, or by Griffin-Lim
+    alone with as many."""
     if use_griffin_lim:
-        return griffin_lim_from_mel(mel, iterations or n_iter, seed)
+        return griffin_lim_from_mel(mel, iterations, seed)
     return model.vocode(mel, iterations)
 
 
@@ -533,10 +532,9 @@ class VocoderRecipe(Recipe):
         else:
             mel = read_mel(controls.mel)
             length = mel.shape[-1] * MEL.hop
-        audio = synthesise(model, mel, controls.griffin_lim, controls.seed, cfg.eval.griffin_lim_iters,
-                           controls.iterations)[:length]
         iterations = controls.iterations or (cfg.eval.griffin_lim_iters if controls.griffin_lim
                                              else model.generator.phase_iterations)
+        audio = synthesise(model, mel, controls.griffin_lim, controls.seed, iterations)[:length]
         # how it was made, for the manifest
         note = {"method": "griffin_lim" if controls.griffin_lim else "vocoder", "iterations": iterations,
                 "input_changes": changes}
