@@ -170,6 +170,25 @@ def test_evaluate_writes_every_metric_the_picture_and_samples(vocoder_run: Path)
     assert sf.info(samples / "original_000.wav").samplerate == 22050
 
 
+def test_the_griffin_lim_baseline_is_scored_as_the_mean_over_its_random_starts(vocoder_run: Path) -> None:
+    from muselab.audio.dsp import mel_cepstral_distortion, mrstft_distance
+    from muselab.audio.vocoder_recipe import VocoderRecipeConfig, griffin_lim_librosa, mel_spectrogram
+
+    run = api.load(vocoder_run)
+    cfg: VocoderRecipeConfig = run.config
+    clips = load_clips("builtin:tones", cfg.data).test
+    metrics = run.evaluate(overrides=["eval.griffin_lim_seeds=3", "eval.samples=0"])
+    assert "mean over 3 random initial phases" in metrics["griffin_lim_baseline"]
+    per_seed = []  # every clip is 1 s: the length-weighted average is the plain mean
+    for seed in range(3):
+        outs = [(griffin_lim_librosa(mel_spectrogram(torch.from_numpy(c)), 32, seed)[:len(c)], c) for c in clips]
+        per_seed.append((np.mean([mrstft_distance(o, c) for o, c in outs]),
+                         np.mean([mel_cepstral_distortion(c, o.numpy(), 22050) for o, c in outs])))
+    assert metrics["mrstft_griffin_lim"] == pytest.approx(np.mean([m for m, _ in per_seed]), rel=1e-5)
+    assert metrics["mcd_griffin_lim"] == pytest.approx(np.mean([d for _, d in per_seed]), rel=1e-5)
+    assert len({round(m, 6) for m, _ in per_seed}) == 3  # the starts differ, so one draw is not the mean
+
+
 def test_read_mel_accepts_a_batch_of_one() -> None:
     mel = np.full((1, 80, 12), -4.0, dtype=np.float32)
     path = Path(pytest.importorskip("tempfile").mkdtemp()) / "b.npy"
