@@ -11,7 +11,8 @@ MRSTFT is the multi-resolution STFT distance to the original (spectral convergen
 MCD the standard mel cepstral distortion in dB (Kubichek, 24 mel-cepstra, c0 left out, DTW); lower is
 better for both. Griffin-Lim starts from a random phase: its scores are the mean over five starts
 (`eval.griffin_lim_seeds`), since one start moves a 3-second clip's MRSTFT by up to 8 %. Speed is
-seconds of audio made per wall-clock second on this machine's CPU threads (x real time): in the process, on 60 s of held-out audio from its mel, and through the command line
+seconds of audio made per wall-clock second on this machine's CPU threads (x real time): in the process,
+on 60 s of held-out audio from its mel, and through the command line
 (`muselab generate RUN --wav` on a 60-second 44.1 kHz file: process start, reading, resampling, the
 mel, the network, the watermark and the manifest).
 
