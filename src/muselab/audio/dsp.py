@@ -308,9 +308,12 @@ def phase_from_magnitude(magnitude: Tensor, n_fft: int, hop: int) -> Tensor:
     # Along time, each bin's phase advances by its centre frequency, 2 pi k hop / n_fft per frame, plus the
     # deviation the magnitude shows. The centre's share is taken modulo 2 pi in integers: summed in floats it
     # reaches millions of radians in a minute of audio, where float32 keeps a fraction of a radian
+    # It repeats every n_fft / gcd(hop, n_fft) frames (4 for a hop of a quarter window): one table of those
+    # rows, laid out over the frames
     k = torch.arange(bins, device=magnitude.device)
-    m = torch.arange(frames, device=magnitude.device)[:, None]
-    centre = ((m * hop % n_fft) * k % n_fft).to(log_mag.dtype) * (2 * math.pi / n_fft)
+    period = n_fft // math.gcd(hop, n_fft)
+    rows = ((torch.arange(period, device=magnitude.device)[:, None] * hop % n_fft) * k % n_fft).to(log_mag.dtype)
+    centre = (rows * (2 * math.pi / n_fft))[torch.arange(frames, device=magnitude.device) % period]
     along_time = centre + _cumulative_trapezoid(d_log_mag_d_omega / spread, hop, -2)
     along_frequency = _cumulative_trapezoid(-spread * d_log_mag_d_x, 1 / n_fft, -1)
     peak = _basin_peaks(log_mag)
