@@ -575,8 +575,7 @@ class VocoderRecipe(Recipe):
         metrics.update({"eval_clips": len(rows), "eval_seconds": round(sum(r["seconds"] for r in rows), 2),
                         "griffin_lim_baseline": f"librosa.griffinlim, {n_iter} iterations, momentum 0.99, from the "
                                                 f"mel's pseudo-inverse; scores the mean over {seeds} random initial "
-                                                f"phase{'s' if seeds > 1 else ''} (seed{'s' if seeds > 1 else ''} "
-                                                f"{'0' if seeds == 1 else f'0 to {seeds - 1}'})",
+                                                f"phases (seeds 0 to {seeds - 1})",
                         "generator_parameters": model.num_parameters("generator"),
                         "threads": torch.get_num_threads()})
         return Evaluation(metrics, audio=self._write_pictures_and_samples(model, examples, cfg.eval.samples, run, data))
