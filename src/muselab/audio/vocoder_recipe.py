@@ -557,15 +557,10 @@ class VocoderRecipe(Recipe):
             wav = torch.from_numpy(clip)
             mel = mel_spectrogram(wav)
             vocoded = model.vocode(mel)[:len(clip)]
-            row: dict[str, Any] = {"category": category, "seconds": len(clip) / SAMPLE_RATE,
-                                   "mrstft": mrstft_distance(vocoded, wav),
-                                   "mcd": mel_cepstral_distortion(wav, vocoded, SAMPLE_RATE)}
             # Griffin-Lim starts from a random phase: its scores are the mean over `seeds` starts
             baselines = [griffin_lim_librosa(mel, n_iter, seed)[:len(clip)] for seed in range(seeds)]
-            row["mrstft_griffin_lim"] = float(np.mean([mrstft_distance(out, wav) for out in baselines]))
-            row["mcd_griffin_lim"] = float(np.mean([mel_cepstral_distortion(wav, out, SAMPLE_RATE)
-                                                    for out in baselines]))
-            rows.append(row)
+            rows.append({"category": category, "seconds": len(clip) / SAMPLE_RATE, **_mean_scores([vocoded], wav),
+                         **_mean_scores(baselines, wav, "_griffin_lim")})
             if len(examples) < max(1, cfg.eval.samples) and all(c != category for c, _ in scored[:len(rows) - 1]):
                 examples.append((clip, vocoded.numpy(), baselines[0].numpy()))
         metrics: dict[str, Any] = _averages(rows)
@@ -599,6 +594,12 @@ class VocoderRecipe(Recipe):
         return [EvalAudio(f"{stem}.wav", [example[index] for example in chosen], SAMPLE_RATE,
                           {"source": f"held-out clips of {data}", "griffin_lim": use_gl, "seed": 0})
                 for stem, index, use_gl in (("vocoder", 1, False), ("griffin_lim", 2, True))]
+
+
+def _mean_scores(outputs: list[torch.Tensor], original: torch.Tensor, suffix: str = "") -> dict[str, float]:
+    """MRSTFT and MCD of each output against the original, averaged over the outputs."""
+    return {f"mrstft{suffix}": float(np.mean([mrstft_distance(out, original) for out in outputs])),
+            f"mcd{suffix}": float(np.mean([mel_cepstral_distortion(original, out, SAMPLE_RATE) for out in outputs]))}
 
 
 def _scored_clips(clips: Clips, cfg: VocoderEvalConfig) -> list[tuple[str | None, np.ndarray]]:
