@@ -222,14 +222,20 @@ def test_speaker_changes_the_voice(tts_run: Path) -> None:
     assert medians["slt"] > 1.25 * medians["rms"], medians
 
 
+def _evaluable_copy(tts_run: Path, tmp_path: Path) -> api.Run:
+    """The shared run copied and loaded: evaluation writes into its run folder."""
+    run_dir = tmp_path / "tts"
+    shutil.copytree(tts_run, run_dir)
+    return api.load(run_dir, device="cpu")
+
+
 @pytest.mark.slow
 @needs_flite
 def test_evaluate_scores_the_model_and_the_vocoder_alone(tts_run: Path, tmp_path: Path) -> None:
     from muselab.core.errors import ConfigError
 
-    run_dir = tmp_path / "tts"
-    shutil.copytree(tts_run, run_dir)
-    run = api.load(run_dir, device="cpu")
+    run = _evaluable_copy(tts_run, tmp_path)
+    run_dir = run.path
     metrics = run.evaluate(overrides=["eval.sentences=2", "eval.samples=1"])
     for key in ("mcd_db", "f0_rmse_cents", "wer", "resynth_mcd_db", "resynth_wer", "wer_flite_reference",
                 "realtime_factor"):
@@ -251,3 +257,23 @@ def test_evaluate_scores_the_model_and_the_vocoder_alone(tts_run: Path, tmp_path
         assert (run_dir / name).is_file(), name
     with pytest.raises(ConfigError):
         run.evaluate(overrides=["model.dim=8"])
+
+
+@pytest.mark.slow
+@needs_flite
+def test_evaluate_on_a_file_of_validation_sentences(tts_run: Path, tmp_path: Path) -> None:
+    from muselab.core.errors import DataError
+
+    run = _evaluable_copy(tts_run, tmp_path)
+    sentences = tmp_path / "validation.txt"
+    sentences.write_text("# chosen for this test\nThe bus leaves at noon.\n\nWe ate bread by the river.\n")
+    metrics = run.evaluate(overrides=[f"eval.sentences_file={sentences}", "eval.sentences=5", "eval.samples=0"])
+    assert metrics["eval_sentences"] == 2 and str(sentences) in metrics["references"]
+    assert set(metrics["wer_by_speaker"]) == set(run.assets["speakers"][:2])  # the voices take turns
+    assert metrics["wer_flite_reference"] <= 0.5
+    for bad, text in (("missing.txt", None), ("empty.txt", "# nothing\n\n")):
+        path = tmp_path / bad
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(DataError):
+            run.evaluate(overrides=[f"eval.sentences_file={path}", "eval.samples=0"])

@@ -88,6 +88,9 @@ class TTSSynthesisConfig(Section):
 
 class TTSEvalConfig(Section):
     sentences: int = Field(20, ge=1, description="held-out sentences spoken and scored")
+    sentences_file: str | None = Field(None, description="score these sentences (a text file, one per line) instead "
+                                                         "of the held-out ones, flite recording the references: a "
+                                                         "validation set for choosing settings (flite's voices only)")
     samples: int = Field(3, ge=0, description="of them written to RUN/samples as WAVs")
     recognizer: bool = Field(True, description="score intelligibility with pocketsphinx (word error rate)")
     vocoder: str | None = Field(None, description="an audio-vocoder run that speaks the mels (default Griffin-Lim); "
@@ -282,7 +285,8 @@ def vocode(mel: torch.Tensor, vocoder: Vocoder | None, n_iter: int, seed: int) -
 # -- the recipe ----------------------------------------------------------------------------------------
 # The default preset's sizing rule (README: "Defaults that fit the data"), rows by training utterances:
 # builtin:speech (2,680) and fewer take the preset as tuned (on 300 utterances in 4 minutes the preset's
-# validation loss, 0.775, beat batch 8 with dropout 0.1, 0.795); many more, with an hour, a wider model.
+# validation loss, 0.775, beat batch 8 with dropout 0.1, 0.795; its 192 width 0.750 against 128's 0.756);
+# many more, with an hour, a wider model.
 TTS_ROWS = PresetRows("train_utterances", (0, 10_000),
                       widen=("model.dim", "model.ffn_hidden", "model.predictor_hidden"))
 
@@ -534,13 +538,19 @@ class TTSRecipe(Recipe):
         )
 
         speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
+        if cfg.eval.sentences_file and not speakers:
+            raise ConfigError("eval.sentences_file needs a model of flite's voices (flite records the references); "
+                              "leave it out to score the data's held-out recordings")
         if speakers:
+            sentences, what = held_out_sentences(), "the held-out sentences"
+            if cfg.eval.sentences_file:
+                sentences, what = sentences_in(Path(cfg.eval.sentences_file)), f"the sentences of {cfg.eval.sentences_file}"
             out = []
-            for i, sentence in enumerate(held_out_sentences()[: cfg.eval.sentences]):
+            for i, sentence in enumerate(sentences[: cfg.eval.sentences]):
                 reference = flite_utterance(sentence, speakers[i % len(speakers)])
                 audio, _, _ = load_audio(reference.path, sr=SPEECH_SAMPLE_RATE, min_seconds=0.0)
                 out.append((sentence, reference.speaker, audio, reference.phones))
-            return out, "flite's recordings of the held-out sentences"
+            return out, f"flite's recordings of {what}"
         if data is None or data.startswith("builtin:"):
             raise DataError("this model knows none of flite's voices: evaluate it on its own recordings with "
                             "--data FOLDER (the LJSpeech-layout folder it was trained on)")
@@ -651,6 +661,19 @@ def f0_rmse_cents(reference: np.ndarray, synthesised: np.ndarray, sr: int, hop: 
     if not both.any():
         return None
     return float(np.sqrt(np.mean((1200.0 * np.log2(b[both] / a[both])) ** 2)))
+
+
+def sentences_in(path: Path) -> list[str]:
+    """The non-empty lines of a text file of sentences (one per line; lines starting with # left out)."""
+    from muselab.data.text import read_text_file
+
+    if not path.is_file():
+        raise DataError(f"no sentences file at '{path}'; give a text file with one sentence per line")
+    sentences = [line.strip() for line in read_text_file(path).splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
+    if not sentences:
+        raise DataError(f"'{path}' holds no sentence; write one sentence per line")
+    return sentences
 
 
 def spoken_words(sentence: str) -> list[str]:
