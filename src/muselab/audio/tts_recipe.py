@@ -535,6 +535,7 @@ class TTSRecipe(Recipe):
             flite_utterance,
             held_out_sentences,
             load_speech,
+            read_sentences,
         )
 
         speakers = [s for s in assets["speakers"] if s in SPEECH_VOICES]
@@ -544,7 +545,7 @@ class TTSRecipe(Recipe):
         if speakers:
             sentences, what = held_out_sentences(), "the held-out sentences"
             if cfg.eval.sentences_file:
-                sentences, what = sentences_in(Path(cfg.eval.sentences_file)), f"the sentences of {cfg.eval.sentences_file}"
+                sentences, what = read_sentences(Path(cfg.eval.sentences_file)), f"the sentences of {cfg.eval.sentences_file}"
             out = []
             for i, sentence in enumerate(sentences[: cfg.eval.sentences]):
                 reference = flite_utterance(sentence, speakers[i % len(speakers)])
@@ -661,19 +662,6 @@ def f0_rmse_cents(reference: np.ndarray, synthesised: np.ndarray, sr: int, hop: 
     if not both.any():
         return None
     return float(np.sqrt(np.mean((1200.0 * np.log2(b[both] / a[both])) ** 2)))
-
-
-def sentences_in(path: Path) -> list[str]:
-    """The non-empty lines of a text file of sentences (one per line; lines starting with # left out)."""
-    from muselab.data.text import read_text_file
-
-    if not path.is_file():
-        raise DataError(f"no sentences file at '{path}'; give a text file with one sentence per line")
-    sentences = [line.strip() for line in read_text_file(path).splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
-    if not sentences:
-        raise DataError(f"'{path}' holds no sentence; write one sentence per line")
-    return sentences
 
 
 def spoken_words(sentence: str) -> list[str]:

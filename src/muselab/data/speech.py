@@ -122,11 +122,25 @@ def is_held_out(text: str) -> bool:
     return (digest >> 76) / 2**52 < HELD_OUT_SHARE
 
 
+def _sentence_lines(text: str) -> list[str]:
+    """One sentence per non-empty line; lines starting with # are comments."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 @cache
 def builtin_sentences() -> tuple[str, ...]:
     """The sentences builtin:speech speaks, in their fixed order."""
-    text = files("muselab.data").joinpath("sentences/plain.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return tuple(_sentence_lines(files("muselab.data").joinpath("sentences/plain.txt").read_text(encoding="utf-8")))
+
+
+def read_sentences(path: Path) -> list[str]:
+    """The sentences of a user's text file, in the format of builtin:speech's list (one per line, # comments)."""
+    if not path.is_file():
+        raise DataError(f"no sentences file at '{path}'; give a text file with one sentence per line")
+    sentences = _sentence_lines(read_text_file(path))
+    if not sentences:
+        raise DataError(f"'{path}' holds no sentence; write one sentence per line")
+    return sentences
 
 
 def held_out_sentences() -> list[str]:
