@@ -271,6 +271,13 @@ def test_evaluate_on_a_file_of_validation_sentences(tts_run: Path, tmp_path: Pat
     assert metrics["eval_sentences"] == 2 and str(sentences) in metrics["references"]
     assert set(metrics["wer_by_speaker"]) == set(run.assets["speakers"][:2])  # the voices take turns
     assert metrics["wer_flite_reference"] <= 0.5
+    # what the recogniser heard, sentence by sentence: the errors add up to each WER
+    heard = json.loads((tmp_path / "tts" / "eval_transcripts.json").read_text())["sentences"]
+    assert [h["sentence"] for h in heard] == ["The bus leaves at noon.", "We ate bread by the river."]
+    words = sum(len(h["words"].split()) for h in heard)
+    for part, key in (("muselab", "wer"), ("vocoder_on_reference_mel", "resynth_wer"),
+                      ("reference", "wer_flite_reference")):
+        assert sum(h[part]["errors"] for h in heard) == pytest.approx(metrics[key] * words)
     for bad, text in (("missing.txt", None), ("empty.txt", "# nothing\n\n")):
         path = tmp_path / bad
         if text is not None:

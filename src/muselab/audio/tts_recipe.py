@@ -67,6 +67,10 @@ SAMPLE_RATE = MEL.sr
 SECONDS_PER_FRAME = MEL.hop / MEL.sr
 MIN_FRAMES = 16  # a sentence's mel is padded with silence to this: Griffin-Lim's STFT needs some length
 SILENT_LOG_MEL = -11.5129  # log(1e-5), the floor of log_mel
+# evaluation writes what the recogniser heard in each sentence here, for muselab's speech, the vocoder on the
+# reference's mel and the reference recording (flite's, or the data's own)
+TRANSCRIPTS_FILE = "eval_transcripts.json"
+TRANSCRIPT_NAMES = {"ours": "muselab", "resynth": "vocoder_on_reference_mel", "flite": "reference"}
 
 
 # -- config ------------------------------------------------------------------------------------------
@@ -482,6 +486,7 @@ class TTSRecipe(Recipe):
         # word errors and reference words, per speaker: the recogniser's floor differs from voice to voice
         errors: dict[str, dict[str, list[int]]] = {"ours": {}, "resynth": {}, "flite": {}}
         examples: list[dict[str, Any]] = []
+        transcripts: list[dict[str, Any]] = []  # what the recogniser heard, sentence by sentence
         spoken_seconds, synth_seconds = 0.0, 0.0
         for sentence, voice, ref, phones in references:
             started = time.perf_counter()
@@ -497,10 +502,15 @@ class TTSRecipe(Recipe):
                 self._score(ref, clips[part], scores[part])
             if recognizer is not None:
                 truth = spoken_words(sentence)
+                heard: dict[str, Any] = {"sentence": sentence, "voice": voice, "words": " ".join(truth)}
                 for name, clip in clips.items():
+                    hypothesis = recognizer.transcribe(clip, SPEECH_SAMPLE_RATE)
                     counts = errors[name].setdefault(voice, [0, 0])
-                    counts[0] += edit_distance(truth, recognizer.transcribe(clip, SPEECH_SAMPLE_RATE).split())
+                    wrong = edit_distance(truth, hypothesis.split())
+                    counts[0] += wrong
                     counts[1] += len(truth)
+                    heard[TRANSCRIPT_NAMES[name]] = {"heard": hypothesis, "errors": wrong}
+                transcripts.append(heard)
             if len(examples) < max(1, cfg.eval.samples):
                 examples.append({"sentence": sentence, "voice": voice, "flite": ref, "ours": ours, "resynth": resynth,
                                  "phonemes": timing["phonemes"], "flite_phones": phones})
@@ -520,6 +530,7 @@ class TTSRecipe(Recipe):
             metrics["wer_by_speaker"] = {voice: {key: _error_rate([errors[name][voice]]) for name, key in keys.items()}
                                          for voice in errors["ours"]}
             metrics["recognizer"] = "pocketsphinx (default US English model)"
+            run.write_json(TRANSCRIPTS_FILE, {"references": source, "sentences": transcripts})
         self._pictures(examples[0], assets, cfg, run, data, vocoder is not None)
         return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
 
