@@ -278,6 +278,8 @@ def test_evaluate_on_a_file_of_validation_sentences(tts_run: Path, tmp_path: Pat
     for part, key in (("muselab", "wer"), ("vocoder_on_reference_mel", "resynth_wer"),
                       ("reference", "wer_flite_reference")):
         assert sum(h[part]["errors"] for h in heard) == pytest.approx(metrics[key] * words)
+    run.evaluate(overrides=[f"eval.sentences_file={sentences}", "eval.samples=0", "eval.recognizer=false"])
+    assert not (tmp_path / "tts" / "eval_transcripts.json").exists()  # no stale transcripts beside a new eval.json
     for bad, text in (("missing.txt", None), ("empty.txt", "# nothing\n\n")):
         path = tmp_path / bad
         if text is not None:

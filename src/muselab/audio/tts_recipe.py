@@ -531,6 +531,8 @@ class TTSRecipe(Recipe):
                                          for voice in errors["ours"]}
             metrics["recognizer"] = "pocketsphinx (default US English model)"
             run.write_json(TRANSCRIPTS_FILE, {"references": source, "sentences": transcripts})
+        else:  # an earlier evaluation's transcripts would not match this eval.json
+            (run.path / TRANSCRIPTS_FILE).unlink(missing_ok=True)
         self._pictures(examples[0], assets, cfg, run, data, vocoder is not None)
         return Evaluation(metrics, audio=self._samples(examples, cfg.eval.samples, run))
 
